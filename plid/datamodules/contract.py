@@ -1,0 +1,97 @@
+"""Reading a dataset that follows the spider2d data contract (see ``../shared/data/spider2d/README.md``).
+
+Both the embedded synthetic generator and the SPIDER importer write this layout, so every task reads its
+data through this one module:
+
+    images/<image>.png      8-bit grayscale, upright, anterior on the left
+    masks/<image>.png       where images.csv has has_mask=1; 0 background, 1 vertebra, 2 disc, 3 canal
+    images.csv              image, patient, series, slice, height, width, has_mask, lumbar_x1..lumbar_y2
+    discs.csv               image, patient, ivd_label, x1, y1, x2, y2, then per-disc gradings
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from plid.errors import UserInputError
+
+CLASS_NAMES = ("background", "vertebra", "disc", "canal")
+LUMBAR_BOX = ["lumbar_x1", "lumbar_y1", "lumbar_x2", "lumbar_y2"]
+DISC_BOX = ["x1", "y1", "x2", "y2"]
+IMAGE_COLUMNS = ["image", "patient", "series", "slice", "height", "width", "has_mask", *LUMBAR_BOX]
+GRADING_COLUMNS = [
+    "modic", "up_endplate", "low_endplate", "spondylolisthesis",
+    "disc_herniation", "disc_narrowing", "disc_bulging", "pfirrman_grade",
+]
+DISC_COLUMNS = ["image", "patient", "ivd_label", *DISC_BOX, *GRADING_COLUMNS]
+
+
+class DataContractError(UserInputError):
+    """The dataset on disk does not follow the data contract; the message names the file or row."""
+
+
+@dataclass(frozen=True)
+class SpineDataset:
+    """The tables of one dataset folder; images and masks are read on demand."""
+
+    root: Path
+    images: pd.DataFrame
+    discs: pd.DataFrame
+
+    def image_path(self, image: str) -> Path:
+        return self.root / "images" / f"{image}.png"
+
+    def mask_path(self, image: str) -> Path:
+        return self.root / "masks" / f"{image}.png"
+
+    def read_image(self, image: str) -> np.ndarray:
+        return read_png(self.image_path(image))
+
+    def read_mask(self, image: str) -> np.ndarray:
+        mask = read_png(self.mask_path(image))
+        if mask.max(initial=0) >= len(CLASS_NAMES):
+            raise DataContractError(
+                f"{self.mask_path(image)}: mask values {np.unique(mask).tolist()} fall outside 0-3 "
+                f"({', '.join(CLASS_NAMES)}); remap the labels to the contract"
+            )
+        return mask
+
+    def patients(self) -> list[str]:
+        return sorted(self.images["patient"].unique())
+
+
+def read_png(path: Path) -> np.ndarray:
+    """An 8-bit single-channel image, or a clear error naming the file."""
+    if not path.is_file():
+        raise DataContractError(f"{path}: file not found (named in the dataset's tables)")
+    array = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if array is None:
+        raise DataContractError(f"{path}: cannot be decoded as an image (corrupt or truncated?)")
+    return array
+
+
+def load_dataset(root: str | Path) -> SpineDataset:
+    """Read ``images.csv`` and ``discs.csv`` of a dataset folder, with patient ids as strings."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DataContractError(
+            f"data root {root} does not exist. Point data.root=... at a folder laid out as "
+            f"../shared/data/spider2d/README.md describes, or use the synthetic default (data=synthetic_seg)."
+        )
+    images_csv, discs_csv = root / "images.csv", root / "discs.csv"
+    if not images_csv.is_file():
+        raise DataContractError(f"{images_csv} not found: {root} is not a dataset in the spider2d layout")
+    images = pd.read_csv(images_csv, dtype={"image": str, "patient": str, "series": str})
+    missing = [c for c in ("image", "patient", "has_mask") if c not in images.columns]
+    if missing:
+        raise DataContractError(f"{images_csv}: missing columns {missing}")
+    if discs_csv.is_file():
+        discs = pd.read_csv(discs_csv, dtype={"image": str, "patient": str})
+    else:
+        discs = pd.DataFrame(columns=DISC_COLUMNS)
+    return SpineDataset(root=root, images=images, discs=discs)

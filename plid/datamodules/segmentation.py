@@ -1,0 +1,93 @@
+"""4-class segmentation data: the lumbar region (or the whole image) with its mask, resized to a square."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from plid.boxes import crop, enlarge_box
+from plid.datamodules.base import SpineDataModule
+from plid.datamodules.contract import LUMBAR_BOX, DataContractError, SpineDataset
+from plid.datamodules.transforms import paper_augmentation, to_tensor
+from plid.errors import UserInputError
+
+ROI_MODES = ("gt", "none")
+
+
+class SegmentationDataset(Dataset):
+    """Decoded, cropped and resized images and masks held in memory; augmentation runs per item.
+
+    Decoding once is what keeps a CPU training loop fed: the whole of spider2d's segmented part is
+    270 images, a few MB at 256 px.
+    """
+
+    def __init__(self, ids: list[str], images: np.ndarray, masks: np.ndarray, transform=None):
+        self.ids, self.images, self.masks, self.transform = ids, images, masks, transform
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self.images[index], self.masks[index]
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return {"image": to_tensor(image), "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
+                "id": self.ids[index]}
+
+
+def load_roi(dataset: SpineDataset, row, roi: str, size: int, roi_margin: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Image and mask of one images.csv row, cropped to the ROI and resized to ``size`` x ``size``."""
+    image, mask = dataset.read_image(row.image), dataset.read_mask(row.image)
+    if image.shape != mask.shape:
+        raise DataContractError(
+            f"{dataset.mask_path(row.image)}: mask is {mask.shape[::-1]} (w, h) but its image is "
+            f"{image.shape[::-1]}; masks must match their image pixel for pixel"
+        )
+    if roi == "gt":
+        box = enlarge_box([getattr(row, c) for c in LUMBAR_BOX], roi_margin, *image.shape)
+        image, mask = crop(image, box), crop(mask, box)
+    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
+class SegmentationDataModule(SpineDataModule):
+    """Images with masks; ``roi='gt'`` crops the lumbar box enlarged by ``roi_margin`` (the paper's 10 %),
+    ``roi='none'`` keeps the whole image. ``series`` keeps only those series (None keeps all)."""
+
+    def __init__(self, *args, roi: str = "gt", roi_margin: float = 0.1, series: list[str] | None = None, **kwargs):
+        if roi not in ROI_MODES:
+            raise UserInputError(f"data.roi={roi!r} is not one of {ROI_MODES}")
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters(logger=False)
+
+    def _validated(self, dataset: SpineDataset) -> SpineDataset:
+        images = dataset.images[dataset.images["has_mask"] == 1]
+        if self.hparams.series:
+            images = images[images["series"].isin(list(self.hparams.series))]
+        if images.empty:
+            raise DataContractError(f"{dataset.root}: no image with has_mask=1 (series {self.hparams.series})")
+        if self.hparams.roi == "gt":
+            missing = images[images[LUMBAR_BOX].isna().any(axis=1)]
+            if not missing.empty:
+                raise DataContractError(
+                    f"{dataset.root / 'images.csv'}: image {missing.iloc[0]['image']} has a mask but no lumbar box; "
+                    f"fill lumbar_x1..lumbar_y2 or use data.roi=none"
+                )
+        return SpineDataset(dataset.root, images.reset_index(drop=True), dataset.discs)
+
+    def build_dataset(self, split: str, patients: set[str]) -> SegmentationDataset:
+        h = self.hparams
+        rows = [r for r in self.dataset.images.itertuples() if r.patient in patients]
+        with ThreadPoolExecutor(max_workers=4) as pool:  # cv2 decodes outside the GIL
+            pairs = list(pool.map(lambda r: load_roi(self.dataset, r, h.roi, h.image_size, h.roi_margin), rows))
+        size = (len(rows), h.image_size, h.image_size)
+        images = np.stack([p[0] for p in pairs]) if pairs else np.zeros(size, np.uint8)
+        masks = np.stack([p[1] for p in pairs]) if pairs else np.zeros(size, np.uint8)
+        transform = paper_augmentation(**self.augmentation_kwargs()) if split == "train" and h.augment else None
+        return SegmentationDataset([r.image for r in rows], images, masks, transform)

@@ -1,0 +1,98 @@
+"""One LightningModule for every segmenter of the paper."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from plid.datamodules.contract import CLASS_NAMES
+from plid.errors import UserInputError
+from plid.models.metrics import segmentation_scores
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains ``net`` (any smp model) with ``loss``; logs per-class Dice and IoU, mIoU and the best value
+    of ``monitor`` under ``val/...`` and ``test/...``.
+
+    Args:
+        net: the network, logits of shape (N, classes, H, W).
+        loss: called as ``loss(logits, target)`` with a (N, H, W) long target.
+        optimizer / scheduler: partials, completed in ``configure_optimizers``.
+        monitor: the validation metric that selects checkpoints and drives the scheduler.
+    """
+
+    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
+                 monitor: str = "val/dice", class_names: Sequence[str] = CLASS_NAMES) -> None:
+        super().__init__()
+        # only plain values go into checkpoints, so they load with torch.load(weights_only=True);
+        # the run's saved Hydra config rebuilds the network
+        self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
+        self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.class_names = list(class_names)
+        self.confusion = nn.ModuleDict({
+            stage: MulticlassConfusionMatrix(len(self.class_names)) for stage in ("val", "test")
+        })
+        self.monitor_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        divisor = getattr(self.net, "input_divisor", 1)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        size = getattr(datamodule, "image_size", None)
+        if size is not None and size % divisor:
+            raise UserInputError(f"data.image_size={size} does not suit this architecture: its input side must be a "
+                             f"multiple of {divisor}; try {max(divisor, round(size / divisor) * divisor)}")
+
+    def on_train_start(self) -> None:
+        self.monitor_best.reset()  # forget values seen in the sanity check
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["image"]), batch["mask"])
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["mask"]))
+        return loss
+
+    def _evaluate(self, batch: dict, stage: str) -> None:
+        logits = self(batch["image"])
+        self.log(f"{stage}/loss", self.loss(logits, batch["mask"]), on_step=False, on_epoch=True,
+                 batch_size=len(batch["mask"]))
+        self.confusion[stage].update(logits.argmax(1), batch["mask"])
+
+    def _log_scores(self, stage: str) -> dict[str, float]:
+        scores = segmentation_scores(self.confusion[stage].compute(), self.class_names)
+        self.confusion[stage].reset()
+        self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=False)
+        return scores
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self._log_scores("val")
+        name = self.hparams.monitor.split("/", 1)[1]
+        self.monitor_best(scores[name])
+        self.log(f"{self.hparams.monitor}_best", self.monitor_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self(batch["image"]).softmax(1)
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor, "interval": "epoch"}}

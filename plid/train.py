@@ -1,0 +1,99 @@
+"""Train a model, test its best checkpoint, and write ``summary.json`` into the run's output dir.
+
+    python -m plid.train model=unet_resnet34                         # synthetic default
+    python -m plid.train model=unet_resnet34 data=spider2d_seg       # real SPIDER slices
+    python -m plid.train -m model=unet_resnet34,linknet_resnet34     # a Hydra multirun
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from plid.errors import find_user_error
+from plid.utils.hydra import config_choices, config_to_dict, instantiate_callbacks, instantiate_loggers, metric_value
+from plid.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit and test as ``cfg`` says; returns (all metrics, the objects built)."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    log.info("Data <%s>", cfg.data._target_)
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # validates the data and the splits before any model is built
+    log.info("Model <%s>", cfg.model._target_)
+    model: L.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="all")
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(config_to_dict(cfg))
+
+    summary: dict[str, Any] = {
+        "task": type(model).__name__,
+        "choices": config_choices(),
+        "data_root": str(datamodule.dataset.root),
+        "fold": datamodule.hparams.get("fold"),
+        "samples": {split: len(ds) for split, ds in datamodule.datasets.items()},
+    }
+    try:
+        if cfg.get("train"):
+            start = time.perf_counter()
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            epochs = max(trainer.current_epoch, 1)
+            summary.update(epochs=trainer.current_epoch,
+                           seconds_per_epoch=round((time.perf_counter() - start) / epochs, 3))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        summary["best_checkpoint"] = best or None
+        summary["val"] = {k: v for k, v in metrics.items() if k.startswith("val/")}
+
+        if cfg.get("test"):
+            if not best:
+                log.warning("No best checkpoint (no ModelCheckpoint callback?): testing the current weights")
+            trainer.test(model=model, datamodule=datamodule, ckpt_path=best or None)
+            test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+            metrics.update(test_metrics)
+            summary["test"] = {k.split("/", 1)[1]: v for k, v in test_metrics.items()}
+    finally:
+        if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+            import wandb
+
+            wandb.finish()
+
+    write_json(output_dir / "summary.json", summary)
+    log.info("Summary written to %s", output_dir / "summary.json")
+    return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    if cfg.get("extras", {}).get("print_config"):
+        log.info("Config:\n%s", OmegaConf.to_yaml(cfg))
+    try:
+        metrics, _ = train(cfg)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        log.error("%s", user_error)
+        sys.exit(f"error: {user_error}")
+    return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Glue between Hydra configs and Lightning objects."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+if not OmegaConf.has_resolver("project_root"):
+    # the checkout that holds conf/; PLID_ROOT points elsewhere (e.g. a copy of conf/ and data/)
+    OmegaConf.register_new_resolver("project_root", lambda: os.environ.get("PLID_ROOT", str(PROJECT_ROOT)))
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
+    """Callbacks for every entry that has a ``_target_`` (so ``callbacks.x=null`` drops one)."""
+    return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
+    """Loggers for every entry that has a ``_target_`` (so ``logger=null`` gives none)."""
+    return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def config_choices() -> dict[str, str]:
+    """The option picked in each config group (``model`` -> ``unet_resnet34``), where Hydra runs the job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v is not None and not k.startswith("hydra")}
+
+
+def config_to_dict(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value of ``name`` in ``metrics`` as a float, for a sweeper to optimise."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric {name!r} was not logged; logged: {sorted(metrics)}")
+    return float(metrics[name])
