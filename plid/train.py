@@ -17,6 +17,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from plid.ensemble.predictions import export_predictions
 from plid.errors import find_user_error
 from plid.utils.hydra import config_choices, config_to_dict, instantiate_callbacks, instantiate_loggers, metric_value
 from plid.utils.io import write_json
@@ -69,6 +70,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
             metrics.update(test_metrics)
             summary["test"] = {k.split("/", 1)[1]: v for k, v in test_metrics.items()}
+            # the tested (best) weights are loaded now: save their outputs for the ensemble
+            summary["predictions"] = export_predictions(trainer, model, datamodule, output_dir)
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
             import wandb

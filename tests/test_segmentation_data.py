@@ -17,8 +17,8 @@ def test_synthetic_datamodule_batches(compose):
     for split in ("train", "val", "test"):
         batch = _batches(dm, split)
         assert batch["image"].shape == (4, 1, 96, 96) and batch["image"].dtype == torch.float32
-        assert batch["mask"].shape == (4, 96, 96) and batch["mask"].dtype == torch.long
-        assert 0 <= batch["mask"].min() and batch["mask"].max() <= 3
+        assert batch["target"].shape == (4, 96, 96) and batch["target"].dtype == torch.long
+        assert 0 <= batch["target"].min() and batch["target"].max() <= 3
         assert len(batch["id"]) == 4
     patients = dm.patient_splits()
     assert not set(patients["train"]) & (set(patients["val"]) | set(patients["test"]))
@@ -60,6 +60,6 @@ def test_spider2d_datamodule_yields_real_batches(compose):
         assert patients <= parts[split]
     batch = _batches(dm, "val")
     assert batch["image"].shape == (4, 1, 128, 128)
-    assert set(torch.unique(batch["mask"]).tolist()) == {0, 1, 2, 3}
+    assert set(torch.unique(batch["target"]).tolist()) == {0, 1, 2, 3}
     # the lumbar crop is mostly spine: the labelled classes cover a good part of it
-    assert (batch["mask"] > 0).float().mean() > 0.2
+    assert (batch["target"] > 0).float().mean() > 0.2

@@ -50,3 +50,22 @@ def test_multirun_writes_one_dir_per_model(tmp_path):
     assert [p.parent.name for p in summaries] == ["0_unet_resnet34", "1_linknet_resnet34"]
     models = [json.loads(p.read_text())["choices"]["model"] for p in summaries]
     assert models == ["unet_resnet34", "linknet_resnet34"]
+
+
+def test_saved_predictions_load_back_with_ids_and_targets(compose):
+    import numpy as np
+
+    from plid.ensemble.predictions import load_predictions
+    from plid.train import train
+
+    cfg = compose("debug=smoke", "trainer.limit_val_batches=1.0", "trainer.limit_test_batches=1.0")
+    _, objects = train(cfg)
+    dm = objects["datamodule"]
+    for split in ("val", "test"):
+        saved = load_predictions(f"{cfg.paths.output_dir}/predictions/{split}.npz")
+        dataset = dm.datasets[split]
+        assert sorted(saved.ids) == sorted(dataset.ids) and list(saved.ids) == sorted(saved.ids)
+        assert saved.probs.shape == (len(dataset), 4, 64, 64)
+        np.testing.assert_allclose(saved.probs.astype(np.float32).sum(1), 1.0, atol=1e-2)
+        for case_id, target in zip(saved.ids, saved.targets):
+            assert np.array_equal(target, dataset.masks[dataset.ids.index(case_id)])

@@ -36,7 +36,7 @@ class SegmentationDataset(Dataset):
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return {"image": to_tensor(image), "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
+        return {"image": to_tensor(image), "target": torch.from_numpy(np.ascontiguousarray(mask)).long(),
                 "id": self.ids[index]}
 
 

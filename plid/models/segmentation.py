@@ -55,15 +55,15 @@ class SegmentationModule(L.LightningModule):
         self.monitor_best.reset()  # forget values seen in the sanity check
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch["image"]), batch["mask"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["mask"]))
+        loss = self.loss(self(batch["image"]), batch["target"])
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["target"]))
         return loss
 
     def _evaluate(self, batch: dict, stage: str) -> None:
         logits = self(batch["image"])
-        self.log(f"{stage}/loss", self.loss(logits, batch["mask"]), on_step=False, on_epoch=True,
-                 batch_size=len(batch["mask"]))
-        self.confusion[stage].update(logits.argmax(1), batch["mask"])
+        self.log(f"{stage}/loss", self.loss(logits, batch["target"]), on_step=False, on_epoch=True,
+                 batch_size=len(batch["target"]))
+        self.confusion[stage].update(logits.argmax(1), batch["target"])
 
     def _log_scores(self, stage: str) -> dict[str, float]:
         scores = segmentation_scores(self.confusion[stage].compute(), self.class_names)
@@ -86,8 +86,9 @@ class SegmentationModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")
 
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self(batch["image"]).softmax(1)
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Class probabilities per pixel, with the batch's case ids and targets (see plid.ensemble.predictions)."""
+        return {"id": batch["id"], "probs": self(batch["image"]).softmax(1), "target": batch["target"]}
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])

@@ -1,0 +1,71 @@
+"""Saved predictions: what every training run leaves for the ensemble.
+
+After testing, a run writes ``predictions/val.npz`` and ``predictions/test.npz`` in its output dir, one
+file per split, with the best checkpoint's outputs on every case of that split:
+
+    ids      (N,) str       case ids: the image name (segmentation) or ``<image>:<ivd_label>`` (classification)
+    probs    (N, C, ...)    float16 class probabilities (softmax), C classes; (N, C, H, W) for segmentation
+    targets  (N, ...)       int64 reference labels (class indices), aligned with probs
+
+Cases are in a stable order (the split's loader order); ``load_predictions`` sorts by id so that runs of
+different models over the same split line up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from plid.utils.io import atomic_write
+
+SPLITS = ("val", "test")
+
+
+@dataclass
+class Predictions:
+    ids: np.ndarray
+    probs: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def save_predictions(path: str | Path, predictions: Predictions) -> Path:
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        np.savez(handle, ids=predictions.ids.astype(str), probs=predictions.probs.astype(np.float16),
+                 targets=predictions.targets.astype(np.int64))
+    return path
+
+
+def load_predictions(path: str | Path) -> Predictions:
+    """A saved split, sorted by case id."""
+    with np.load(Path(path), allow_pickle=False) as data:
+        order = np.argsort(data["ids"], kind="stable")
+        return Predictions(data["ids"][order], data["probs"][order], data["targets"][order])
+
+
+def collect_predictions(outputs: list[dict]) -> Predictions:
+    """Concatenate ``predict_step`` outputs (dicts of id, probs, target) into one Predictions."""
+    ids = np.concatenate([np.asarray(o["id"], dtype=str) for o in outputs])
+    probs = torch.cat([o["probs"].float().cpu() for o in outputs]).numpy()
+    targets = torch.cat([o["target"].cpu() for o in outputs]).numpy()
+    return Predictions(ids, probs, targets)
+
+
+def export_predictions(trainer: L.Trainer, model: L.LightningModule, datamodule, output_dir: str | Path) -> dict:
+    """Predict val and test with the model's current weights and save them under ``output_dir/predictions``."""
+    written = {}
+    loaders = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}
+    for split in SPLITS:
+        if len(datamodule.datasets.get(split, [])) == 0:
+            continue
+        outputs = trainer.predict(model, dataloaders=loaders[split]())
+        path = save_predictions(Path(output_dir) / "predictions" / f"{split}.npz", collect_predictions(outputs))
+        written[split] = str(path)
+    return written
