@@ -63,3 +63,14 @@ def test_spider2d_datamodule_yields_real_batches(compose):
     assert set(torch.unique(batch["target"]).tolist()) == {0, 1, 2, 3}
     # the lumbar crop is mostly spine: the labelled classes cover a good part of it
     assert (batch["target"] > 0).float().mean() > 0.2
+
+
+@requires_spider2d
+def test_splits_cover_every_patient_of_the_folder_whatever_the_task_keeps(compose):
+    cfg = compose("data=spider2d_seg", "data.image_size=64")
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    parts = dm.patient_splits()
+    all_patients = set(dm._all_data.patients())
+    assert len(all_patients) == 179 and set().union(*map(set, parts.values())) == all_patients
+    masked = set(dm.dataset.patients())  # the 30 patients with masks
+    assert len(masked) == 30 and all(masked & set(parts[s]) for s in ("train", "val", "test"))

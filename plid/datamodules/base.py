@@ -18,6 +18,7 @@ from plid.errors import UserInputError
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
+ROI_MODES = ("gt", "none")
 
 
 class SpineDataModule(L.LightningDataModule):
@@ -32,6 +33,10 @@ class SpineDataModule(L.LightningDataModule):
         fold / num_folds / test_fraction / split_seed: which grouped fold to train on; see
             :mod:`plid.datamodules.splits`.
         image_size: side of the square network input, in pixels.
+        roi: where the region of interest comes from: ``gt`` the boxes of the tables (enlarged by
+            ``roi_margin``, the paper's 10 %), ``none`` the whole image, ``detected`` boxes found by trained
+            detectors.
+        series: keep only these series (``t1``, ``t2``, ``t2_SPACE``); None keeps all.
     """
 
     def __init__(
@@ -50,10 +55,16 @@ class SpineDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         augment: bool = True,
         augmentation: dict | None = None,
+        roi: str = "gt",
+        roi_margin: float = 0.1,
+        series: list[str] | None = None,
     ) -> None:
+        if roi not in ROI_MODES:
+            raise UserInputError(f"data.roi={roi!r} is not one of {ROI_MODES}")
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.datasets: dict[str, Dataset] = {}
+        self._all_data: SpineDataset | None = None  # every row of the folder: splits are made over these
         self._dataset: SpineDataset | None = None
         self.splits: dict | None = None
 
@@ -68,7 +79,12 @@ class SpineDataModule(L.LightningDataModule):
             root = Path(self.hparams.root).expanduser()
             if self.hparams.synthetic is not None:
                 root = ensure_dataset(root, SyntheticSpec(**self.hparams.synthetic))
-            self._dataset = self._validated(load_dataset(root))
+            dataset = self._all_data = load_dataset(root)
+            if self.hparams.series:
+                keep = dataset.images["series"].isin(list(self.hparams.series))
+                dataset = SpineDataset(dataset.root, dataset.images[keep].reset_index(drop=True),
+                                       dataset.discs[dataset.discs["image"].isin(dataset.images.loc[keep, "image"])])
+            self._dataset = self._validated(dataset)
         return self._dataset
 
     def _validated(self, dataset: SpineDataset) -> SpineDataset:
@@ -90,11 +106,16 @@ class SpineDataModule(L.LightningDataModule):
         return Path(h.splits_dir or dataset.root).expanduser() / name
 
     def patient_splits(self) -> dict[str, list[str]]:
-        """Patients of train, val and test for ``fold``."""
+        """Patients of train, val and test for ``fold``.
+
+        Splits are made over every patient of the folder, whatever rows this task keeps, so that all tasks
+        on one dataset share one splits file.
+        """
         if self.splits is None:
+            self.dataset  # noqa: B018 - loads the folder
             h = self.hparams
             self.splits = splits_lib.resolve_splits(
-                self.splits_path(), patient_strata(self.dataset), h.num_folds, h.test_fraction, h.split_seed
+                self.splits_path(), patient_strata(self._all_data), h.num_folds, h.test_fraction, h.split_seed
             )
         return splits_lib.fold_patients(self.splits, self.hparams.fold)
 

@@ -13,9 +13,6 @@ from plid.boxes import crop, enlarge_box
 from plid.datamodules.base import SpineDataModule
 from plid.datamodules.contract import LUMBAR_BOX, DataContractError, SpineDataset
 from plid.datamodules.transforms import paper_augmentation, to_tensor
-from plid.errors import UserInputError
-
-ROI_MODES = ("gt", "none")
 
 
 class SegmentationDataset(Dataset):
@@ -58,18 +55,10 @@ def load_roi(dataset: SpineDataset, row, roi: str, size: int, roi_margin: float 
 
 class SegmentationDataModule(SpineDataModule):
     """Images with masks; ``roi='gt'`` crops the lumbar box enlarged by ``roi_margin`` (the paper's 10 %),
-    ``roi='none'`` keeps the whole image. ``series`` keeps only those series (None keeps all)."""
-
-    def __init__(self, *args, roi: str = "gt", roi_margin: float = 0.1, series: list[str] | None = None, **kwargs):
-        if roi not in ROI_MODES:
-            raise UserInputError(f"data.roi={roi!r} is not one of {ROI_MODES}")
-        super().__init__(*args, **kwargs)
-        self.save_hyperparameters(logger=False)
+    ``roi='none'`` keeps the whole image."""
 
     def _validated(self, dataset: SpineDataset) -> SpineDataset:
         images = dataset.images[dataset.images["has_mask"] == 1]
-        if self.hparams.series:
-            images = images[images["series"].isin(list(self.hparams.series))]
         if images.empty:
             raise DataContractError(f"{dataset.root}: no image with has_mask=1 (series {self.hparams.series})")
         if self.hparams.roi == "gt":
