@@ -4,17 +4,21 @@ loaders."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from plid.datamodules import splits as splits_lib
-from plid.datamodules.contract import SpineDataset, load_dataset
+from plid.datamodules.contract import DataContractError, SpineDataset, drop_problems, find_problems, load_dataset
 from plid.datamodules.synthetic import SyntheticSpec, ensure_dataset
 from plid.errors import UserInputError
+from plid.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
@@ -37,6 +41,9 @@ class SpineDataModule(L.LightningDataModule):
             ``roi_margin``, the paper's 10 %), ``none`` the whole image, ``detected`` boxes found by trained
             detectors.
         series: keep only these series (``t1``, ``t2``, ``t2_SPACE``); None keeps all.
+        on_error: ``raise`` stops at the first bad row with a message naming it (before training starts);
+            ``skip`` leaves bad rows out with a warning and a count.
+        cache_dir: where decoded, cropped and resized arrays are kept between runs (None: no disk cache).
     """
 
     def __init__(
@@ -58,7 +65,11 @@ class SpineDataModule(L.LightningDataModule):
         roi: str = "gt",
         roi_margin: float = 0.1,
         series: list[str] | None = None,
+        on_error: str = "raise",
+        cache_dir: str | None = None,
     ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise UserInputError(f"data.on_error={on_error!r} must be 'raise' or 'skip'")
         if roi not in ROI_MODES:
             raise UserInputError(f"data.roi={roi!r} is not one of {ROI_MODES}")
         super().__init__()
@@ -79,13 +90,74 @@ class SpineDataModule(L.LightningDataModule):
             root = Path(self.hparams.root).expanduser()
             if self.hparams.synthetic is not None:
                 root = ensure_dataset(root, SyntheticSpec(**self.hparams.synthetic))
-            dataset = self._all_data = load_dataset(root)
+            dataset = self._all_data = self._checked(load_dataset(root), find_problems)
             if self.hparams.series:
                 keep = dataset.images["series"].isin(list(self.hparams.series))
                 dataset = SpineDataset(dataset.root, dataset.images[keep].reset_index(drop=True),
                                        dataset.discs[dataset.discs["image"].isin(dataset.images.loc[keep, "image"])])
             self._dataset = self._validated(dataset)
         return self._dataset
+
+    def _checked(self, dataset: SpineDataset, check) -> SpineDataset:
+        """``dataset`` after ``check(dataset) -> problems``: an error, or the bad rows dropped (on_error=skip)."""
+        problems = check(dataset)
+        if not problems:
+            return dataset
+        if self.hparams.on_error == "raise":
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise DataContractError(
+                f"{dataset.root}: {problems[0]}{more}. Fix the row, or pass data.on_error=skip to leave bad rows out."
+            )
+        for problem in problems:
+            log.warning("skipping %s", problem)
+        log.warning("%d bad rows skipped (data.on_error=skip)", len(problems))
+        return drop_problems(dataset, problems)
+
+    def decode_cached(self, rows: list, decode, key: dict) -> tuple[list[str], list[np.ndarray]]:
+        """Decode ``rows`` into stacked arrays (``decode(row)`` returns a tuple of equal-shaped arrays per row),
+        kept in ``cache_dir`` keyed by ``key``, the rows and their files' sizes and times: the first run
+        decodes (and so validates) every image; later runs load one file.
+
+        Returns the ids of the rows kept and one stacked array per element of decode's tuple.
+        """
+        stats = [(r.image, *_stat(self.dataset.image_path(r.image)), *_stat(self.dataset.mask_path(r.image)))
+                 for r in rows]
+        digest = hashlib.sha1(json.dumps([type(self).__name__, str(self.dataset.root), key, stats,
+                                          self.hparams.on_error], default=str).encode()).hexdigest()[:16]
+        path = Path(self.hparams.cache_dir).expanduser() / f"{digest}.npz" if self.hparams.cache_dir else None
+        if path is not None and path.is_file():
+            with np.load(path, allow_pickle=False) as data:
+                return list(data["ids"]), [data[f"a{k}"] for k in range(len(data.files) - 1)]
+        rows, results = self.decode_rows(rows, decode)
+        if not results:
+            raise DataContractError(f"{self.dataset.root}: no usable image among {len(stats)} rows")
+        arrays = [np.stack(parts) for parts in zip(*results)]
+        ids = [r.image for r in rows]
+        if path is not None:
+            with atomic_write(path, "wb") as handle:
+                np.savez(handle, ids=np.array(ids, dtype=str), **{f"a{k}": a for k, a in enumerate(arrays)})
+        return ids, arrays
+
+    def decode_rows(self, rows: list, decode) -> tuple[list, list]:
+        """``decode(row)`` for every row, in threads (cv2 decodes outside the GIL); returns (rows, results)
+        without the rows that fail with a data error when on_error=skip."""
+
+        def attempt(row):
+            try:
+                return decode(row)
+            except DataContractError as error:
+                if self.hparams.on_error == "raise":
+                    raise DataContractError(
+                        f"{error}. Fix the file, or pass data.on_error=skip to leave it out.") from None
+                log.warning("skipping image %s: %s", row.image, error)
+                return None
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(attempt, rows))
+        kept = [(row, out) for row, out in zip(rows, results) if out is not None]
+        if len(kept) < len(rows):
+            log.warning("%d images skipped for decoding errors (data.on_error=skip)", len(rows) - len(kept))
+        return [r for r, _ in kept], [o for _, o in kept]
 
     def _validated(self, dataset: SpineDataset) -> SpineDataset:
         """Hook for subclasses to check and filter the rows they need."""
@@ -160,6 +232,14 @@ class SpineDataModule(L.LightningDataModule):
 
     def augmentation_kwargs(self) -> dict[str, Any]:
         return dict(self.hparams.augmentation or {})
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    except FileNotFoundError:
+        return -1, -1
 
 
 def patient_strata(dataset: SpineDataset) -> dict[str, str]:

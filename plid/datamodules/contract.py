@@ -95,3 +95,63 @@ def load_dataset(root: str | Path) -> SpineDataset:
     else:
         discs = pd.DataFrame(columns=DISC_COLUMNS)
     return SpineDataset(root=root, images=images, discs=discs)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad row: the table and the image it names, and what is wrong with it."""
+
+    table: str
+    image: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.table} row for image {self.image!r}: {self.message}"
+
+
+def _box_problem(box, height: float, width: float) -> str | None:
+    if any(pd.isna(v) for v in box):
+        return None
+    x1, y1, x2, y2 = box
+    if not (x2 > x1 and y2 > y1):
+        return f"box {tuple(box)} has zero or negative size"
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        return f"box {tuple(box)} lies outside the {int(width)}x{int(height)} image"
+    return None
+
+
+def find_problems(dataset: SpineDataset) -> list[Problem]:
+    """Table-level checks that need no decoding: files present, boxes of positive size inside their image,
+    discs naming known images. Decoding problems (corrupt files, mask values, sizes) surface when the
+    DataModule decodes the rows it uses."""
+    problems: list[Problem] = []
+    sizes = {}
+    for row in dataset.images.itertuples():
+        if not dataset.image_path(row.image).is_file():
+            problems.append(Problem("images.csv", row.image, f"image file {dataset.image_path(row.image)} not found"))
+        if getattr(row, "has_mask", 0) == 1 and not dataset.mask_path(row.image).is_file():
+            problems.append(Problem("images.csv", row.image,
+                                    f"has_mask=1 but mask file {dataset.mask_path(row.image)} not found"))
+        height, width = getattr(row, "height", float("nan")), getattr(row, "width", float("nan"))
+        sizes[row.image] = (height, width)
+        if all(c in dataset.images.columns for c in LUMBAR_BOX) and not pd.isna(height):
+            message = _box_problem([getattr(row, c) for c in LUMBAR_BOX], height, width)
+            if message:
+                problems.append(Problem("images.csv", row.image, f"lumbar {message}"))
+    for row in dataset.discs.itertuples():
+        if row.image not in sizes:
+            problems.append(Problem("discs.csv", row.image, "names an image that images.csv does not list"))
+            continue
+        height, width = sizes[row.image]
+        if not pd.isna(height):
+            message = _box_problem([getattr(row, c) for c in DISC_BOX], height, width)
+            if message:
+                problems.append(Problem("discs.csv", row.image, f"disc {message}"))
+    return problems
+
+
+def drop_problems(dataset: SpineDataset, problems: list[Problem]) -> SpineDataset:
+    """The dataset without the images named by ``problems`` (and their discs)."""
+    bad = {p.image for p in problems}
+    return SpineDataset(dataset.root, dataset.images[~dataset.images["image"].isin(bad)].reset_index(drop=True),
+                        dataset.discs[~dataset.discs["image"].isin(bad)].reset_index(drop=True))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import cv2
 import numpy as np
 import torch
@@ -73,10 +71,12 @@ class SegmentationDataModule(SpineDataModule):
     def build_dataset(self, split: str, patients: set[str]) -> SegmentationDataset:
         h = self.hparams
         rows = [r for r in self.dataset.images.itertuples() if r.patient in patients]
-        with ThreadPoolExecutor(max_workers=4) as pool:  # cv2 decodes outside the GIL
-            pairs = list(pool.map(lambda r: load_roi(self.dataset, r, h.roi, h.image_size, h.roi_margin), rows))
-        size = (len(rows), h.image_size, h.image_size)
-        images = np.stack([p[0] for p in pairs]) if pairs else np.zeros(size, np.uint8)
-        masks = np.stack([p[1] for p in pairs]) if pairs else np.zeros(size, np.uint8)
+        if not rows:
+            empty = np.zeros((0, h.image_size, h.image_size), np.uint8)
+            return SegmentationDataset([], empty, empty)
+        ids, (images, masks) = self.decode_cached(
+            rows, lambda r: load_roi(self.dataset, r, h.roi, h.image_size, h.roi_margin),
+            key={"roi": h.roi, "margin": h.roi_margin, "size": h.image_size},
+        )
         transform = paper_augmentation(**self.augmentation_kwargs()) if split == "train" and h.augment else None
-        return SegmentationDataset([r.image for r in rows], images, masks, transform)
+        return SegmentationDataset(ids, images, masks, transform)
