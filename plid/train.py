@@ -18,7 +18,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from plid.ensemble.predictions import export_predictions
-from plid.errors import find_user_error
+from plid.errors import UserInputError, find_user_error
 from plid.utils.hydra import config_choices, config_to_dict, instantiate_callbacks, instantiate_loggers, metric_value
 from plid.utils.io import write_json
 
@@ -30,6 +30,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir)
 
     log.info("Data <%s>", cfg.data._target_)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
@@ -53,7 +54,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         if cfg.get("train"):
             start = time.perf_counter()
-            trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
             epochs = max(trainer.current_epoch, 1)
             summary.update(epochs=trainer.current_epoch,
                            seconds_per_epoch=round((time.perf_counter() - start) / epochs, 3))
@@ -81,6 +82,24 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     write_json(output_dir / "summary.json", summary)
     log.info("Summary written to %s", output_dir / "summary.json")
     return metrics, {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """The checkpoint to resume from; refuses to start a new run over another run's outputs.
+
+    ``last`` means ``<output_dir>/checkpoints/last.ckpt``: rerun with the same ``hydra.run.dir`` to resume.
+    """
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path == "last":
+        if not last.is_file():
+            raise UserInputError(f"ckpt_path=last but {last} does not exist; pass hydra.run.dir=<the run to resume>")
+        return str(last)
+    if ckpt_path is None and ((output_dir / "summary.json").exists() or last.exists()):
+        raise UserInputError(
+            f"{output_dir} already holds another run's outputs; choose a new hydra.run.dir, "
+            f"or resume an interrupted run there with ckpt_path=last"
+        )
+    return ckpt_path
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from plid.boxes import crop, enlarge_box
 from plid.datamodules.base import SpineDataModule
 from plid.datamodules.contract import LUMBAR_BOX, DataContractError, SpineDataset
-from plid.datamodules.transforms import paper_augmentation, to_tensor
+from plid.datamodules.transforms import augment, paper_augmentation, to_tensor
 
 
 class SegmentationDataset(Dataset):
@@ -29,7 +29,7 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image, mask = self.images[index], self.masks[index]
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
+            out = augment(self.transform, image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return {"image": to_tensor(image), "target": torch.from_numpy(np.ascontiguousarray(mask)).long(),
                 "id": self.ids[index]}

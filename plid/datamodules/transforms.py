@@ -25,6 +25,16 @@ def paper_augmentation(rotate: float = 30, brightness: float = 0.2, shift: float
     ])
 
 
+def augment(transform: A.Compose, **data: np.ndarray) -> dict:
+    """Apply ``transform`` with a seed drawn from torch's generator.
+
+    albumentations keeps its own generator, which ``seed_everything`` does not reach; drawing its seed from
+    torch makes runs repeat for a seed, and each DataLoader worker (seeded apart by torch) augments differently.
+    """
+    transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ())))
+    return transform(**data)
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W) -> float32 (1, H, W), standardised per image (MR intensities have no absolute scale)."""
     x = torch.from_numpy(image).float().unsqueeze(0)
