@@ -193,7 +193,7 @@ def test_import_loads_in_the_segmentation_datamodule(compose, imported, tmp_path
 
 def test_command_line_import(spider, tmp_path):
     out = tmp_path / "cli"
-    result = run_module("plid.data.spider", f"root={spider}", f"out={out}", "slices=2", "debug=smoke",
+    result = run_module("plid.data.spider", f"root={spider}", f"out={out}", "slices=2", "debug=smoke", "workers=2",
                         f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 0, result.stderr
     assert set(pd.read_csv(out / "images.csv")["image"]) == {"1_t1_s004", "1_t1_s005", "1_t2_s004", "1_t2_s005"}

@@ -30,7 +30,8 @@ def main(cfg: DictConfig) -> None:
                  f"(root: the SPIDER download with images/, masks/, overview.csv; out: a new folder)")
     try:
         out = import_spider(root=cfg.root, out=cfg.out, series=list(cfg.series), slices=cfg.slices,
-                            subset=cfg.subset, max_patients=cfg.max_patients, overwrite=cfg.overwrite)
+                            subset=cfg.subset, max_patients=cfg.max_patients, overwrite=cfg.overwrite,
+                            workers=cfg.workers)
     except Exception as error:
         user_error = find_user_error(error)
         if user_error is None:

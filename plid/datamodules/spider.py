@@ -22,11 +22,14 @@ folder that ``plid.datamodules.contract`` reads (``../shared/data/spider2d/READM
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
@@ -213,7 +216,7 @@ def read_overview(root: Path, series: list[str], subset: str) -> pd.DataFrame:
             f"{path} not found: root={root} must be the SPIDER download (images/, masks/, overview.csv, "
             f"radiological_gradings.csv)"
         )
-    overview = pd.read_csv(path, dtype={"new_file_name": str})
+    overview = _read_verbatim(path)
     for column in ("new_file_name", "subset"):
         if column not in overview.columns:
             raise SpiderImportError(f"{path}: missing column {column!r}")
@@ -225,13 +228,33 @@ def read_overview(root: Path, series: list[str], subset: str) -> pd.DataFrame:
     return overview[keep]
 
 
+def _read_verbatim(path: Path) -> pd.DataFrame:
+    """A CSV with every cell kept as written, so the copies in ``out`` keep SPIDER's values exactly."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _import_series(job: tuple) -> tuple[list[list], list[list]]:
+    """Write the slices of one series into ``tmp``; returns their images.csv and discs.csv rows."""
+    root, tmp, stem, mask_path, patient, series, slices, gradings = job
+    image_rows, disc_rows = [], []
+    for piece in sagittal_slices(root / "images" / f"{stem}.mha", mask_path, slices):
+        name = f"{stem}_s{piece.index:03d}"
+        _write_png(tmp / "images" / f"{name}.png", piece.image)
+        if piece.labels is not None:
+            _write_png(tmp / "masks" / f"{name}.png", remap_labels(piece.labels, str(mask_path)))
+        image_row, discs = slice_rows(name, patient, series, piece, gradings)
+        image_rows.append(image_row)
+        disc_rows.extend(discs)
+    return image_rows, disc_rows
+
+
 def _numeric_first(value: str):
     return (0, int(value), "") if value.isdigit() else (1, 0, value)
 
 
 def import_spider(root: str | Path, out: str | Path, series: list[str] | tuple[str, ...] = SERIES,
                   slices: int = 9, subset: str = "training", max_patients: int | None = None,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, workers: int = 1) -> Path:
     """Convert the SPIDER download in ``root`` into a spider2d-layout folder ``out``, atomically.
 
     Args:
@@ -240,6 +263,7 @@ def import_spider(root: str | Path, out: str | Path, series: list[str] | tuple[s
         subset: SPIDER's ``training`` or ``validation`` patients, or ``all``.
         max_patients: import only the first patients (by id), e.g. 1 for a smoke run.
         overwrite: replace ``out`` if it exists.
+        workers: series converted in parallel processes.
     """
     root, out = Path(root).expanduser().resolve(), Path(out).expanduser().resolve()
     series = list(series)
@@ -274,22 +298,23 @@ def import_spider(root: str | Path, out: str | Path, series: list[str] | tuple[s
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         image_rows, disc_rows = [], []
-        for number, row in enumerate(overview.itertuples(index=False), start=1):
-            stem = row.new_file_name
-            mask_path = root / "masks" / f"{stem}.mha"
+        jobs = []
+        for row in overview.itertuples(index=False):
+            mask_path = root / "masks" / f"{row.new_file_name}.mha"
             if not mask_path.is_file():
-                log.warning("%s not found: %s is imported without mask, boxes or levels", mask_path, stem)
+                log.warning("%s not found: %s is imported without mask, boxes or levels", mask_path, row.new_file_name)
                 mask_path = None
-            pieces = sagittal_slices(root / "images" / f"{stem}.mha", mask_path, slices)
-            for piece in pieces:
-                name = f"{stem}_s{piece.index:03d}"
-                _write_png(tmp / "images" / f"{name}.png", piece.image)
-                if piece.labels is not None:
-                    _write_png(tmp / "masks" / f"{name}.png", remap_labels(piece.labels, str(mask_path)))
-                image_row, discs = slice_rows(name, row.patient, row.series, piece, gradings)
-                image_rows.append(image_row)
+            jobs.append((root, tmp, row.new_file_name, mask_path, row.patient, row.series, slices, gradings))
+        with contextlib.ExitStack() as stack:
+            if workers > 1:
+                pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=get_context("spawn")))
+                results = pool.map(_import_series, jobs)
+            else:
+                results = map(_import_series, jobs)
+            for number, (job, (rows, discs)) in enumerate(zip(jobs, results), start=1):
+                image_rows.extend(rows)
                 disc_rows.extend(discs)
-            log.info("[%d/%d] %s: %d slices", number, len(overview), stem, len(pieces))
+                log.info("[%d/%d] %s: %d slices", number, len(jobs), job[2], len(rows))
 
         images = pd.DataFrame(image_rows, columns=IMAGE_COLUMNS)
         discs = pd.DataFrame(disc_rows, columns=DISC_COLUMNS)
@@ -298,10 +323,9 @@ def import_spider(root: str | Path, out: str | Path, series: list[str] | tuple[s
         discs = discs.astype(dict.fromkeys(["ivd_label", "x1", "y1", "x2", "y2", *GRADING_COLUMNS], "Int64"))
         _write_csv(tmp / "images.csv", images)
         _write_csv(tmp / "discs.csv", discs)
-        kept = overview.drop(columns=["patient", "series"])
-        _write_csv(tmp / "overview.csv", kept)
+        _write_csv(tmp / "overview.csv", overview.drop(columns=["patient", "series"]))
         if (root / "radiological_gradings.csv").is_file():
-            table = pd.read_csv(root / "radiological_gradings.csv", dtype={"Patient": str})
+            table = _read_verbatim(root / "radiological_gradings.csv")
             _write_csv(tmp / "radiological_gradings.csv", table[table["Patient"].isin(patients)])
         write_json(tmp / "spider_import.json", {
             "source": str(root), "series": series, "slices": slices, "subset": subset,
