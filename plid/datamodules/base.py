@@ -18,7 +18,7 @@ from plid.errors import UserInputError
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
-ROI_MODES = ("gt", "none")
+ROI_MODES = ("gt", "none", "detected")
 
 
 class SpineDataModule(L.LightningDataModule):
@@ -37,6 +37,8 @@ class SpineDataModule(L.LightningDataModule):
             ``roi_margin``, the paper's 10 %), ``none`` the whole image, ``detected`` boxes found by trained
             detectors.
         series: keep only these series (``t1``, ``t2``, ``t2_SPACE``); None keeps all.
+        detector: for ``roi='detected'``: ``lumbar`` and ``ivd`` weights (local ``.pt``), ``conf``, ``device``
+            and ``cache_dir``; see :mod:`plid.datamodules.detected`.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class SpineDataModule(L.LightningDataModule):
         roi: str = "gt",
         roi_margin: float = 0.1,
         series: list[str] | None = None,
+        detector: dict | None = None,
     ) -> None:
         if roi not in ROI_MODES:
             raise UserInputError(f"data.roi={roi!r} is not one of {ROI_MODES}")
@@ -84,6 +87,10 @@ class SpineDataModule(L.LightningDataModule):
                 keep = dataset.images["series"].isin(list(self.hparams.series))
                 dataset = SpineDataset(dataset.root, dataset.images[keep].reset_index(drop=True),
                                        dataset.discs[dataset.discs["image"].isin(dataset.images.loc[keep, "image"])])
+            if self.hparams.roi == "detected":
+                from plid.datamodules.detected import detected_dataset
+
+                dataset = detected_dataset(dataset, margin=self.hparams.roi_margin, **(self.hparams.detector or {}))
             self._dataset = self._validated(dataset)
         return self._dataset
 
