@@ -221,3 +221,26 @@ def test_roi_detected_without_weights_says_what_to_do(compose):
     cfg = compose("data.roi=detected")
     with pytest.raises(UserInputError, match="python -m plid.detect stage=lumbar"):
         hydra.utils.instantiate(cfg.data, _convert_="all").dataset  # noqa: B018
+
+
+def test_roi_cropper_runs_on_trained_weights_offline(detect_cfg, tmp_path, no_network):
+    """The cropper on real (one-epoch, 64 px) YOLO weights: a low threshold so that the untrained models answer."""
+    import hydra
+
+    from plid.detect import detect
+
+    weights = {}
+    for stage in ("lumbar", "ivd"):
+        cfg = detect_cfg(f"stage={stage}", "debug=smoke", f"paths.output_dir={tmp_path}/{stage}", "test=false")
+        weights[stage] = detect(cfg)[1]["weights"]
+    dataset = hydra.utils.instantiate(detect_cfg("debug=smoke").data, _convert_="all").dataset
+    image = dataset.read_image(dataset.images["image"].iloc[0])
+    cropper = RoiCropper.from_weights(weights["lumbar"], weights["ivd"], conf=0.0001)
+    result = cropper(image)
+    x1, y1, x2, y2 = result.lumbar_crop_box
+    assert 0 <= x1 < x2 <= image.shape[1] and 0 <= y1 < y2 <= image.shape[0]
+    assert result.lumbar_image.shape == (y2 - y1, x2 - x1)
+    assert [d.level for d in result.discs] == list(range(1, len(result.discs) + 1))
+    assert no_network == []
+    with pytest.raises(NoLumbarRegionFound):  # nothing is that sure of itself after one epoch at 64 px
+        RoiCropper.from_weights(weights["lumbar"], weights["ivd"], conf=0.999)(image)
