@@ -231,7 +231,9 @@ def test_roi_cropper_runs_on_trained_weights_offline(detect_cfg, tmp_path, no_ne
 
     weights = {}
     for stage in ("lumbar", "ivd"):
-        cfg = detect_cfg(f"stage={stage}", "debug=smoke", f"paths.output_dir={tmp_path}/{stage}", "test=false")
+        # the ivd detector starts from the lumbar one: a local .pt as starting point, offline
+        start = [f"detector.weights={weights['lumbar']}"] if stage == "ivd" else []
+        cfg = detect_cfg(f"stage={stage}", "debug=smoke", f"paths.output_dir={tmp_path}/{stage}", "test=false", *start)
         weights[stage] = detect(cfg)[1]["weights"]
     dataset = hydra.utils.instantiate(detect_cfg("debug=smoke").data, _convert_="all").dataset
     image = dataset.read_image(dataset.images["image"].iloc[0])
