@@ -42,11 +42,11 @@ def prepare_ultralytics(config_dir: str | Path):
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "false"
     os.environ.setdefault("YOLO_VERBOSE", "false")
-    config_dir = Path(config_dir).expanduser().resolve()
-    config_dir.mkdir(parents=True, exist_ok=True)
     import sys
 
     if "ultralytics" not in sys.modules:
+        config_dir = Path(config_dir).expanduser().resolve()
+        config_dir.mkdir(parents=True, exist_ok=True)
         os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     import matplotlib
     import ultralytics
