@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import SPIDER2D, requires_spider2d, run_module
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -246,3 +247,14 @@ def test_roi_cropper_runs_on_trained_weights_offline(detect_cfg, tmp_path, no_ne
     assert no_network == []
     with pytest.raises(NoLumbarRegionFound):  # nothing is that sure of itself after one epoch at 64 px
         RoiCropper.from_weights(weights["lumbar"], weights["ivd"], conf=0.999)(image)
+
+
+@requires_spider2d
+def test_detect_command_on_real_slices_smoke(tmp_path):
+    """``python -m plid.detect`` as a user runs it, on spider2d: the renders without a lumbar box are counted."""
+    out = run_module("plid.detect", "stage=ivd", "data=spider2d_det", f"data.root={SPIDER2D}", "debug=smoke",
+                     f"paths.data_dir={tmp_path}/data", f"hydra.run.dir={tmp_path}/run")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["left_out"]["no_lumbar_box"] > 0 and summary["samples"]["train"] == 4
+    assert set(summary["test"]) == {"map50", "map50_95", "precision", "recall"}
