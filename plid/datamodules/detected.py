@@ -10,7 +10,9 @@ The :class:`~plid.models.detection.RoiCropper` runs once over every image; the r
 - ``discs.csv``: each detected disc is matched to a ground-truth disc of its image (Hungarian matching on
   IoU, at least ``min_iou``) and takes that disc's level and gradings; a detection with no match keeps
   empty labels (a valid box without gradings, as the data contract allows); ground-truth discs no detection
-  matched are dropped and counted.
+  matched are dropped and counted (``gt_discs_missed``, over the images that kept a lumbar region).
+
+The counts go to the log and to ``counts.json`` beside the cached tables.
 """
 
 from __future__ import annotations
