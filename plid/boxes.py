@@ -16,6 +16,8 @@ def enlarge_box(box, factor: float, height: int, width: int) -> tuple[int, int, 
         raise ValueError(f"box {tuple(box)} has zero or negative size")
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     half_w, half_h = (x2 - x1) * (1 + factor) / 2, (y2 - y1) * (1 + factor) / 2
+    # rounded first so float noise (200 * 1.1 / 2 = 110.00000000000001) does not add a pixel
+    cx, cy, half_w, half_h = (round(v, 6) for v in (cx, cy, half_w, half_h))
     nx1 = int(np.clip(np.floor(cx - half_w), 0, width - 1))
     ny1 = int(np.clip(np.floor(cy - half_h), 0, height - 1))
     nx2 = int(np.clip(np.ceil(cx + half_w), nx1 + 1, width))
@@ -36,3 +38,30 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     if rows.size == 0:
         return None
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def to_yolo(boxes, height: int, width: int) -> np.ndarray:
+    """Pixel boxes (N, 4) as ultralytics labels: centre x, centre y, width, height, all as fractions of the image."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.stack([(b[:, 0] + b[:, 2]) / 2 / width, (b[:, 1] + b[:, 3]) / 2 / height,
+                     (b[:, 2] - b[:, 0]) / width, (b[:, 3] - b[:, 1]) / height], axis=1)
+
+
+def from_yolo(labels, height: int, width: int) -> np.ndarray:
+    """Ultralytics labels (N, 4: normalised centre and size) as float pixel boxes (x1, y1, x2, y2)."""
+    lb = np.asarray(labels, dtype=np.float64).reshape(-1, 4)
+    cx, cy, w, h = lb[:, 0] * width, lb[:, 1] * height, lb[:, 2] * width, lb[:, 3] * height
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+
+
+def shift_box(box, dx: float, dy: float) -> tuple[float, float, float, float]:
+    """``box`` moved by (dx, dy): from crop to image coordinates with the crop's corner, back with its negative."""
+    x1, y1, x2, y2 = box
+    return x1 + dx, y1 + dy, x2 + dx, y2 + dy
+
+
+def clip_box(box, height: int, width: int) -> tuple[float, float, float, float]:
+    """``box`` clipped to an image of the given size."""
+    x1, y1, x2, y2 = box
+    return (float(np.clip(x1, 0, width)), float(np.clip(y1, 0, height)),
+            float(np.clip(x2, 0, width)), float(np.clip(y2, 0, height)))

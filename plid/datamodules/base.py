@@ -22,7 +22,7 @@ from plid.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
-ROI_MODES = ("gt", "none")
+ROI_MODES = ("gt", "none", "detected")
 
 
 class SpineDataModule(L.LightningDataModule):
@@ -44,6 +44,8 @@ class SpineDataModule(L.LightningDataModule):
         on_error: ``raise`` stops at the first bad row with a message naming it (before training starts);
             ``skip`` leaves bad rows out with a warning and a count.
         cache_dir: where decoded, cropped and resized arrays are kept between runs (None: no disk cache).
+        detector: for ``roi='detected'``: ``lumbar`` and ``ivd`` weights (local ``.pt``), ``conf``, ``device``
+            and ``cache_dir``; see :mod:`plid.datamodules.detected`.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class SpineDataModule(L.LightningDataModule):
         series: list[str] | None = None,
         on_error: str = "raise",
         cache_dir: str | None = None,
+        detector: dict | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise UserInputError(f"data.on_error={on_error!r} must be 'raise' or 'skip'")
@@ -95,6 +98,10 @@ class SpineDataModule(L.LightningDataModule):
                 keep = dataset.images["series"].isin(list(self.hparams.series))
                 dataset = SpineDataset(dataset.root, dataset.images[keep].reset_index(drop=True),
                                        dataset.discs[dataset.discs["image"].isin(dataset.images.loc[keep, "image"])])
+            if self.hparams.roi == "detected":
+                from plid.datamodules.detected import detected_dataset
+
+                dataset = detected_dataset(dataset, margin=self.hparams.roi_margin, **(self.hparams.detector or {}))
             self._dataset = self._validated(dataset)
         return self._dataset
 

@@ -1,0 +1,260 @@
+"""Two-stage detection: YOLO label export, ROI cropping, offline training of both stages, roi=detected."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import SPIDER2D, requires_spider2d, run_module
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from plid.boxes import enlarge_box, from_yolo, to_yolo
+from plid.datamodules.contract import DISC_BOX, LUMBAR_BOX
+from plid.datamodules.yolo import write_labels
+from plid.errors import UserInputError
+from plid.models.detection import NoLumbarRegionFound, RoiCropper
+from plid.utils.hydra import PROJECT_ROOT
+
+
+def read_labels(path) -> np.ndarray:
+    rows = np.loadtxt(path, ndmin=2)
+    assert (rows[:, 0] == 0).all()
+    return rows[:, 1:]
+
+
+def test_pixel_boxes_round_trip_through_yolo_label_files(tmp_path):
+    rng = np.random.default_rng(0)
+    height, width = 317, 451
+    x1, y1 = rng.integers(0, 300, 20), rng.integers(0, 200, 20)
+    boxes = np.stack([x1, y1, x1 + rng.integers(1, 150, 20), y1 + rng.integers(1, 117, 20)], axis=1)
+    write_labels(tmp_path / "a.txt", boxes, height, width)
+    labels = read_labels(tmp_path / "a.txt")
+    assert ((labels >= 0) & (labels <= 1)).all()
+    np.testing.assert_allclose(from_yolo(labels, height, width), boxes, atol=1.0)
+    np.testing.assert_allclose(to_yolo([[0, 0, width, height]], height, width), [[0.5, 0.5, 1, 1]])
+
+
+def test_enlarge_box_grows_ten_percent_about_the_centre_and_clips_to_the_image():
+    assert enlarge_box((100, 100, 200, 300), 0.1, 400, 400) == (95, 90, 205, 310)
+    assert enlarge_box((0, 5, 50, 400), 0.1, 400, 300) == (0, 0, 53, 400)  # clipped left, top and bottom
+    assert enlarge_box((290, 390, 300, 400), 0.1, 400, 300) == (289, 389, 300, 400)  # clipped right, bottom
+
+
+@pytest.fixture
+def detect_cfg(tmp_path, data_dir):
+    """Compose ``conf/detect.yaml`` as a run would, outputs in ``tmp_path``."""
+
+    def _compose(*overrides: str, config_name: str = "detect"):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, return_hydra_config=True, overrides=[
+                f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}/logs", f"paths.output_dir={tmp_path}/run",
+                *overrides,
+            ])
+            HydraConfig().set_config(cfg)
+            with open_dict(cfg):
+                del cfg.hydra
+            return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("stage", ["lumbar", "ivd"])
+def test_export_labels_give_back_the_table_boxes_in_the_stage_image(detect_cfg, stage, tmp_path):
+    import hydra
+
+    cfg = detect_cfg(f"stage={stage}", "debug=smoke")
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    data_yaml = dm.export(tmp_path / "export")
+    spec = yaml.safe_load(data_yaml.read_text())
+    assert spec["names"] == {0: "lumbar" if stage == "lumbar" else "disc"}
+    row = dm.datasets["train"].iloc[0]
+    image = dm.dataset.read_image(row["image"])
+    lumbar = row[LUMBAR_BOX].to_numpy(dtype=float)
+    if stage == "lumbar":
+        expected, size = lumbar[None], image.shape
+    else:
+        x1, y1, x2, y2 = enlarge_box(lumbar, 0.1, *image.shape)
+        expected = dm.dataset.discs.loc[dm.dataset.discs["image"] == row["image"], DISC_BOX].to_numpy(float)
+        expected = np.clip(expected - [x1, y1, x1, y1], 0, [x2 - x1, y2 - y1] * 2)
+        size = (y2 - y1, x2 - x1)
+    assert (tmp_path / "export" / "images" / "train" / f"{row['image']}.png").is_file()
+    labels = read_labels(tmp_path / "export" / "labels" / "train" / f"{row['image']}.txt")
+    found = from_yolo(labels, *size)
+    np.testing.assert_allclose(found[np.lexsort(found.T[::-1])], expected[np.lexsort(expected.T[::-1])], atol=1.0)
+
+
+def fake_detector(boxes, scores=None):
+    def detect(image):
+        b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+        return b, np.asarray(scores if scores is not None else np.ones(len(b)), dtype=float)
+
+    return detect
+
+
+def test_roi_cropper_returns_discs_bottom_up_in_image_coordinates():
+    image = np.arange(200 * 100, dtype=np.uint32).reshape(200, 100).astype(np.uint8)
+    lumbar = [[0, 0, 10, 10], [20, 40, 80, 180]]  # the second, more confident box is the lumbar region
+    region = enlarge_box(lumbar[1], 0.1, 200, 100)
+    discs = [[10, 30, 40, 40], [12, 120, 45, 132], [11, 70, 44, 84]]  # crop coordinates, not in order
+    cropper = RoiCropper(fake_detector(lumbar, [0.3, 0.9]), fake_detector(discs, [0.8, 0.7, 0.6]))
+    result = cropper(image)
+    assert result.lumbar_box == (20, 40, 80, 180) and result.lumbar_crop_box == region
+    assert result.lumbar_image.shape == (region[3] - region[1], region[2] - region[0])
+    assert [d.level for d in result.discs] == [1, 2, 3]
+    centres = [(d.box[1] + d.box[3]) / 2 for d in result.discs]
+    assert centres == sorted(centres, reverse=True)  # image y grows downwards: level 1 is the lowest
+    assert result.discs[0].box == (12 + region[0], 120 + region[1], 45 + region[0], 132 + region[1])
+    for disc in result.discs:
+        assert disc.crop_box == enlarge_box(disc.box, 0.1, 200, 100)
+        np.testing.assert_array_equal(disc.image, image[disc.crop_box[1]:disc.crop_box[3], disc.crop_box[0]:disc.crop_box[2]])
+
+
+def test_roi_cropper_says_so_when_stage_one_finds_nothing():
+    cropper = RoiCropper(fake_detector([]), fake_detector([[0, 0, 5, 5]]))
+    with pytest.raises(NoLumbarRegionFound, match="no lumbar region found"):
+        cropper(np.zeros((64, 64), np.uint8))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection attempt (or name lookup) raises and is recorded, so a test can assert there was none."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[1:] if args and isinstance(args[0], socket.socket) else args)
+        raise OSError(f"network blocked in tests: {args!r}")
+
+    for name in ("connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+@pytest.mark.parametrize("stage", ["lumbar", "ivd"])
+def test_one_epoch_of_each_stage_trains_and_tests_offline(detect_cfg, stage, tmp_path, no_network):
+    from plid.detect import detect
+
+    cfg = detect_cfg(f"stage={stage}", "debug=smoke")
+    metrics, objects = detect(cfg)
+    assert no_network == []
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["task"] == f"detection_{stage}" and summary["epochs"] == 1 and summary["imgsz"] == 64
+    assert set(summary["test"]) == {"map50", "map50_95", "precision", "recall"}
+    assert all(0 <= v <= 1 for v in summary["test"].values())
+    assert (tmp_path / "run" / "yolo" / "weights" / "best.pt").is_file()
+    logged = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv")  # the Lightning-side logger
+    assert {"val/map50", "test/map50", "train/box_loss"} <= set(logged.columns)
+    assert metrics["test/map50_95"] == summary["test"]["map50_95"]
+
+
+def test_detect_refuses_a_weights_name_it_would_have_to_download(detect_cfg, no_network):
+    from plid.detect import detect
+
+    cfg = detect_cfg("debug=smoke", "detector.weights=yolov8n.pt")
+    with pytest.raises(UserInputError, match="local .pt"):
+        detect(cfg)
+    assert no_network == []
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def test_roi_detected_takes_boxes_and_matched_labels_from_the_detectors(compose, tmp_path, monkeypatch):
+    """Fake detectors that find each ground-truth box a little off: the tables carry the found boxes and the
+    labels of the discs they match; the segmentation DataModule crops with them."""
+    import hydra
+
+    from plid.models import detection
+
+    gt_cfg = compose("data.image_size=64", "data.augment=false")
+    truth = hydra.utils.instantiate(gt_cfg.data, _convert_="all").dataset
+    lumbar_by_image, discs_by_crop = {}, {}
+    for row in truth.images.itertuples():
+        image = truth.read_image(row.image)
+        box = np.array([getattr(row, c) for c in LUMBAR_BOX], float)
+        lumbar_by_image[_digest(image)] = box + [1, 1, -1, 1]
+        x1, y1, x2, y2 = enlarge_box(box + [1, 1, -1, 1], 0.1, *image.shape)
+        discs = truth.discs.loc[truth.discs["image"] == row.image, DISC_BOX].to_numpy(float)
+        discs_by_crop[_digest(image[y1:y2, x1:x2])] = discs - [x1, y1, x1, y1] + [0, 1, 0, 1]
+
+    def fake_from_weights(cls, lumbar, ivd, **kwargs):
+        return cls(lambda im: (lumbar_by_image[_digest(im)][None], np.ones(1)),
+                   lambda im: (discs_by_crop[_digest(im)], np.ones(len(discs_by_crop[_digest(im)]))))
+
+    monkeypatch.setattr(detection.RoiCropper, "from_weights", classmethod(fake_from_weights))
+    for name in ("lumbar.pt", "ivd.pt"):
+        (tmp_path / name).write_bytes(name.encode())
+    cfg = compose("data.image_size=64", "data.augment=false", "data.roi=detected",
+                  f"data.detector.lumbar={tmp_path / 'lumbar.pt'}", f"data.detector.ivd={tmp_path / 'ivd.pt'}",
+                  f"data.detector.cache_dir={tmp_path / 'detected'}")
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    found = dm.dataset
+    assert len(found.images) == len(truth.images)
+    np.testing.assert_array_equal(found.images[LUMBAR_BOX].to_numpy(), truth.images[LUMBAR_BOX].to_numpy() + [1, 1, -1, 1])
+    merged = found.discs.merge(truth.discs, on=["image", "ivd_label"], suffixes=("", "_gt"))
+    assert len(merged) == len(truth.discs) == len(found.discs)  # every disc matched, labels carried over
+    np.testing.assert_array_equal(merged[DISC_BOX].to_numpy(), merged[[f"{c}_gt" for c in DISC_BOX]].to_numpy() + [0, 1, 0, 1])
+    assert (merged["disc_herniation"] == merged["disc_herniation_gt"]).all()
+    dm.setup("fit")
+    assert dm.datasets["train"].images.shape[1:] == (64, 64)
+    # the second run reads the cache: the fake detectors are not needed any more
+    monkeypatch.undo()
+    again = hydra.utils.instantiate(cfg.data, _convert_="all").dataset
+    pd.testing.assert_frame_equal(again.images, found.images, check_dtype=False)
+
+
+def test_roi_detected_without_weights_says_what_to_do(compose):
+    import hydra
+
+    cfg = compose("data.roi=detected")
+    with pytest.raises(UserInputError, match="python -m plid.detect stage=lumbar"):
+        hydra.utils.instantiate(cfg.data, _convert_="all").dataset  # noqa: B018
+
+
+def test_roi_cropper_runs_on_trained_weights_offline(detect_cfg, tmp_path, no_network):
+    """The cropper on real (one-epoch, 64 px) YOLO weights: a low threshold so that the untrained models answer."""
+    import hydra
+
+    from plid.detect import detect
+
+    weights = {}
+    for stage in ("lumbar", "ivd"):
+        # the ivd detector starts from the lumbar one: a local .pt as starting point, offline
+        start = [f"detector.weights={weights['lumbar']}"] if stage == "ivd" else []
+        cfg = detect_cfg(f"stage={stage}", "debug=smoke", f"paths.output_dir={tmp_path}/{stage}", "test=false", *start)
+        weights[stage] = detect(cfg)[1]["weights"]
+    dataset = hydra.utils.instantiate(detect_cfg("debug=smoke").data, _convert_="all").dataset
+    image = dataset.read_image(dataset.images["image"].iloc[0])
+    cropper = RoiCropper.from_weights(weights["lumbar"], weights["ivd"], conf=0.0001)
+    result = cropper(image)
+    x1, y1, x2, y2 = result.lumbar_crop_box
+    assert 0 <= x1 < x2 <= image.shape[1] and 0 <= y1 < y2 <= image.shape[0]
+    assert result.lumbar_image.shape == (y2 - y1, x2 - x1)
+    assert [d.level for d in result.discs] == list(range(1, len(result.discs) + 1))
+    assert no_network == []
+    with pytest.raises(NoLumbarRegionFound):  # nothing is that sure of itself after one epoch at 64 px
+        RoiCropper.from_weights(weights["lumbar"], weights["ivd"], conf=0.999)(image)
+
+
+@requires_spider2d
+def test_detect_command_on_real_slices_smoke(tmp_path):
+    """``python -m plid.detect`` as a user runs it, on spider2d: the renders without a lumbar box are counted."""
+    out = run_module("plid.detect", "stage=ivd", "data=spider2d_det", f"data.root={SPIDER2D}", "debug=smoke",
+                     f"paths.data_dir={tmp_path}/data", f"hydra.run.dir={tmp_path}/run")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["left_out"]["no_lumbar_box"] > 0 and summary["samples"]["train"] == 4
+    assert set(summary["test"]) == {"map50", "map50_95", "precision", "recall"}
