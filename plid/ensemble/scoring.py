@@ -39,8 +39,12 @@ def _as_weights(vectors: np.ndarray | Sequence) -> torch.Tensor:
 class ClassificationScorer:
     """Accuracy, F1 and AUC of weighted ensembles of (N, C) probabilities, all candidates in batched tensor ops.
 
-    F1 and AUC are those of the positive class 1 when C == 2 (F1 macro-averaged over classes otherwise; AUC
-    needs two classes). AUC is the Mann-Whitney statistic, ties counting one half (as the ROC area).
+    With two classes (the disc classifiers) a case is predicted positive when ``w . (p1 - p0) > 0``, so a
+    batch of candidates is one (B, M) x (M, N) product, a sign test and a second product with the labels that
+    counts true and all positive calls; every score but AUC comes from those counts, and only the cases where
+    the models disagree enter the products (the others are called the same by every weighting). F1 is that of the positive class 1 (macro
+    over classes when C > 2); AUC, for two classes only, is the Mann-Whitney statistic, ties counting one half
+    (the ROC area). Zero over zero (e.g. precision with no positive prediction) scores 0, as in torchmetrics.
     """
 
     def __init__(self, probs: Sequence[np.ndarray], targets: np.ndarray, metric: str = "accuracy"):
@@ -50,66 +54,71 @@ class ClassificationScorer:
         _, self.num_cases, self.num_classes = self.probs.shape
         self.targets = torch.as_tensor(np.asarray(targets, dtype=np.int64))
         self.metric = metric
-        if metric == "auc" and (self.num_classes != 2 or self.targets.unique().numel() != 2):
+        self.binary = self.num_classes == 2
+        if metric == "auc" and not self._has_both():
             raise UserInputError("metric=auc needs two classes, both present among the cases; use accuracy or f1")
+        if self.binary:
+            # p1 - p0 ranks and thresholds cases as the ensemble's p1 does (p0 + p1 is the same for every case)
+            self.margin = self.probs[..., 1] - self.probs[..., 0]  # (M, N)
+            self.positive = (self.targets == 1).float()
+            # a case every model calls positive (or every model negative) is called so by every weighting: its
+            # counts are fixed; the search only looks at the cases where the models disagree
+            always = (self.margin > 0).all(0)
+            self.open = ~(always | (self.margin <= 0).all(0))
+            self.fixed_tp = float((always * self.positive).sum())
+            self.fixed_pp = float(always.sum())
+            self.open_margin = self.margin[:, self.open].contiguous()
+            self.open_labels = torch.stack([self.positive[self.open], torch.ones(int(self.open.sum()))], 1)
 
-    def ensemble(self, weights: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) ensemble scores (unnormalised: proportional to the weighted mean)."""
-        m = self.probs.shape[0]
-        return (weights @ self.probs.reshape(m, -1)).reshape(len(weights), self.num_cases, self.num_classes)
-
-    def _batched(self, vectors, fn) -> np.ndarray:
-        weights = _as_weights(vectors)
-        chunk = max(1, _BLOCK // (self.num_cases * self.num_classes))
-        if self.metric == "auc":
-            chunk = max(1, chunk // 4)  # sorting makes a few more copies
-        return torch.cat([fn(self.ensemble(weights[i : i + chunk])) for i in range(0, len(weights), chunk)]).numpy()
+    def _has_both(self) -> bool:
+        return self.binary and self.targets.unique().numel() == 2
 
     def __call__(self, vectors) -> np.ndarray:
-        return self._batched(vectors, lambda e: self._metrics(e, (self.metric,))[self.metric])
+        weights = _as_weights(vectors)
+        if self.metric == "auc":
+            per_candidate = 8 * self.num_cases  # sorting makes a few copies
+        else:
+            per_candidate = int(self.open.sum()) if self.binary else self.num_cases * self.num_classes
+        chunk = max(1, _PAIR_BLOCK // max(1, per_candidate))
+        return torch.cat([self._metrics(weights[i : i + chunk], (self.metric,))[self.metric]
+                          for i in range(0, len(weights), chunk)]).numpy()
 
     def scores(self, vector) -> dict[str, float]:
         """Every metric of one weighting, for reports."""
-        e = self.ensemble(_as_weights([vector]))
-        names = ("accuracy", "precision", "recall", "specificity", "f1") if self.num_classes == 2 else ("accuracy", "f1")
-        metrics = self._metrics(e, names + (("auc",) if self.metric == "auc" or self._has_both() else ()))
-        return {k: float(v[0]) for k, v in metrics.items()}
+        names = ("accuracy", "precision", "recall", "specificity", "f1") if self.binary else ("accuracy", "f1")
+        names += ("auc",) if self._has_both() else ()
+        return {k: float(v[0]) for k, v in self._metrics(_as_weights([vector]), names).items()}
 
-    def _has_both(self) -> bool:
-        return self.num_classes == 2 and self.targets.unique().numel() == 2
-
-    def _metrics(self, e: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        out = {}
-        pred = e.argmax(-1)
-        t = self.targets
-        if "accuracy" in names:
-            out["accuracy"] = (pred == t).double().mean(-1)
-        if self.num_classes == 2:
-            positive, actual = pred == 1, t == 1
-            tp = (positive & actual).double().sum(-1)
-            fp = (positive & ~actual).double().sum(-1)
-            fn = (~positive & actual).double().sum(-1)
-            tn = (~positive & ~actual).double().sum(-1)
-            ratios = {"precision": (tp, tp + fp), "recall": (tp, tp + fn), "specificity": (tn, tn + fp),
-                      "f1": (2 * tp, 2 * tp + fp + fn)}
-            for name, (num, den) in ratios.items():
-                if name in names:  # 0/0 (no positive predicted or present) scores 0, as in torchmetrics
-                    out[name] = torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
-        elif "f1" in names:
+    def _metrics(self, weights: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        if not self.binary:
+            pred = (weights @ self.probs.reshape(len(self.probs), -1)).reshape(len(weights), self.num_cases, -1).argmax(-1)
             onehot_pred = torch.nn.functional.one_hot(pred, self.num_classes).double()
-            onehot_true = torch.nn.functional.one_hot(t, self.num_classes).double()
+            onehot_true = torch.nn.functional.one_hot(self.targets, self.num_classes).double()
             tp = (onehot_pred * onehot_true).sum(-2)
             den = onehot_pred.sum(-2) + onehot_true.sum(-2)
-            out["f1"] = torch.where(den > 0, 2 * tp / den.clamp(min=1), torch.zeros_like(tp)).mean(-1)
+            out = {"accuracy": (pred == self.targets).double().mean(-1),
+                   "f1": torch.where(den > 0, 2 * tp / den.clamp(min=1), torch.zeros_like(tp)).mean(-1)}
+            return {k: v for k, v in out.items() if k in names}
+        out = {}
         if "auc" in names:
-            out["auc"] = _auc(e[..., 1] - e[..., 0], t == 1)
+            out["auc"] = _auc(weights @ self.margin, self.positive.bool())
+        # in place: 1.0 where the ensemble says class 1 (a tie goes to class 0, as argmax does)
+        predicted = (weights @ self.open_margin).gt_(0)
+        tp, pp = (predicted @ self.open_labels).double().unbind(-1)  # true and all positive calls
+        tp, pp = tp + self.fixed_tp, pp + self.fixed_pp
+        n_pos = float(self.positive.sum())
+        fp, fn = pp - tp, n_pos - tp
+        tn = self.num_cases - n_pos - fp
+        ratios = {"accuracy": (tp + tn, torch.full_like(tp, self.num_cases)), "precision": (tp, tp + fp),
+                  "recall": (tp, tp + fn), "specificity": (tn, tn + fp), "f1": (2 * tp, 2 * tp + fp + fn)}
+        for name, (num, den) in ratios.items():
+            if name in names:
+                out[name] = torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
         return out
 
 
 def _auc(score: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """Mann-Whitney AUC of each row of ``score`` (B, N) against the boolean labels ``positive`` (N,)."""
-    # the ensemble's p1 ranks cases as p1 - p0 does (p0 + p1 is the same for every case), and this difference
-    # is exactly 0 on the 0.5 ties that a float p1 would blur
     ordered, order = score.sort(-1)
     low = torch.searchsorted(ordered, ordered, side="left")
     high = torch.searchsorted(ordered, ordered, side="right")
@@ -208,7 +217,7 @@ class SegmentationScorer:
     """
 
     def __init__(self, probs: Sequence[np.ndarray], targets: np.ndarray, metric: str = "miou",
-                 sample_pixels: int | None = 20_000, seed: int = 0):
+                 sample_pixels: int | None = 10_000, seed: int = 0):
         if metric not in SEGMENTATION_METRICS:
             raise UserInputError(f"metric={metric!r} is not a segmentation metric; one of {SEGMENTATION_METRICS}")
         self.metric = metric
