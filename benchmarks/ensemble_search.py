@@ -94,13 +94,18 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def compare(name: str, candidates: np.ndarray, loop_candidates: int, fast, loop) -> dict:
-    """Both ways on the same candidates: the fast one on all of them, the loop on the first ``loop_candidates``."""
-    fast_scores, fast_s = timed(lambda: fast(candidates))
+def compare(name: str, candidates: np.ndarray, loop_candidates: int, fast, loop, repeats: int = 3) -> dict:
+    """Both ways on the same candidates: the fast one on all of them, the loop on the first ``loop_candidates``;
+    each timed ``repeats`` times, alternating, keeping the fastest (the machine is shared: its load comes and goes)."""
     subset = candidates[:loop_candidates]
-    loop_scores, loop_s = timed(lambda: loop(subset))
+    fast_s = loop_s = float("inf")
+    for _ in range(repeats):
+        fast_scores, seconds = timed(lambda: fast(candidates))
+        fast_s = min(fast_s, seconds)
+        loop_scores, seconds = timed(lambda: loop(subset))
+        loop_s = min(loop_s, seconds)
     fast_rate, loop_rate = len(candidates) / fast_s, len(subset) / loop_s
-    return {"task": name, "candidates_fast": len(candidates), "candidates_loop": len(subset),
+    return {"task": name, "candidates_fast": len(candidates), "candidates_loop": len(subset), "repeats": repeats,
             "fast_candidates_per_s": round(fast_rate, 1), "loop_candidates_per_s": round(loop_rate, 2),
             "speedup": round(fast_rate / loop_rate, 1),
             "max_abs_score_difference": float(np.abs(fast_scores[: len(subset)] - loop_scores).max())}

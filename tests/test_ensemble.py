@@ -196,6 +196,8 @@ def test_runs_with_other_cases_are_refused_naming_the_run(tmp_path):
     save_predictions(second / "predictions" / "val.npz", Predictions(val.ids[1:], val.probs[1:], val.targets[1:]))
     with pytest.raises(UserInputError, match=f"run {second}: its val cases differ"):
         load_runs(resolve_runs(str(tmp_path / "multirun" / "*")), "cls")
+    with pytest.raises(UserInputError, match="not on data.root=/elsewhere"):
+        load_runs([first, first], "cls", data_root="/elsewhere")
     with pytest.raises(UserInputError, match="task=seg"):
         load_runs([first, first], "seg")
     with pytest.raises(UserInputError, match="at least two runs"):

@@ -91,7 +91,8 @@ def load_runs(paths: list[Path], task: str, data_root: str | None = None) -> lis
     for path in paths:
         summary_file = path / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-        if data_root is not None and summary.get("data_root") and Path(summary["data_root"]) != Path(data_root):
+        if (data_root is not None and summary.get("data_root")
+                and Path(summary["data_root"]).resolve() != Path(data_root).resolve()):
             raise UserInputError(f"run {path} was trained on {summary['data_root']}, not on data.root={data_root}")
         splits = {s: load_predictions(path / "predictions" / f"{s}.npz") for s in SPLITS
                   if (path / "predictions" / f"{s}.npz").is_file()}
@@ -210,7 +211,10 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
     }
     if task == "seg":
         summary["search"]["pixels"] = {"total": val.total_pixels, "disagreement": val.disagreement_pixels,
-                                       "sampled": val.sampled_pixels, "seed": search.seed}
+                                       "two_class": val.pixels.pair_size, "sampled": val.sampled_pixels,
+                                       "seed": search.seed}
+    else:
+        summary["search"]["cases"] = {"total": val.num_cases, "disagreement": int(val.open.sum()) if val.binary else None}
     if "test" in runs[0].splits:
         test = _scorer(task, [r.splits["test"] for r in runs], metric, {"sample_pixels": None})
         summary["test"] = _report(task, test, rows)
