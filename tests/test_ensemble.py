@@ -11,6 +11,7 @@ import torch
 from conftest import run_module
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc, binary_f1_score
 
+from plid.ensemble.combine import load_ensemble, weighted_average
 from plid.ensemble.predictions import Predictions, load_predictions, save_predictions
 from plid.ensemble.run import load_runs, resolve_runs
 from plid.ensemble.scoring import ClassificationScorer, SegmentationScorer, allocate
@@ -223,6 +224,11 @@ def test_classification_ensemble_end_to_end_from_a_multirun_dir(tmp_path):
     target = torch.as_tensor(preds[0].targets)
     assert summary["test"]["AEM"]["auc"] == pytest.approx(float(binary_auroc(torch.as_tensor(mean[:, 1]), target)))
     assert summary["test"]["AEM"]["accuracy"] == pytest.approx(float((mean.argmax(1) == preds[0].targets).mean()))
+    # the saved weights, applied to the saved probabilities, give the reported WAE
+    chosen = load_ensemble(out)
+    wae = weighted_average([p.probs.astype(np.float64) for p in preds], list(chosen["weights"].values()))
+    assert summary["test"]["WAE"]["auc"] == pytest.approx(float(binary_auroc(torch.as_tensor(wae[:, 1]), target)))
+    assert weighted_average([p.probs.astype(np.float64) for p in preds], [1, 1, 1]) == pytest.approx(mean)
     csv = (out / "ensemble_table.csv").read_text().splitlines()
     assert csv[0].startswith("model,val_auc,accuracy") and [r.split(",")[0] for r in csv[1:]][-2:] == ["AEM", "WAE"]
     assert "| WAE |" in (out / "ensemble_table.md").read_text()
