@@ -91,8 +91,10 @@ def load_runs(paths: list[Path], task: str, data_root: str | None = None) -> lis
     for path in paths:
         summary_file = path / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-        if (data_root is not None and summary.get("data_root")
-                and Path(summary["data_root"]).resolve() != Path(data_root).resolve()):
+        trained_on = Path(summary.get("data_root") or "").resolve()
+        # the synthetic default's data.root is the cache folder that holds the generated dataset
+        if data_root is not None and summary.get("data_root") and Path(data_root).resolve() not in (
+                trained_on, *trained_on.parents):
             raise UserInputError(f"run {path} was trained on {summary['data_root']}, not on data.root={data_root}")
         splits = {s: load_predictions(path / "predictions" / f"{s}.npz") for s in SPLITS
                   if (path / "predictions" / f"{s}.npz").is_file()}
