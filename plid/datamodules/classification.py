@@ -101,6 +101,9 @@ class ClassificationDataModule(SpineDataModule):
         labelled = discs[discs[target].notna()]
         log.info("data.target=%s: %d of %d disc boxes carry it (%d positive); %d without it are left out",
                  target, len(labelled), len(discs), int(labelled[target].sum()), len(discs) - len(labelled))
+        if labelled.empty:
+            raise DataContractError(f"{dataset.root / 'discs.csv'}: no disc carries {target} "
+                                    f"(series {self.hparams.series})")
         if self.hparams.roi == "gt" and labelled["ivd_label"].isna().any():
             row = labelled[labelled["ivd_label"].isna()].iloc[0]
             raise DataContractError(f"{dataset.root / 'discs.csv'}: a disc of image {row['image']} has {target} but "
@@ -110,9 +113,6 @@ class ClassificationDataModule(SpineDataModule):
             row = duplicated.iloc[0]
             raise DataContractError(f"{dataset.root / 'discs.csv'}: image {row['image']} has two discs with "
                                     f"ivd_label {row['ivd_label']}; a level names one disc")
-        if labelled.empty:
-            raise DataContractError(f"{dataset.root / 'discs.csv'}: no disc carries {target} "
-                                    f"(series {self.hparams.series})")
         images = dataset.images[dataset.images["image"].isin(labelled["image"])]
         return SpineDataset(dataset.root, images.reset_index(drop=True), labelled.reset_index(drop=True))
 
@@ -130,6 +130,9 @@ class ClassificationDataModule(SpineDataModule):
         data = ClassificationDataset(ids, images, targets, transform)
         negatives, positives = data.class_counts()
         log.info("%s split: %d positive and %d negative for %s", split, positives, negatives, h.target)
+        if len(data) and min(positives, negatives) == 0:
+            log.warning("the %s split holds one class only: its AUCs are undefined (NaN)%s", split,
+                        "; checkpoints and early stopping cannot follow val/auc" if split == "val" else "")
         return data
 
     def _image_samples(self, image_name: str, discs: pd.DataFrame) -> list[tuple[str, np.ndarray, int]]:
