@@ -193,6 +193,8 @@ def test_smoke_run_writes_metrics_and_figures(tmp_path):
                 "tn", "fp", "fn", "tp"}
     assert expected <= set(summary["test"]) and expected <= {k.split("/")[1] for k in summary["val"]}
     assert summary["test"]["tn"] + summary["test"]["fp"] + summary["test"]["fn"] + summary["test"]["tp"] == 4
+    checkpoint = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert checkpoint["hyper_parameters"]["mode"] == "full"
     for name in ("roc_curve_test.png", "confusion_matrix_test.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from plid.ensemble.predictions import load_predictions
