@@ -163,25 +163,26 @@ class ClassificationModule(L.LightningModule):
         self._evaluate(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        _, computed = self._log_scores("test")
+        scores, computed = self._log_scores("test")
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            self._save_figures("test", computed)
+            self._save_figures("test", scores, computed)
         self.metrics["test"].reset()
 
-    def _save_figures(self, stage: str, computed: dict) -> None:
+    def _save_figures(self, stage: str, scores: dict[str, float], computed: dict) -> None:
         """ROC curve and confusion matrix as PNGs in the run's folder, and to the loggers that take images."""
         import matplotlib.pyplot as plt
 
         metrics, out = self.metrics[stage], Path(self.trainer.default_root_dir)
         title = f"{self.class_names[1]} ({stage}, {int(computed['confusion'].sum())} cases)"
         figures = {
-            "roc_curve": metrics["roc"].plot(curve=computed["roc"], score=computed["auc"])[0],
+            "roc_curve": metrics["roc"].plot(curve=computed["roc"])[0],
             "confusion_matrix": metrics["confusion"].plot(val=computed["confusion"], labels=self.class_names)[0],
         }
         axes = figures["roc_curve"].axes[0]
         axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)  # chance
         axes.set_xlim(0, 1)
         axes.set_ylim(0, 1.02)
+        axes.set_xlabel(f"False positive rate (ROC AUC {scores['auc']:.3f})")
         for name, figure in figures.items():
             figure.axes[0].set_title(title)
             path = save_figure(figure, out / f"{name}_{stage}.png")
