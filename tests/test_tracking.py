@@ -132,30 +132,35 @@ def test_wandb_logger_of_a_detection_run_names_stage_and_detector(compose):
 
 
 def test_multirun_of_two_models_logs_each_job_to_csv_tensorboard_and_offline_wandb(tmp_path, monkeypatch):
+    """A segmenter and a classifier in one multirun: two run folders, each with its CSV, TensorBoard and W&B
+    (offline) files and its media: overlays for the segmenter, ROC curve and confusion matrix for the classifier."""
     # W&B offline, its files under tmp_path, and a server address nothing listens on: a network call would fail
     monkeypatch.setenv("WANDB_MODE", "offline")
     for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
     sweep = tmp_path / "sweep"
+    models = ["unet_resnet34", "cls_resnet50"] if HAS_CLASSIFIERS else ["unet_resnet34", "linknet_resnet34"]
     result = run_module(
-        "plid.train", "-m", "debug=smoke", "logger=many", "model=unet_resnet34,linknet_resnet34",
-        "model.net.encoder_name=resnet18",
+        "plid.train", "-m", "debug=smoke", "logger=many", f"model={','.join(models)}",
         "callbacks.segmentation_overlays={_target_:plid.callbacks.SegmentationOverlays,num_images:2}",
         f"hydra.sweep.dir={sweep}", f"paths.data_dir={tmp_path}/data", f"paths.log_dir={tmp_path}/logs")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "summary.json").is_file())
-    assert [j.name for j in jobs] == ["0_unet_resnet34", "1_linknet_resnet34"]
+    assert [j.name for j in jobs] == [f"{i}_{m}" for i, m in enumerate(models)]
     run_ids = set()
-    for job in jobs:
-        assert "test/dice" in (job / "csv" / "metrics.csv").read_text().splitlines()[0]
+    for job, model in zip(jobs, models):
+        assert "test/" in (job / "csv" / "metrics.csv").read_text().splitlines()[0]
         assert list((job / "tensorboard").glob("events.out.tfevents.*"))
         runs = list((job / "wandb").glob("offline-run-*"))
         assert len(runs) == 1, runs  # one W&B run per job
         assert list(runs[0].glob("run-*.wandb"))
         run_ids.add(runs[0].name.rsplit("-", 1)[1])
-        assert (job / "overlays" / "test.png").is_file()
-        assert list((runs[0] / "files" / "media" / "images").rglob("*.png"))  # the overlays as W&B media
+        media = {p.name.split("_")[0] for p in (runs[0] / "files" / "media" / "images").rglob("*.png")}
+        if model.startswith("cls_"):
+            assert {"roc", "confusion"} <= media, media
+        else:
+            assert "overlays" in media and (job / "overlays" / "test.png").is_file()
     assert len(run_ids) == 2
 
 
