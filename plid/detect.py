@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from plid.errors import find_user_error
 from plid.models.detection import DetectorSettings, evaluate_detector, train_detector
-from plid.utils.hydra import config_choices, config_to_dict, instantiate_loggers, metric_value
+from plid.utils.hydra import config_choices, config_to_dict, instantiate_loggers, metric_value, run_task
 from plid.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -89,16 +87,7 @@ def detect(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="detect")
 def main(cfg: DictConfig) -> float | None:
-    if cfg.get("extras", {}).get("print_config"):
-        log.info("Config:\n%s", OmegaConf.to_yaml(cfg))
-    try:
-        metrics, _ = detect(cfg)
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        log.error("%s", user_error)
-        sys.exit(f"error: {user_error}")
+    metrics, _ = run_task(detect, cfg)
     return metric_value(metrics, cfg.get("optimized_metric"))
 
 

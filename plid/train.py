@@ -8,18 +8,24 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from plid.ensemble.predictions import export_predictions
-from plid.errors import UserInputError, find_user_error
-from plid.utils.hydra import config_choices, config_to_dict, instantiate_callbacks, instantiate_loggers, metric_value
+from plid.errors import UserInputError
+from plid.utils.hydra import (
+    config_choices,
+    config_to_dict,
+    instantiate_callbacks,
+    instantiate_loggers,
+    metric_value,
+    run_task,
+)
 from plid.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -107,16 +113,7 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    if cfg.get("extras", {}).get("print_config"):
-        log.info("Config:\n%s", OmegaConf.to_yaml(cfg))
-    try:
-        metrics, _ = train(cfg)
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        log.error("%s", user_error)
-        sys.exit(f"error: {user_error}")
+    metrics, _ = run_task(train, cfg)
     return metric_value(metrics, cfg.get("optimized_metric"))
 
 

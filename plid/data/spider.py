@@ -15,7 +15,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from plid.errors import find_user_error
+from plid.utils.hydra import run_task
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +28,9 @@ def main(cfg: DictConfig) -> None:
     if missing:
         sys.exit(f"error: give {' and '.join(f'{k}=<folder>' for k in missing)} "
                  f"(root: the SPIDER download with images/, masks/, overview.csv; out: a new folder)")
-    try:
-        out = import_spider(root=cfg.root, out=cfg.out, series=list(cfg.series), slices=cfg.slices,
-                            subset=cfg.subset, max_patients=cfg.max_patients, overwrite=cfg.overwrite,
-                            workers=cfg.workers)
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        log.error("%s", user_error)
-        sys.exit(f"error: {user_error}")
+    out = run_task(lambda c: import_spider(root=c.root, out=c.out, series=list(c.series), slices=c.slices,
+                                           subset=c.subset, max_patients=c.max_patients, overwrite=c.overwrite,
+                                           workers=c.workers), cfg)
     print(out)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ import hydra
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from plid.errors import find_user_error
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -79,3 +83,18 @@ def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
     if name not in metrics:
         raise KeyError(f"optimized_metric {name!r} was not logged; logged: {sorted(metrics)}")
     return float(metrics[name])
+
+
+def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run an entry point's ``task(cfg)``: print the config where ``extras.print_config`` asks, and end the
+    process with one clear line (no trace) when the cause is bad user input (:class:`UserInputError`)."""
+    if cfg.get("extras", {}).get("print_config"):
+        log.info("Config:\n%s", OmegaConf.to_yaml(cfg))
+    try:
+        return task(cfg)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        log.error("%s", user_error)
+        sys.exit(f"error: {user_error}")
