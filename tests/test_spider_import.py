@@ -200,3 +200,28 @@ def test_command_line_import(spider, tmp_path):
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
     result = run_module("plid.data.spider", f"root={spider}", f"out={out}", f"hydra.run.dir={tmp_path}/run2")
     assert result.returncode != 0 and "not empty" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_import_loads_in_the_classification_datamodule(compose, imported, tmp_path):
+    # only patients 1 and 3 carry gradings: a split of one's own puts one graded patient on each side
+    splits = tmp_path / "splits.json"
+    splits.write_text('{"test": [], "folds": [{"train": ["1", "2"], "val": ["3", "4"]}]}')
+    cfg = compose("model=cls_resnet50", "data=spider2d_cls", f"data.root={imported}", "data.image_size=32",
+                  f"data.splits_file={splits}", "data.target=disc_bulging")
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    samples = [(case_id, int(t)) for ds in dm.datasets.values() for case_id, t in zip(ds.ids, ds.targets)]
+    assert samples and all(":" in case_id for case_id, _ in samples)  # <image>:<ivd_label>
+    graded = pd.read_csv(imported / "discs.csv").dropna(subset=["disc_bulging"])
+    assert len(samples) == len(graded)
+
+
+@pytest.mark.parametrize("stage", ["lumbar", "ivd"])
+def test_import_loads_in_the_detection_datamodule(compose, imported, tmp_path, stage):
+    cfg = compose("data=spider2d_det", f"data.root={imported}", f"stage={stage}", "data.num_folds=2",
+                  "data.test_fraction=0.25", f"data.splits_dir={tmp_path}/splits", config_name="detect")
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    data_yaml = dm.export(tmp_path / f"yolo_{stage}")
+    labels = list((data_yaml.parent).rglob("labels/**/*.txt"))
+    assert data_yaml.is_file() and labels and sum(dm.samples.values()) == len(labels)
+    assert all(line.startswith("0 ") for path in labels for line in path.read_text().splitlines())

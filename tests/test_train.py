@@ -82,3 +82,15 @@ def test_summary_reports_the_best_checkpoint_on_validation(compose):
     best = torch.load(objects["trainer"].checkpoint_callback.best_model_path, weights_only=True)
     checkpoint_score = best["callbacks"][next(k for k in best["callbacks"] if "ModelCheckpoint" in k)]["best_model_score"]
     assert metrics["val/dice"] == pytest.approx(float(checkpoint_score), abs=1e-5)
+
+
+@pytest.mark.parametrize("override,expected,a_valid_name", [
+    ("model=unet_resnet99", "Available options in 'model'", "unet_resnet34"),          # unknown model config
+    ("model.net.encoder_name=resnet35", "unknown encoder 'resnet35'", "'resnet34'"),   # unknown smp encoder
+    ("model.net.arch=unett", "unknown segmentation architecture", "'unet'"),           # unknown architecture
+    ("model=cls_resnet50 model.net.name=resnet5000", "unknown timm model", "densenet121"),  # unknown backbone
+])
+def test_unknown_names_are_errors_listing_the_valid_ones(tmp_path, override, expected, a_valid_name):
+    result = run_module("plid.train", "debug=smoke", *override.split(), f"hydra.run.dir={tmp_path}/run",
+                        *_common(tmp_path))
+    assert result.returncode != 0 and expected in result.stderr and a_valid_name in result.stderr
