@@ -234,7 +234,8 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
     write_json(output_dir / "summary.json", summary)
     split = "test" if "test" in summary else "val"
     table = _table(summary, split)
-    table.to_csv(output_dir / "ensemble_table.csv", float_format="%.6g")
+    with atomic_write(output_dir / "ensemble_table.csv") as handle:
+        table.to_csv(handle, float_format="%.6g")
     title = f"WAE, AEM and single models on {split} ({summary['samples'][split]} cases); WAE weights searched on val {metric}"
     markdown = _markdown(table, title)
     with atomic_write(output_dir / "ensemble_table.md") as handle:
