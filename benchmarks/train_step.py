@@ -144,7 +144,7 @@ def main() -> None:
         # whose step costs a few ms, so what is left is Lightning's loop, hooks, self.log and the progress bar
         results["overhead"] = compare("overhead (1x1 conv)", cases["segmentation"], steps * 5, repeats,
                                       net=torch.nn.Conv2d(1, 4, 1))
-    common.save("train_step", env, results, args.quick, args.out)
+    common.save(f"train_step_{args.only}" if args.only else "train_step", env, results, args.quick, args.out)
 
 
 if __name__ == "__main__":
