@@ -31,11 +31,12 @@ def rows(quick: bool) -> list[str]:
             continue
         record = json.loads(path.read_text())
         for name, r in record["results"].items():
-            ok = "met" if r["met"] else "missed"
+            target = ("no target: Lightning's fixed cost per step" if name == "overhead"
+                      else f"<= 1.10, {'met' if r['met'] else 'missed'}")
             r.setdefault("overhead_ms_per_step", (r["lightning"]["median_s"] - r["plain"]["median_s"]) * 1e3)
             out.append(f"| 1 train step, {name} {tuple(r['batch_shape'])} | Lightning {r['lightning']['median_s'] * 1e3:.0f} "
                        f"ms, plain {r['plain']['median_s'] * 1e3:.0f} ms ({r['overhead_ms_per_step']:+.1f} ms) | "
-                       f"**{r['ratio']:.3f}** (<= 1.10, {ok}) | {context(record)} |")
+                       f"**{r['ratio']:.3f}** ({target}) | {context(record)} |")
     if record := load("input_pipeline", quick):
         s = record["results"]["setup_seconds"]
         for name, r in record["results"].items():
