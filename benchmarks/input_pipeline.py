@@ -55,7 +55,7 @@ def loader_seconds_per_batch(datamodule, batches: int) -> float:
 
 def train_arm(module, batches_source, steps: int):
     net, loss_fn = module.net, module.loss
-    optimizer = module.optimizer_factory(params=[p for p in net.parameters() if p.requires_grad])
+    optimizer = module.configure_optimizers()["optimizer"]
 
     def run() -> list[float]:
         net.train()

@@ -78,11 +78,11 @@ def lightning_arm(cfg, module, batches):
 
 
 def plain_arm(module, batches):
-    """What a user would write by hand: the same net, loss and optimizer (built by the module's own factory)."""
+    """What a user would write by hand: the same net, loss and optimizer (the one the module configures)."""
     net, loss_fn = module.net, module.loss
 
     def run() -> list[float]:
-        optimizer = module.optimizer_factory(params=[p for p in net.parameters() if p.requires_grad])
+        optimizer = module.configure_optimizers()["optimizer"]
         net.train()
         ends = []
         for batch in batches:
