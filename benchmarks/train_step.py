@@ -125,7 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     common.setup_torch(args.threads)
     env = common.environment()
-    steps, repeats = (3, 2) if args.quick else (6, 6)
+    steps, repeats = (3, 4) if args.quick else (6, 6)
     # --quick: 128 px, so that it ends in two minutes on the shared machine; the full run is the 256 px
     cases = {
         "segmentation": ["data=spider2d_seg", "model=unet_resnet34", f"data.image_size={128 if args.quick else 256}",
