@@ -90,7 +90,8 @@ def interleave(arms: dict[str, Callable[[], list[float]]], repeats: int, warmup:
 
 
 def summary(samples: list[float]) -> dict:
-    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples), "n": len(samples)}
+    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples), "n": len(samples),
+            "samples_s": [round(s, 5) for s in samples]}
 
 
 def ratio(samples: dict[str, list[float]], numerator: str, denominator: str) -> float:
