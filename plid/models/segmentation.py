@@ -24,15 +24,18 @@ class SegmentationModule(L.LightningModule):
         loss: called as ``loss(logits, target)`` with a (N, H, W) long target.
         optimizer / scheduler: partials, completed in ``configure_optimizers``.
         monitor: the validation metric that selects checkpoints and drives the scheduler.
+        channels_last: keep weights and inputs in channels-last memory order, which oneDNN (CPU) and cuDNN
+            convolutions run faster (benchmarks/README.md: U-Net ResNet34 on CPU, training steps about 10 %
+            and inference about 20 % faster); the numbers are the same.
     """
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
-                 monitor: str = "val/dice", class_names: Sequence[str] = CLASS_NAMES) -> None:
+                 monitor: str = "val/dice", class_names: Sequence[str] = CLASS_NAMES, channels_last: bool = True) -> None:
         super().__init__()
         # only plain values go into checkpoints, so they load with torch.load(weights_only=True);
         # the run's saved Hydra config rebuilds the network
         self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
-        self.net, self.loss = net, loss
+        self.net, self.loss = net.to(memory_format=torch.channels_last) if channels_last else net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names = list(class_names)
         self.confusion = nn.ModuleDict({
@@ -41,6 +44,8 @@ class SegmentationModule(L.LightningModule):
         self.monitor_best = MaxMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def setup(self, stage: str) -> None:
