@@ -1,0 +1,174 @@
+"""Seconds per image of the whole inference pipeline against the sum of the bare model forward passes it calls.
+
+    python benchmarks/pipeline.py                          # the newest model_dir of `make run`, 40 images
+    python benchmarks/pipeline.py --quick                  # 10 images (< 2 min)
+    python benchmarks/pipeline.py --model-dir /models/plid --size 400
+
+One run: synthetic phantoms (``--size`` px, written as PNG) go through what ``python -m plid.predict`` does per
+image (read the file, both detectors, the classifiers, the segmenter, the overlay PNG); forward hooks record
+every input each network receives, and those inputs are then replayed through the same networks, bare (no
+pre- or post-processing), and timed. Overhead = pipeline / forward sum - 1 (target: at most 0.20). Each
+measurement is the best of ``--repeats`` passes over all images, alternating pipeline and forwards. Prints a
+table and writes benchmarks/results/pipeline[_quick].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+from plid.datamodules.io import read_scan  # noqa: E402
+from plid.datamodules.synthetic import generate_case  # noqa: E402
+from plid.pipeline.core import Pipeline  # noqa: E402
+from plid.pipeline.model_dir import load_model_dir  # noqa: E402
+from plid.pipeline.report import overlay, write_png  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def newest_model_dir() -> Path:
+    found = sorted(ROOT.glob("logs/study/runs/*/model_dir/manifest.json"))
+    if not found:
+        sys.exit("no model_dir given and none under logs/study/runs/: run `make run` first, or pass --model-dir")
+    return found[-1].parent
+
+
+class Recorder:
+    """Forward pre-hooks that keep (a copy of) every input a network receives."""
+
+    def __init__(self, networks: dict[str, torch.nn.Module]):
+        self.networks, self.inputs = networks, {name: [] for name in networks}
+        self.recording = False
+        for name, net in networks.items():
+            net.register_forward_pre_hook(self._hook(name))
+
+    def _hook(self, name):
+        def hook(module, args):
+            if self.recording:
+                self.inputs[name].append(args[0].detach().clone())
+
+        return hook
+
+    @torch.inference_mode()
+    def replay(self) -> dict[str, float]:
+        self.recording = False
+        seconds = {}
+        for name, net in self.networks.items():
+            start = time.perf_counter()
+            for x in self.inputs[name]:
+                net(x)
+            seconds[name] = time.perf_counter() - start
+        return seconds
+
+
+def pipeline_pass(pipeline: Pipeline, files: list[Path], out: Path) -> tuple[float, dict[str, float], list]:
+    """What predict does per image; returns total seconds, seconds per part, and the reports."""
+    parts = {"read": 0.0, "models_and_glue": 0.0, "overlay_png": 0.0}
+    reports = []
+    start = time.perf_counter()
+    for path in files:
+        t0 = time.perf_counter()
+        scan = read_scan(path)
+        t1 = time.perf_counter()
+        result = pipeline(scan)
+        t2 = time.perf_counter()
+        write_png(out / f"{scan.name}.png", overlay(scan.image, result.report, result.mask))
+        t3 = time.perf_counter()
+        parts["read"] += t1 - t0
+        parts["models_and_glue"] += t2 - t1
+        parts["overlay_png"] += t3 - t2
+        reports.append(result.report)
+    return time.perf_counter() - start, parts, reports
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="10 images, 2 repeats")
+    parser.add_argument("--images", type=int, default=None)
+    parser.add_argument("--size", type=int, default=256, help="side of the synthetic input images, pixels")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    images = args.images or (10 if args.quick else 40)
+    repeats = args.repeats or (2 if args.quick else 3)
+    model_dir = args.model_dir or newest_model_dir()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    models = load_model_dir(model_dir)
+    pipeline = Pipeline(models)
+    networks = {"detector_lumbar": models.lumbar.model, "detector_ivd": models.ivd.model,
+                "segmenter": models.segmenter.net}
+    networks.update({f"classifier_{c.name}": c.net for c in models.classifiers})
+    recorder = Recorder(networks)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rng = np.random.default_rng(0)
+        files = []
+        for k in range(images):
+            files.append(tmp / f"case{k:03d}.png")
+            cv2.imwrite(str(files[-1]), generate_case(rng, size=args.size).image)
+        pipeline_pass(pipeline, files[:1], tmp)  # warm-up: ultralytics builds its predictors on first use
+        best_pipeline, best_forward, parts, reports = float("inf"), None, None, None
+        for _ in range(repeats):
+            for net_inputs in recorder.inputs.values():
+                net_inputs.clear()
+            recorder.recording = True
+            seconds, pass_parts, pass_reports = pipeline_pass(pipeline, files, tmp)
+            forward = recorder.replay()
+            if seconds < best_pipeline:
+                best_pipeline, parts, reports = seconds, pass_parts, pass_reports
+            if best_forward is None or sum(forward.values()) < sum(best_forward.values()):
+                best_forward = forward
+        calls = {name: len(v) for name, v in recorder.inputs.items()}
+        input_shapes = {name: list(v[0].shape) if v else None for name, v in recorder.inputs.items()}
+
+    forward_total = sum(best_forward.values())
+    overhead = best_pipeline / forward_total - 1
+    manifest = models.manifest
+    result = {
+        "benchmark": "pipeline", "quick": args.quick, "images": images, "repeats": repeats,
+        "input_image_size": args.size, "model_dir": str(model_dir),
+        "model_input_sizes": {
+            "detector_lumbar": manifest["detectors"]["lumbar"]["imgsz"], "detector_ivd": manifest["detectors"]["ivd"]["imgsz"],
+            "segmenter": manifest["segmenter"]["image_size"],
+            **{f"classifier_{n}": c["image_size"] for n, c in manifest["classifiers"].items()},
+        },
+        "network_input_shapes": input_shapes, "forward_calls_per_pass": calls,
+        "images_with_lumbar_region": sum(r["status"] == "ok" for r in reports),
+        "discs_per_image": float(np.mean([len(r["discs"]) for r in reports])),
+        "seconds_per_image": {
+            "pipeline": best_pipeline / images,
+            "forward_sum": forward_total / images,
+            **{f"forward_{k}": v / images for k, v in best_forward.items()},
+            **{f"pipeline_{k}": v / images for k, v in parts.items()},
+        },
+        "overhead_ratio": overhead, "target_overhead": 0.20, "target_met": overhead <= 0.20,
+        "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    out = ROOT / "benchmarks" / "results" / f"pipeline{'_quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'part':<34}{'s/image':>10}")
+    for key, value in result["seconds_per_image"].items():
+        print(f"{key:<34}{value:>10.4f}")
+    print(f"overhead over the bare forward passes: {overhead:.1%} (target <= 20 %); "
+          f"{result['discs_per_image']:.1f} discs per image; written {out}")
+
+
+if __name__ == "__main__":
+    main()
