@@ -106,8 +106,13 @@ def study(cfg: DictConfig) -> Path:
     debug = HydraConfig.get().runtime.choices.get("debug") if HydraConfig.initialized() else None
     s = Study(cfg, out, debug)
     start = time.perf_counter()
-    d = cfg.detector
-    detect = [f"data.image_size={d.image_size}", f"detector.epochs={d.epochs}"]
+    d, c, g = cfg.detector, cfg.classifiers, cfg.segmenter
+
+    def sizes(image_size: int, epochs: int, epochs_key: str = "trainer.max_epochs") -> list[str]:
+        # debug=smoke keeps its own tiny sizes and single epoch
+        return [] if debug else [f"data.image_size={image_size}", f"{epochs_key}={epochs}"]
+
+    detect = sizes(d.image_size, d.epochs, "detector.epochs")
     lumbar = s.run("detect_lumbar", "plid.detect", "stage=lumbar", *detect, *s.data("det"))
     ivd = s.run("detect_ivd", "plid.detect", "stage=ivd", *detect, *s.data("det"))
 
@@ -117,9 +122,8 @@ def study(cfg: DictConfig) -> Path:
         log.warning("this plid has no classifiers yet (conf/model/_classifier.yaml): the report has no probabilities")
         models = []
     for name in models:
-        c = cfg.classifiers
-        cls_runs.append(s.run(f"train_{name}", "plid.train", f"model={name}", f"data.image_size={c.image_size}",
-                              f"trainer.max_epochs={c.epochs}", *s.data("cls")))
+        cls_runs.append(s.run(f"train_{name}", "plid.train", f"model={name}", *sizes(c.image_size, c.epochs),
+                              *s.data("cls")))
     if len(cls_runs) > 1:
         if not has_ensemble():
             log.warning("this plid has no ensemble yet: keeping the first classifier only")
@@ -127,9 +131,7 @@ def study(cfg: DictConfig) -> Path:
         else:
             ensemble = s.run("ensemble", "plid.ensemble", "task=cls", f"runs=[{','.join(map(str, cls_runs))}]")
 
-    g = cfg.segmenter
-    seg = s.run("train_segmenter", "plid.train", f"model={g.model}", f"data.image_size={g.image_size}",
-                f"trainer.max_epochs={g.epochs}", *s.data("seg"))
+    seg = s.run("train_segmenter", "plid.train", f"model={g.model}", *sizes(g.image_size, g.epochs), *s.data("seg"))
     model_dir = out / "model_dir"
     export = [f"lumbar_run={lumbar}", f"ivd_run={ivd}", f"seg_run={seg}", f"out={model_dir}"]
     if cls_runs:

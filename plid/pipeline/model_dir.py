@@ -19,6 +19,7 @@ the export, from the user's own training run.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -127,10 +128,11 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
         manifest["segmenter"] = {"dir": "segmenter", **export_module(seg_run, tmp / "segmenter")}
         classifiers = {}
         names = [run_name(r) for r in cls_runs or []]
-        if len(set(names)) != len(names):
-            names = [Path(r).name for r in cls_runs]  # same model twice: the run folders tell them apart
+        # two runs of one model (folds, seeds): told apart by their folder, as plid.ensemble names them
+        names = [f"{n} ({Path(r).resolve().name})" if names.count(n) > 1 else n for n, r in zip(names, cls_runs or [])]
         for name, run in zip(names, cls_runs or []):
-            classifiers[name] = {"dir": f"classifiers/{name}", **export_module(run, tmp / "classifiers" / name)}
+            folder = "classifiers/" + re.sub(r"[^\w.-]+", "_", name).strip("_")
+            classifiers[name] = {"dir": folder, **export_module(run, tmp / folder)}
         manifest["classifiers"] = classifiers
         manifest["ensemble"] = None
         if ensemble is not None:
