@@ -16,20 +16,21 @@ from plid.utils.io import atomic_write
 CLASS_COLOURS = {1: (80, 175, 255), 2: (60, 200, 60), 3: (235, 120, 40)}
 LUMBAR_COLOUR = (0, 215, 255)
 DISC_COLOUR = (60, 60, 255)
-MIN_SIDE = 512  # overlays are drawn at least this large so that labels stay legible
+MIN_SIDE = 384  # smaller images are enlarged for the overlay so that labels stay legible
 
 
 def overlay(image: np.ndarray, report: dict[str, Any], mask: np.ndarray | None, alpha: float = 0.4) -> np.ndarray:
     """The image with its mask blended in, the lumbar box, and each disc's box, level and probability (BGR)."""
     scale = max(1.0, MIN_SIDE / max(image.shape))
     size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-    canvas = cv2.cvtColor(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2BGR)
-    if mask is not None:
-        mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-        colour = canvas.copy()
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if mask is not None:  # blended at the image's own resolution (fewer pixels), then enlarged once
+        palette = np.zeros((256, 3), np.uint8)
         for k, bgr in CLASS_COLOURS.items():
-            colour[mask == k] = bgr
-        canvas = cv2.addWeighted(colour, alpha, canvas, 1 - alpha, 0)
+            palette[k] = bgr
+        labelled = mask > 0
+        canvas[labelled] = (alpha * palette[mask[labelled]] + (1 - alpha) * canvas[labelled]).astype(np.uint8)
+    canvas = cv2.resize(canvas, size, interpolation=cv2.INTER_LINEAR)
     thickness = max(1, round(scale))
 
     def rect(box, bgr):
