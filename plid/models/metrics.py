@@ -8,23 +8,41 @@ import torch
 
 from plid.datamodules.contract import CLASS_NAMES
 
+SEGMENTATION_METRICS = ("dice", "miou", "miou_fg")
+
+
+def dice_iou(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class Dice and IoU from ``confusion[..., i, j]`` (pixels of true class i predicted as j), with any
+    leading batch dimensions; 0/0 gives NaN for a class absent from both reference and prediction."""
+    confusion = confusion.double()
+    tp = confusion.diagonal(dim1=-2, dim2=-1)
+    fp = confusion.sum(-2) - tp
+    fn = confusion.sum(-1) - tp
+    return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
+
+
+def segmentation_metric(confusion: torch.Tensor, name: str) -> torch.Tensor:
+    """``dice`` (mean foreground Dice), ``miou`` or ``miou_fg`` of each confusion matrix in a (..., C, C) batch."""
+    dice, iou = dice_iou(confusion)
+    if name == "dice":
+        return dice[..., 1:].nanmean(-1)
+    if name == "miou":
+        return iou.nanmean(-1)
+    if name == "miou_fg":
+        return iou[..., 1:].nanmean(-1)
+    raise ValueError(f"unknown segmentation metric {name!r}; one of {SEGMENTATION_METRICS}")
+
 
 def segmentation_scores(confusion: torch.Tensor, class_names: Sequence[str] = CLASS_NAMES) -> dict[str, float]:
     """Per-class Dice and IoU, mean foreground Dice (``dice``), mIoU with (``miou``) and without background
     (``miou_fg``). ``confusion[i, j]`` counts pixels of true class i predicted as j. A class absent from both
     reference and prediction scores NaN and is left out of the means (nanmean), as in nnU-Net.
     """
-    confusion = confusion.double()
-    tp = confusion.diag()
-    fp = confusion.sum(0) - tp
-    fn = confusion.sum(1) - tp
-    dice = 2 * tp / (2 * tp + fp + fn)  # 0/0 -> NaN for absent classes
-    iou = tp / (tp + fp + fn)
+    dice, iou = dice_iou(confusion)
     scores = {}
     for k, name in enumerate(class_names):
         scores[f"dice_{name}"] = float(dice[k])
         scores[f"iou_{name}"] = float(iou[k])
-    scores["dice"] = float(dice[1:].nanmean())
-    scores["miou"] = float(iou.nanmean())
-    scores["miou_fg"] = float(iou[1:].nanmean())
+    for name in SEGMENTATION_METRICS:
+        scores[name] = float(segmentation_metric(confusion, name))
     return scores
