@@ -94,6 +94,16 @@ def pipeline_pass(pipeline: Pipeline, files: list[Path], out: Path) -> tuple[flo
     return time.perf_counter() - start, parts, reports
 
 
+def _commit() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=None)
@@ -167,6 +177,7 @@ def main() -> None:
         # the models with the pipeline's own glue (cropping, resizing, NMS, combining), without file reading and
         # overlay drawing
         "models_and_glue_overhead_ratio": parts["models_and_glue"] / forward_total - 1,
+        "command": " ".join(sys.argv), "commit": _commit(),
         "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

@@ -26,6 +26,7 @@ from plid.boxes import crop, enlarge_box
 from plid.datamodules.contract import CLASS_NAMES
 from plid.datamodules.io import Scan
 from plid.datamodules.transforms import to_tensor
+from plid.ensemble.combine import weighted_average
 from plid.models.detection import NoLumbarRegionFound, RoiCropper
 from plid.pipeline.model_dir import LoadedModels
 
@@ -113,9 +114,7 @@ class Pipeline:
                      for box in boxes]
             batch = torch.stack([to_tensor(c) for c in crops])
             probs.append(classifier.net(batch).softmax(1)[:, 1])
-        weights = self.models.weights
-        combined = sum(w * p for w, p in zip(weights, probs)) / sum(weights)
-        return combined.tolist()
+        return weighted_average(probs, self.models.weights).tolist()
 
     def segment(self, image: np.ndarray, lumbar_box, spacing_mm: float | None) -> tuple[np.ndarray, dict[str, Any]]:
         """The segmenter on the lumbar box enlarged by its training margin; classes at the image's resolution."""
