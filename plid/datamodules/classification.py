@@ -1,0 +1,161 @@
+"""Disc classification data: each labelled disc box (enlarged by ``roi_margin``) cropped and resized to a
+square, with a 0/1 grading of discs.csv as its target; or, with ``roi='none'``, whole images labelled
+positive when any of their labelled discs is (the paper's no-ROI ablation).
+
+Case ids are ``<image>:<ivd_label>`` for disc crops and ``<image>`` for whole images.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from plid.boxes import crop, enlarge_box
+from plid.datamodules.base import SpineDataModule
+from plid.datamodules.contract import DISC_BOX, DataContractError, SpineDataset
+from plid.datamodules.transforms import paper_augmentation, to_tensor
+from plid.errors import UserInputError
+
+log = logging.getLogger(__name__)
+# discs.csv columns that identify a box rather than grade it
+_NOT_TARGETS = {"image", "patient", "ivd_label", *DISC_BOX}
+
+
+class ClassificationDataset(Dataset):
+    """Decoded, cropped and resized images and their 0/1 targets held in memory; augmentation runs per item."""
+
+    def __init__(self, ids: list[str], images: np.ndarray, targets: np.ndarray, transform=None):
+        self.ids, self.images, self.targets, self.transform = ids, images, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image=image)["image"]
+        return {"image": to_tensor(image), "target": torch.tensor(int(self.targets[index])), "id": self.ids[index]}
+
+    def class_counts(self) -> np.ndarray:
+        """Samples of class 0 and class 1."""
+        return np.bincount(np.asarray(self.targets, dtype=np.int64), minlength=2)
+
+
+def binary_columns(discs: pd.DataFrame) -> list[str]:
+    """Grading columns of discs.csv whose filled values are all 0 or 1 (the usable ``data.target`` values)."""
+    columns = []
+    for column in discs.columns:
+        if column in _NOT_TARGETS:
+            continue
+        values = pd.to_numeric(discs[column], errors="coerce")
+        filled = discs[column].notna()
+        if filled.any() and values[filled].isin([0, 1]).all():
+            columns.append(column)
+    return columns
+
+
+def class_weights_from_counts(counts) -> list[float]:
+    """``n / (2 n_c)`` per class: each class then carries half of the loss (the paper's 0.702 / 1.73)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if (counts == 0).any():
+        raise UserInputError(f"cannot weigh classes: the training split holds {counts.astype(int).tolist()} samples "
+                             f"per class; give model.class_weights=[w0,w1] or null")
+    return (counts.sum() / (len(counts) * counts)).tolist()
+
+
+def disc_region(image: np.ndarray, box, roi_margin: float) -> np.ndarray:
+    """The part of ``image`` inside a disc box enlarged by ``roi_margin`` about its centre, clipped at the edge."""
+    return crop(image, enlarge_box(box, roi_margin, *image.shape[:2]))
+
+
+def load_disc_crop(image: np.ndarray, box, size: int, roi_margin: float) -> np.ndarray:
+    """:func:`disc_region` resized to ``size`` x ``size``."""
+    return cv2.resize(disc_region(image, box, roi_margin), (size, size), interpolation=cv2.INTER_AREA)
+
+
+class ClassificationDataModule(SpineDataModule):
+    """Discs (``roi='gt'``) or whole images (``roi='none'``) with a 0/1 target from discs.csv.
+
+    Args:
+        target: a 0/1 grading column of discs.csv (``disc_herniation``, ``disc_bulging``, ...). Discs where it
+            is empty (SPIDER fills gradings only where the levels could be matched) are left out and counted.
+        **kwargs: see :class:`SpineDataModule`; ``image_size`` is the side of the square crop.
+    """
+
+    def __init__(self, *args, target: str = "disc_herniation", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters(logger=False)
+
+    def _validated(self, dataset: SpineDataset) -> SpineDataset:
+        target, discs = self.hparams.target, dataset.discs
+        valid = binary_columns(discs)
+        if target not in valid:
+            what = "is not a column of" if target not in discs.columns else "is not a 0/1 column of"
+            raise UserInputError(f"data.target={target!r} {what} {dataset.root / 'discs.csv'}; valid: {valid}")
+        labelled = discs[discs[target].notna()]
+        log.info("data.target=%s: %d of %d disc boxes carry it (%d positive); %d without it are left out",
+                 target, len(labelled), len(discs), int(labelled[target].sum()), len(discs) - len(labelled))
+        if labelled.empty:
+            raise DataContractError(f"{dataset.root / 'discs.csv'}: no disc carries {target} "
+                                    f"(series {self.hparams.series})")
+        if self.hparams.roi == "gt" and labelled["ivd_label"].isna().any():
+            row = labelled[labelled["ivd_label"].isna()].iloc[0]
+            raise DataContractError(f"{dataset.root / 'discs.csv'}: a disc of image {row['image']} has {target} but "
+                                    f"no ivd_label, which names the disc in case ids; fill it")
+        duplicated = labelled[labelled.duplicated(["image", "ivd_label"])]
+        if self.hparams.roi == "gt" and not duplicated.empty:
+            row = duplicated.iloc[0]
+            raise DataContractError(f"{dataset.root / 'discs.csv'}: image {row['image']} has two discs with "
+                                    f"ivd_label {row['ivd_label']}; a level names one disc")
+        images = dataset.images[dataset.images["image"].isin(labelled["image"])]
+        return SpineDataset(dataset.root, images.reset_index(drop=True), labelled.reset_index(drop=True))
+
+    def build_dataset(self, split: str, patients: set[str]) -> ClassificationDataset:
+        h = self.hparams
+        discs = self.dataset.discs[self.dataset.discs["patient"].isin(patients)]
+        groups = list(discs.groupby("image", sort=True))
+        with ThreadPoolExecutor(max_workers=4) as pool:  # cv2 decodes outside the GIL
+            samples = list(pool.map(lambda g: self._image_samples(*g), groups))
+        ids = [case_id for per_image in samples for case_id, _, _ in per_image]
+        images = [array for per_image in samples for _, array, _ in per_image]
+        targets = np.array([t for per_image in samples for _, _, t in per_image], dtype=np.int64)
+        images = np.stack(images) if images else np.zeros((0, h.image_size, h.image_size), np.uint8)
+        transform = paper_augmentation(**self.augmentation_kwargs()) if split == "train" and h.augment else None
+        data = ClassificationDataset(ids, images, targets, transform)
+        negatives, positives = data.class_counts()
+        log.info("%s split: %d positive and %d negative for %s", split, positives, negatives, h.target)
+        if len(data) and min(positives, negatives) == 0:
+            log.warning("the %s split holds one class only: its AUCs are undefined (NaN)%s", split,
+                        "; checkpoints and early stopping cannot follow val/auc" if split == "val" else "")
+        return data
+
+    def _image_samples(self, image_name: str, discs: pd.DataFrame) -> list[tuple[str, np.ndarray, int]]:
+        """(case id, resized array, target) for the labelled discs of one image, or for the image itself."""
+        h, target = self.hparams, self.hparams.target
+        image = self.dataset.read_image(image_name)
+        if h.roi == "none":
+            whole = cv2.resize(image, (h.image_size, h.image_size), interpolation=cv2.INTER_AREA)
+            return [(image_name, whole, int(discs[target].max()))]
+        return [(f"{image_name}:{_level(row.ivd_label)}",
+                 load_disc_crop(image, [getattr(row, c) for c in DISC_BOX], h.image_size, h.roi_margin),
+                 int(getattr(row, target)))
+                for row in discs.itertuples()]
+
+    def class_weights(self) -> list[float]:
+        """Loss weights of class 0 and 1 from the training split: ``n / (2 n_c)``."""
+        self.setup("fit")
+        return class_weights_from_counts(self.datasets["train"].class_counts())
+
+    def class_names(self) -> list[str]:
+        return [f"no {self.hparams.target}", self.hparams.target]
+
+
+def _level(ivd_label) -> str:
+    """``ivd_label`` as written in case ids: ``3``, not ``3.0`` (pandas reads the column as float)."""
+    return str(int(ivd_label)) if float(ivd_label).is_integer() else str(ivd_label)

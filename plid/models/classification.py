@@ -1,0 +1,203 @@
+"""One LightningModule for every disc classifier of the paper (timm backbones, two-layer head)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import matplotlib
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryAveragePrecision,
+    BinaryConfusionMatrix,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+    BinaryROC,
+    BinarySpecificity,
+)
+
+from plid.errors import UserInputError
+from plid.models.nets import DiscClassifier, set_trainable
+from plid.utils.figures import log_figure, save_figure
+
+matplotlib.use("Agg")  # figures are written to files, never shown
+log = logging.getLogger(__name__)
+
+# Adam's learning rate per mode where the config leaves it null: the paper's 1e-3 for feature extraction and
+# 1e-4 for fine-tuning; training from scratch ("full") uses 1e-3.
+DEFAULT_LR = {"feature_extraction": 1e-3, "fine_tune": 1e-4, "full": 1e-3}
+
+
+def binary_metrics() -> MetricCollection:
+    """The paper's scores, updated with the positive-class probability and the 0/1 target (threshold 0.5)."""
+    return MetricCollection({
+        "accuracy": BinaryAccuracy(),
+        "specificity": BinarySpecificity(),
+        "precision": BinaryPrecision(),
+        "recall": BinaryRecall(),
+        "f1": BinaryF1Score(),
+        "auc": BinaryAUROC(),
+        "pr_auc": BinaryAveragePrecision(),
+        "confusion": BinaryConfusionMatrix(),
+        "roc": BinaryROC(),
+    }, compute_groups=False)
+
+
+class ClassificationModule(L.LightningModule):
+    """Trains a :class:`DiscClassifier` with class-weighted cross-entropy; logs accuracy, balanced accuracy,
+    specificity, precision, recall, F1, ROC AUC, PR AUC and the confusion matrix (``tn``, ``fp``, ``fn``,
+    ``tp``) under ``val/...`` and ``test/...``. After testing it writes ``roc_curve_test.png`` and
+    ``confusion_matrix_test.png`` into the run's folder and sends them to the loggers that take images.
+
+    Args:
+        net: the classifier, logits of shape (N, 2).
+        optimizer / scheduler: partials, completed in ``configure_optimizers``. A null ``lr`` takes the paper's
+            rate for ``mode`` (:data:`DEFAULT_LR`).
+        mode: ``feature_extraction`` (backbone frozen), ``fine_tune`` (only ``fine_tune_modules`` of the
+            backbone train) or ``full`` (everything trains: the choice when training from scratch). The head
+            always trains.
+        fine_tune_modules: backbone blocks that train in ``fine_tune`` mode.
+        class_weights: cross-entropy weights of class 0 and 1; ``auto`` computes ``n / (2 n_c)`` from the
+            training split of the trainer's datamodule; null weighs both classes equally.
+        monitor: the validation metric that selects checkpoints, stops early and drives the scheduler.
+            ``val/auc`` by default: it does not depend on a threshold and is not swayed by the class balance.
+    """
+
+    def __init__(self, net: DiscClassifier, optimizer: Callable, scheduler: Callable | None = None,
+                 mode: str = "full", fine_tune_modules: Sequence[str] | None = None,
+                 class_weights: str | Sequence[float] | None = "auto", monitor: str = "val/auc") -> None:
+        super().__init__()
+        # only plain values go into checkpoints, so they load with torch.load(weights_only=True);
+        # the run's saved Hydra config rebuilds the network
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        if not (class_weights in (None, "auto") or (not isinstance(class_weights, str) and len(class_weights) == 2)):
+            raise UserInputError(f"model.class_weights={class_weights!r}: give auto, null or two numbers [w0, w1]")
+        set_trainable(net, mode, list(fine_tune_modules or []))
+        if mode != "full" and not getattr(net, "pretrained", True):
+            log.warning("model.mode=%s freezes a backbone that starts from random weights: only the unfrozen part "
+                        "learns. Give model.net.pretrained=true or model.net.weights_file=..., or model.mode=full", mode)
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        # set in setup() where class_weights is auto; not saved, so checkpoints hold network weights only
+        weights = torch.ones(2) if class_weights in (None, "auto") else torch.tensor(class_weights, dtype=torch.float)
+        self.register_buffer("class_weight", weights, persistent=False)
+        self.metrics = nn.ModuleDict({stage: binary_metrics() for stage in ("val", "test")})
+        self.monitor_best = MaxMetric(nan_strategy="ignore")
+        self.class_names = ["negative", "positive"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if hasattr(datamodule, "class_names"):
+            self.class_names = datamodule.class_names()
+        if self.hparams.class_weights == "auto":
+            if not hasattr(datamodule, "class_weights"):
+                raise UserInputError("model.class_weights=auto needs a classification datamodule to count the "
+                                     "training classes; give model.class_weights=[w0,w1] or null")
+            weights = torch.tensor(datamodule.class_weights(), dtype=torch.float)
+            if not torch.equal(weights.to(self.class_weight), self.class_weight):  # log once, not at every stage
+                log.info("class weights from the training split: %.3f (%s), %.3f (%s)", weights[0],
+                         self.class_names[0], weights[1], self.class_names[1])
+            self.class_weight.copy_(weights)
+        size = getattr(datamodule, "image_size", None)
+        if size is not None and size < self.net.min_input_size:
+            log.warning("data.image_size=%d is below this backbone's smallest input (%d px): crops are upsampled to it",
+                        size, self.net.min_input_size)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, weight=self.class_weight)
+
+    def on_train_start(self) -> None:
+        self.monitor_best.reset()  # forget values seen in the sanity check
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["image"]), batch["target"])
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["target"]))
+        return loss
+
+    def _evaluate(self, batch: dict, stage: str) -> None:
+        logits = self(batch["image"])
+        self.log(f"{stage}/loss", self.loss(logits, batch["target"]), on_step=False, on_epoch=True,
+                 batch_size=len(batch["target"]))
+        self.metrics[stage].update(logits.softmax(1)[:, 1], batch["target"])
+
+    def _log_scores(self, stage: str) -> tuple[dict[str, float], dict]:
+        """Log the stage's scores; returns them and torchmetrics' raw results (confusion matrix, ROC curve)."""
+        with warnings.catch_warnings():  # torchmetrics warns of one-class splits; handled below
+            warnings.simplefilter("ignore", UserWarning)
+            computed = self.metrics[stage].compute()
+        tn, fp, fn, tp = computed["confusion"].flatten().tolist()
+        scores = {k: float(v) for k, v in computed.items() if k not in ("confusion", "roc")}
+        if min(tn + fp, fn + tp) == 0:
+            # torchmetrics scores what a one-class split leaves undefined as 0
+            log.warning("the %s split holds one class only (%d negative, %d positive): its AUCs are NaN",
+                        stage, tn + fp, fn + tp)
+            scores["auc"] = scores["pr_auc"] = float("nan")
+            scores["recall" if fn + tp == 0 else "specificity"] = float("nan")
+        scores["balanced_accuracy"] = float(torch.tensor([scores["recall"], scores["specificity"]]).nanmean())
+        scores.update(tn=tn, fp=fp, fn=fn, tp=tp)
+        self.log_dict({f"{stage}/{k}": float(v) for k, v in scores.items()})
+        return scores, computed
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        scores, _ = self._log_scores("val")
+        self.metrics["val"].reset()
+        self.monitor_best(scores[self.hparams.monitor.split("/", 1)[1]])
+        self.log(f"{self.hparams.monitor}_best", self.monitor_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        scores, computed = self._log_scores("test")
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self._save_figures("test", scores, computed)
+        self.metrics["test"].reset()
+
+    def _save_figures(self, stage: str, scores: dict[str, float], computed: dict) -> None:
+        """ROC curve and confusion matrix as PNGs in the run's folder, and to the loggers that take images."""
+        import matplotlib.pyplot as plt
+
+        metrics, out = self.metrics[stage], Path(self.trainer.default_root_dir)
+        title = f"{self.class_names[1]} ({stage}, {int(computed['confusion'].sum())} cases)"
+        figures = {
+            "roc_curve": metrics["roc"].plot(curve=computed["roc"])[0],
+            "confusion_matrix": metrics["confusion"].plot(val=computed["confusion"], labels=self.class_names)[0],
+        }
+        axes = figures["roc_curve"].axes[0]
+        axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)  # chance
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1.02)
+        axes.set_xlabel(f"False positive rate (ROC AUC {scores['auc']:.3f})")
+        for name, figure in figures.items():
+            figure.axes[0].set_title(title)
+            path = save_figure(figure, out / f"{name}_{stage}.png")
+            log_figure(self.loggers, f"{stage}/{name}", figure, path, self.global_step)
+            plt.close(figure)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Class probabilities (N, 2), with the batch's case ids and targets (see plid.ensemble.predictions)."""
+        return {"id": batch["id"], "probs": self(batch["image"]).softmax(1), "target": batch["target"]}
+
+    def configure_optimizers(self) -> dict:
+        lr = getattr(self.optimizer_factory, "keywords", {}).get("lr") or DEFAULT_LR[self.hparams.mode]
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad], lr=lr)
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor, "interval": "epoch"}}
