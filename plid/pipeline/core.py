@@ -86,9 +86,10 @@ class Pipeline:
         report["lumbar"] = {"box": _box(roi.lumbar_box), "score": round(roi.lumbar_score, 4)}
         probabilities = self.herniation(image, [d.box for d in roi.discs])
         names = level_names(len(roi.discs), self.max_named_levels)
+        key = self.probability_key()
         report["discs"] = [
             {"level": disc.level, "name": name, "box": _box(disc.box), "score": round(disc.score, 4),
-             "herniation_probability": None if p is None else round(float(p), 4)}
+             key: None if p is None else round(float(p), 4)}
             for disc, name, p in zip(roi.discs, names, probabilities)
         ]
         report["classifier"] = self.classifier_description()
@@ -96,11 +97,16 @@ class Pipeline:
         report["segmentation"] = segmentation
         return ImageResult(report, mask)
 
+    def probability_key(self) -> str:
+        """``herniation_probability`` for herniation classifiers (the paper's), else ``<grading>_probability``."""
+        target = self.models.classifiers[0].target if self.models.classifiers else None
+        return "herniation_probability" if target in (None, "disc_herniation") else f"{target}_probability"
+
     def classifier_description(self) -> dict[str, Any] | None:
         classifiers = self.models.classifiers
         if not classifiers:
             return None
-        return {"models": [c.name for c in classifiers], "weights": self.models.weights,
+        return {"target": classifiers[0].target, "models": [c.name for c in classifiers], "weights": self.models.weights,
                 "combination": "weighted average" if len(classifiers) > 1 else "single model"}
 
     def herniation(self, image: np.ndarray, boxes: list) -> list[float | None]:

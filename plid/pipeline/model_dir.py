@@ -93,7 +93,13 @@ def export_module(run: str | Path, out: Path) -> dict[str, Any]:
     with atomic_write(out / "model.ckpt", "wb") as handle:
         torch.save({"state_dict": state}, handle)
     data = cfg.get("data", {})
-    return {"model": str(cfg.model._target_), "image_size": int(data.get("image_size")),
+    extra = {}
+    if "target" in data:  # a classifier: what it predicts, on which crops
+        if data.get("roi") == "none":
+            raise UserInputError(f"{run}: a whole-image classifier (data.roi=none); predict needs one trained on disc "
+                                 f"crops (data.roi=gt or detected) to give a probability per disc")
+        extra["target"] = str(data.target)
+    return {**extra, "model": str(cfg.model._target_), "image_size": int(data.get("image_size")),
             "roi_margin": float(data.get("roi_margin", 0.1)), "source": str(checkpoint)}
 
 
@@ -133,6 +139,10 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
         for name, run in zip(names, cls_runs or []):
             folder = "classifiers/" + re.sub(r"[^\w.-]+", "_", name).strip("_")
             classifiers[name] = {"dir": folder, **export_module(run, tmp / folder)}
+        targets = {entry.get("target") for entry in classifiers.values()}
+        if len(targets) > 1:
+            raise UserInputError(f"the classifiers predict different targets {sorted(map(str, targets))}; "
+                                 f"export classifiers of one grading")
         manifest["classifiers"] = classifiers
         manifest["ensemble"] = None
         if ensemble is not None:
@@ -168,6 +178,7 @@ class LoadedModule:
     net: torch.nn.Module  # the LightningModule, eval mode
     image_size: int
     roi_margin: float
+    target: str | None = None  # what a classifier predicts (a discs.csv grading, e.g. disc_herniation)
 
 
 @dataclass
@@ -207,7 +218,7 @@ def load_module(name: str, folder: Path, entry: dict[str, Any]) -> LoadedModule:
     module = hydra.utils.instantiate(cfg.model, _convert_="all")
     state = torch.load(folder / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
-    return LoadedModule(name, module.eval(), int(entry["image_size"]), float(entry["roi_margin"]))
+    return LoadedModule(name, module.eval(), int(entry["image_size"]), float(entry["roi_margin"]), entry.get("target"))
 
 
 def load_model_dir(path: str | Path) -> LoadedModels:

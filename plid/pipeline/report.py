@@ -43,8 +43,9 @@ def overlay(image: np.ndarray, report: dict[str, Any], mask: np.ndarray | None, 
     for disc in report.get("discs", []):
         x1, y1, x2, y2 = rect(disc["box"], DISC_COLOUR)
         label = disc["name"] or f"#{disc['level']}"
-        if disc.get("herniation_probability") is not None:
-            label += f" {disc['herniation_probability']:.2f}"
+        probability = _probability(disc)
+        if probability is not None:
+            label += f" {probability:.2f}"
         cv2.putText(canvas, label, (x2 + 4, (y1 + y2) // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255),
                     2, cv2.LINE_AA)
         cv2.putText(canvas, label, (x2 + 4, (y1 + y2) // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, DISC_COLOUR, 1,
@@ -52,6 +53,11 @@ def overlay(image: np.ndarray, report: dict[str, Any], mask: np.ndarray | None, 
     if report.get("status") != "ok":
         cv2.putText(canvas, "no lumbar region found", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 255), 2)
     return canvas
+
+
+def _probability(disc: dict[str, Any]) -> float | None:
+    """The classifier's probability of a disc (``herniation_probability`` or ``<grading>_probability``)."""
+    return next((v for k, v in disc.items() if k.endswith("_probability")), None)
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
@@ -67,7 +73,7 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
 def _disc_rows(report: dict[str, Any]) -> str:
     rows = []
     for disc in report.get("discs", []):
-        p = disc.get("herniation_probability")
+        p = _probability(disc)
         rows.append(f"<tr><td>{disc['level']}</td><td>{html.escape(disc['name'] or '')}</td>"
                     f"<td>{'' if p is None else f'{p:.3f}'}</td><td>{disc['score']:.2f}</td></tr>")
     return "".join(rows)
@@ -84,6 +90,11 @@ def _areas(report: dict[str, Any]) -> str:
     return "<p>Areas: " + ", ".join(parts) + "</p>"
 
 
+def _target(reports: list[dict[str, Any]]) -> str:
+    described = next((r["classifier"] for r in reports if r.get("classifier")), None)
+    return (described or {}).get("target") or "no classifier"
+
+
 def write_html(path: str | Path, reports: list[dict[str, Any]], errors: list[dict[str, str]], title: str) -> Path:
     """One page with every case: its overlay, its discs, the segmented areas; and the files that failed."""
     path = Path(path)
@@ -91,7 +102,7 @@ def write_html(path: str | Path, reports: list[dict[str, Any]], errors: list[dic
     for report in reports:
         overlay_src = os.path.relpath(report["overlay"], path.parent) if report.get("overlay") else ""
         status = "" if report["status"] == "ok" else f"<p class='warn'>{html.escape(report.get('message', ''))}</p>"
-        table = ("<table><tr><th>#</th><th>level</th><th>P(herniation)</th><th>detector score</th></tr>"
+        table = ("<table><tr><th>#</th><th>level</th><th>probability</th><th>detector score</th></tr>"
                  f"{_disc_rows(report)}</table>") if report.get("discs") else "<p>No disc found.</p>"
         cases.append(f"<section><h2>{html.escape(report['name'])}</h2><img src='{html.escape(overlay_src)}'>"
                      f"<div>{status}<p>{html.escape(report['file'])}</p>{table}{_areas(report)}</div></section>")
@@ -101,7 +112,7 @@ body{{font-family:sans-serif;margin:2em}} section{{display:flex;gap:2em;margin-b
 img{{max-width:512px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px}}
 .warn{{color:#b00}}</style></head><body><h1>{html.escape(title)}</h1>
 <p>{len(reports)} images analysed, {len(errors)} failed. Disc levels are named from the lowest disc found up,
-assuming it is L5/S1; probabilities are of disc herniation.</p>
+assuming it is L5/S1; probabilities are the classifier's ({html.escape(_target(reports))}).</p>
 {''.join(cases)}{f'<h2>Files that could not be read</h2><ul>{failed}</ul>' if errors else ''}</body></html>
 """
     with atomic_write(path) as handle:
