@@ -113,14 +113,17 @@ class Pipeline:
         """Probability of herniation per disc box: one classifier, or the weighted average of several."""
         if not boxes or not self.models.classifiers:
             return [None] * len(boxes)
-        probs = []
-        for classifier in self.models.classifiers:
+        probs, weights = [], []
+        for classifier, weight in zip(self.models.classifiers, self.models.weights):
+            if weight == 0:  # the ensemble left it out: no need to run it
+                continue
+            weights.append(weight)
             crops = [cv2.resize(crop(image, enlarge_box(box, classifier.roi_margin, *image.shape)),
                                 (classifier.image_size, classifier.image_size), interpolation=cv2.INTER_AREA)
                      for box in boxes]
             batch = torch.stack([to_tensor(c) for c in crops])
             probs.append(classifier.net(batch).softmax(1)[:, 1])
-        return weighted_average(probs, self.models.weights).tolist()
+        return weighted_average(probs, weights).tolist()
 
     def segment(self, image: np.ndarray, lumbar_box, spacing_mm: float | None) -> tuple[np.ndarray, dict[str, Any]]:
         """The segmenter on the lumbar box enlarged by its training margin; classes at the image's resolution."""
