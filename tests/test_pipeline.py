@@ -167,18 +167,18 @@ def test_folder_with_a_broken_file_reports_the_others(tmp_path, compose, case):
     assert "d.png" in page and "overlays/a.png" in page
 
 
-def _fake_train_run(compose, folder: Path, *overrides: str) -> Path:
+def _fake_train_run(compose, folder: Path, model: str = "unet_resnet34") -> Path:
     """A run folder as plid.train leaves it (config, a weights-only checkpoint, summary.json), untrained."""
     import hydra
 
-    cfg = compose("debug=smoke", *overrides)
+    cfg = compose("debug=smoke", f"model={model}")
     module = hydra.utils.instantiate(cfg.model, _convert_="all")
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     (folder / "checkpoints").mkdir()
     torch.save({"state_dict": module.state_dict(), "epoch": 0}, folder / "checkpoints" / "epoch_000.ckpt")
     (folder / "summary.json").write_text(json.dumps({"best_checkpoint": str(folder / "checkpoints" / "epoch_000.ckpt"),
-                                                     "choices": {"model": "unet_resnet34"}}))
+                                                     "choices": {"model": model}}))
     return folder
 
 
@@ -192,11 +192,12 @@ def test_model_dir_round_trip_loads_weights_only(tmp_path, compose, case, monkey
         weights[stage] = tmp_path / f"{stage}.pt"
         yolo.save(weights[stage])
     seg = _fake_train_run(compose, tmp_path / "seg")
-    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg)
-    assert sorted(p.name for p in out.iterdir()) == ["detector_ivd.pt", "detector_lumbar.pt", "manifest.json",
-                                                     "segmenter"]
+    classifier = _fake_train_run(compose, tmp_path / "cls", "cls_resnet50")
+    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [classifier])
+    assert sorted(p.name for p in out.iterdir()) == ["classifiers", "detector_ivd.pt", "detector_lumbar.pt",
+                                                     "manifest.json", "segmenter"]
     # nothing in a model_dir needs unpickling
-    for path in [*out.glob("*.pt"), out / "segmenter" / "model.ckpt"]:
+    for path in [*out.glob("*.pt"), *out.glob("*/**/model.ckpt")]:
         torch.load(path, weights_only=True)
     loaded = load_model_dir(out)
     original = load_yolo(str(weights["lumbar"]), tmp_path / "ultralytics")
@@ -207,6 +208,14 @@ def test_model_dir_round_trip_loads_weights_only(tmp_path, compose, case, monkey
     state = torch.load(seg / "checkpoints" / "epoch_000.ckpt", weights_only=True)["state_dict"]
     for key, value in loaded.segmenter.net.state_dict().items():
         torch.testing.assert_close(value, state[key])
+    assert [c.name for c in loaded.classifiers] == ["cls_resnet50"] and loaded.weights == [1.0]
+    assert loaded.classifiers[0].target == "disc_herniation"
+    state = torch.load(classifier / "checkpoints" / "epoch_000.ckpt", weights_only=True)["state_dict"]
+    for key, value in loaded.classifiers[0].net.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+    with pytest.raises(Exception, match="ensemble"):  # two classifiers need the weights that combine them
+        export_model_dir(tmp_path / "two", weights["lumbar"], weights["ivd"], seg,
+                         [classifier, _fake_train_run(compose, tmp_path / "cls2", "cls_resnet50")])
     with pytest.raises(Exception, match="not empty"):
         export_model_dir(out, weights["lumbar"], weights["ivd"], seg)
 
@@ -227,9 +236,14 @@ def test_predict_command_end_to_end_on_trained_tiny_models(tmp_path, data_dir, c
     runs["seg"] = tmp_path / "seg"
     result = run_module("plid.train", f"hydra.run.dir={runs['seg']}", *common)
     assert result.returncode == 0, result.stderr[-2000:]
+    runs["cls"] = tmp_path / "cls"
+    result = run_module("plid.train", "model=cls_resnet50", "data.image_size=32", f"hydra.run.dir={runs['cls']}",
+                        *common)
+    assert result.returncode == 0, result.stderr[-2000:]
     model_dir = tmp_path / "model_dir"
     result = run_module("plid.export", f"lumbar_run={runs['lumbar']}", f"ivd_run={runs['ivd']}",
-                        f"seg_run={runs['seg']}", f"out={model_dir}", f"hydra.run.dir={tmp_path / 'export'}")
+                        f"seg_run={runs['seg']}", f"cls_runs=[{runs['cls']}]", f"out={model_dir}",
+                        f"hydra.run.dir={tmp_path / 'export'}")
     assert result.returncode == 0, result.stderr[-2000:]
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -253,3 +267,4 @@ def test_predict_command_end_to_end_on_trained_tiny_models(tmp_path, data_dir, c
         centres = [(d["box"][1] + d["box"][3]) / 2 for d in report["discs"]]
         assert centres == sorted(centres, reverse=True)
         assert [d["level"] for d in report["discs"]] == list(range(1, len(centres) + 1))
+        assert all(0 <= d["herniation_probability"] <= 1 for d in report["discs"])

@@ -133,7 +133,10 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
         }
         manifest["segmenter"] = {"dir": "segmenter", **export_module(seg_run, tmp / "segmenter")}
         classifiers = {}
-        names = [run_name(r) for r in cls_runs or []]
+        cls_runs = list(cls_runs or [])
+        if len({Path(r).expanduser().resolve() for r in cls_runs}) != len(cls_runs):
+            raise UserInputError(f"cls_runs names a run twice: {[str(r) for r in cls_runs]}")
+        names = [run_name(r) for r in cls_runs]
         # two runs of one model (folds, seeds): told apart by their folder, as plid.ensemble names them
         names = [f"{n} ({Path(r).resolve().name})" if names.count(n) > 1 else n for n, r in zip(names, cls_runs or [])]
         for name, run in zip(names, cls_runs or []):
