@@ -76,7 +76,8 @@ class Study:
 
 
 def write_samples(seg_run: Path, out: Path, count: int) -> Path:
-    """The first ``count`` test images of the segmentation run's dataset as PNG, one as DICOM, one as NIfTI."""
+    """``count`` (at least 3) test images of the segmentation run's dataset: the second written as DICOM, the third
+    as a NIfTI volume, the others as PNG; with fewer test images than that, images are used again."""
     import json
 
     from plid.pipeline.samples import write_dicom, write_volume
@@ -84,18 +85,20 @@ def write_samples(seg_run: Path, out: Path, count: int) -> Path:
     summary = json.loads((seg_run / "summary.json").read_text())
     root = Path(summary["data_root"])
     with np.load(seg_run / "predictions" / "test.npz", allow_pickle=False) as data:
-        names = sorted(set(str(i).split(":")[0] for i in data["ids"]))[:count]
+        names = sorted(set(str(i).split(":")[0] for i in data["ids"]))
     if not names:
         raise UserInputError(f"{seg_run}: no test image to predict on")
     out.mkdir(parents=True, exist_ok=True)
-    for k, name in enumerate(names):
+    for k in range(max(count, 3)):
+        name = names[k % len(names)]
         image = cv2.imread(str(root / "images" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+        stem = name if k < len(names) else f"{name}_{k}"
         if k == 1:
-            write_dicom(image, out / f"{name}.dcm")
+            write_dicom(image, out / f"{stem}.dcm")
         elif k == 2:
-            write_volume(image, out / f"{name}.nii.gz")
+            write_volume(image, out / f"{stem}.nii.gz")
         else:
-            cv2.imwrite(str(out / f"{name}.png"), image)
+            cv2.imwrite(str(out / f"{stem}.png"), image)
     return out
 
 
