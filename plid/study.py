@@ -144,7 +144,8 @@ def study(cfg: DictConfig) -> Path:
     s.run("export", "plid.export", *export)
     samples = write_samples(seg, out / "samples", int(cfg.samples))
     report = out / "predict"
-    s.run("predict", "plid.predict", f"input={samples}", f"model_dir={model_dir}", f"out={report}")
+    # every sample (debug=smoke would keep two): one of each format
+    s.run("predict", "plid.predict", f"input={samples}", f"model_dir={model_dir}", f"out={report}", "max_images=null")
     write_json(out / "study.json", {"steps": s.steps, "seconds": round(time.perf_counter() - start, 1),
                                     "model_dir": str(model_dir), "report": str(report / "report.html")})
     print(f"[study] finished in {time.perf_counter() - start:.0f} s; model_dir: {model_dir}")
