@@ -62,6 +62,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
         summary["best_checkpoint"] = best or None
+        if best:  # the validation scores of the checkpoint that is tested, not of the last epoch
+            best_val = trainer.validate(model=model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+            metrics.update({k: float(v) for k, v in best_val.items()})
         summary["val"] = {k: v for k, v in metrics.items() if k.startswith("val/")}
 
         if cfg.get("test"):

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import run_module
 
 
@@ -69,3 +70,15 @@ def test_saved_predictions_load_back_with_ids_and_targets(compose):
         np.testing.assert_allclose(saved.probs.astype(np.float32).sum(1), 1.0, atol=1e-2)
         for case_id, target in zip(saved.ids, saved.targets):
             assert np.array_equal(target, dataset.masks[dataset.ids.index(case_id)])
+
+
+def test_summary_reports_the_best_checkpoint_on_validation(compose):
+    import torch
+
+    from plid.train import train
+
+    cfg = compose("debug=smoke", "trainer.max_epochs=3", "trainer.limit_val_batches=1.0")
+    metrics, objects = train(cfg)
+    best = torch.load(objects["trainer"].checkpoint_callback.best_model_path, weights_only=True)
+    checkpoint_score = best["callbacks"][next(k for k in best["callbacks"] if "ModelCheckpoint" in k)]["best_model_score"]
+    assert metrics["val/dice"] == pytest.approx(float(checkpoint_score), abs=1e-5)

@@ -121,13 +121,14 @@ class SpineDataModule(L.LightningDataModule):
         return drop_problems(dataset, problems)
 
     def decode_cached(self, rows: list, decode, key: dict) -> tuple[list[str], list[np.ndarray]]:
-        """Decode ``rows`` into stacked arrays (``decode(row)`` returns a tuple of equal-shaped arrays per row),
-        kept in ``cache_dir`` keyed by ``key``, the rows and their files' sizes and times: the first run
-        decodes (and so validates) every image; later runs load one file.
+        """Decode images into stacked sample arrays, kept in ``cache_dir`` between runs.
 
-        Returns the ids of the rows kept and one stacked array per element of decode's tuple.
+        ``rows`` are objects with an ``image`` attribute; ``decode(row)`` returns that image's samples as a
+        list of ``(case_id, array, array, ...)``. The cache entry is keyed by ``key``, the rows themselves and
+        their files' sizes and times, so the first run decodes (and so validates) every image and later runs
+        load one file. Returns the case ids and one stacked array per position of the sample tuples.
         """
-        stats = [(r.image, *_stat(self.dataset.image_path(r.image)), *_stat(self.dataset.mask_path(r.image)))
+        stats = [(repr(r), *_stat(self.dataset.image_path(r.image)), *_stat(self.dataset.mask_path(r.image)))
                  for r in rows]
         digest = hashlib.sha1(json.dumps([type(self).__name__, str(self.dataset.root), key, stats,
                                           self.hparams.on_error], default=str).encode()).hexdigest()[:16]
@@ -135,19 +136,19 @@ class SpineDataModule(L.LightningDataModule):
         if path is not None and path.is_file():
             with np.load(path, allow_pickle=False) as data:
                 return list(data["ids"]), [data[f"a{k}"] for k in range(len(data.files) - 1)]
-        rows, results = self.decode_rows(rows, decode)
-        if not results:
-            raise DataContractError(f"{self.dataset.root}: no usable image among {len(stats)} rows")
-        arrays = [np.stack(parts) for parts in zip(*results)]
-        ids = [r.image for r in rows]
+        samples = [sample for per_row in self.decode_rows(rows, decode) for sample in per_row]
+        if not samples:
+            raise DataContractError(f"{self.dataset.root}: no usable sample among {len(rows)} images")
+        ids = [sample[0] for sample in samples]
+        arrays = [np.stack(parts) for parts in list(zip(*samples))[1:]]
         if path is not None:
             with atomic_write(path, "wb") as handle:
                 np.savez(handle, ids=np.array(ids, dtype=str), **{f"a{k}": a for k, a in enumerate(arrays)})
         return ids, arrays
 
-    def decode_rows(self, rows: list, decode) -> tuple[list, list]:
-        """``decode(row)`` for every row, in threads (cv2 decodes outside the GIL); returns (rows, results)
-        without the rows that fail with a data error when on_error=skip."""
+    def decode_rows(self, rows: list, decode) -> list:
+        """``decode(row)`` for every row, in threads (cv2 decodes outside the GIL), leaving out the rows that
+        fail with a data error when on_error=skip (with a warning and a count)."""
 
         def attempt(row):
             try:
@@ -161,10 +162,10 @@ class SpineDataModule(L.LightningDataModule):
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             results = list(pool.map(attempt, rows))
-        kept = [(row, out) for row, out in zip(rows, results) if out is not None]
+        kept = [out for out in results if out is not None]
         if len(kept) < len(rows):
             log.warning("%d images skipped for decoding errors (data.on_error=skip)", len(rows) - len(kept))
-        return [r for r, _ in kept], [o for _, o in kept]
+        return kept
 
     def _validated(self, dataset: SpineDataset) -> SpineDataset:
         """Hook for subclasses to check and filter the rows they need."""

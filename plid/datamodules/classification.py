@@ -8,7 +8,7 @@ Case ids are ``<image>:<ivd_label>`` for disc crops and ``<image>`` for whole im
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from plid.boxes import crop, enlarge_box
 from plid.datamodules.base import SpineDataModule
 from plid.datamodules.contract import DISC_BOX, DataContractError, SpineDataset
-from plid.datamodules.transforms import paper_augmentation, to_tensor
+from plid.datamodules.transforms import augment, paper_augmentation, to_tensor
 from plid.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image = self.images[index]
         if self.transform is not None:
-            image = self.transform(image=image)["image"]
+            image = augment(self.transform, image=image)["image"]
         return {"image": to_tensor(image), "target": torch.tensor(int(self.targets[index])), "id": self.ids[index]}
 
     def class_counts(self) -> np.ndarray:
@@ -79,6 +79,14 @@ def load_disc_crop(image: np.ndarray, box, size: int, roi_margin: float) -> np.n
     return cv2.resize(disc_region(image, box, roi_margin), (size, size), interpolation=cv2.INTER_AREA)
 
 
+@dataclass(frozen=True)
+class _ImageDiscs:
+    """One image and its labelled disc rows: the unit decoded (and cached) together."""
+
+    image: str
+    discs: tuple
+
+
 class ClassificationDataModule(SpineDataModule):
     """Discs (``roi='gt'``) or whole images (``roi='none'``) with a 0/1 target from discs.csv.
 
@@ -104,12 +112,12 @@ class ClassificationDataModule(SpineDataModule):
         if labelled.empty:
             raise DataContractError(f"{dataset.root / 'discs.csv'}: no disc carries {target} "
                                     f"(series {self.hparams.series})")
-        if self.hparams.roi == "gt" and labelled["ivd_label"].isna().any():
+        if self.hparams.roi != "none" and labelled["ivd_label"].isna().any():
             row = labelled[labelled["ivd_label"].isna()].iloc[0]
             raise DataContractError(f"{dataset.root / 'discs.csv'}: a disc of image {row['image']} has {target} but "
                                     f"no ivd_label, which names the disc in case ids; fill it")
         duplicated = labelled[labelled.duplicated(["image", "ivd_label"])]
-        if self.hparams.roi == "gt" and not duplicated.empty:
+        if self.hparams.roi != "none" and not duplicated.empty:
             row = duplicated.iloc[0]
             raise DataContractError(f"{dataset.root / 'discs.csv'}: image {row['image']} has two discs with "
                                     f"ivd_label {row['ivd_label']}; a level names one disc")
@@ -119,13 +127,13 @@ class ClassificationDataModule(SpineDataModule):
     def build_dataset(self, split: str, patients: set[str]) -> ClassificationDataset:
         h = self.hparams
         discs = self.dataset.discs[self.dataset.discs["patient"].isin(patients)]
-        groups = list(discs.groupby("image", sort=True))
-        with ThreadPoolExecutor(max_workers=4) as pool:  # cv2 decodes outside the GIL
-            samples = list(pool.map(lambda g: self._image_samples(*g), groups))
-        ids = [case_id for per_image in samples for case_id, _, _ in per_image]
-        images = [array for per_image in samples for _, array, _ in per_image]
-        targets = np.array([t for per_image in samples for _, _, t in per_image], dtype=np.int64)
-        images = np.stack(images) if images else np.zeros((0, h.image_size, h.image_size), np.uint8)
+        rows = [_ImageDiscs(image, tuple(group.itertuples(index=False))) for image, group in discs.groupby("image")]
+        if rows:
+            ids, (images, targets) = self.decode_cached(
+                rows, self._image_samples,
+                key={"target": h.target, "roi": h.roi, "margin": h.roi_margin, "size": h.image_size})
+        else:
+            ids, images, targets = [], np.zeros((0, h.image_size, h.image_size), np.uint8), np.zeros(0, np.int64)
         transform = paper_augmentation(**self.augmentation_kwargs()) if split == "train" and h.augment else None
         data = ClassificationDataset(ids, images, targets, transform)
         negatives, positives = data.class_counts()
@@ -135,17 +143,17 @@ class ClassificationDataModule(SpineDataModule):
                         "; checkpoints and early stopping cannot follow val/auc" if split == "val" else "")
         return data
 
-    def _image_samples(self, image_name: str, discs: pd.DataFrame) -> list[tuple[str, np.ndarray, int]]:
+    def _image_samples(self, row: _ImageDiscs) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """(case id, resized array, target) for the labelled discs of one image, or for the image itself."""
         h, target = self.hparams, self.hparams.target
-        image = self.dataset.read_image(image_name)
+        image = self.dataset.read_image(row.image)
         if h.roi == "none":
             whole = cv2.resize(image, (h.image_size, h.image_size), interpolation=cv2.INTER_AREA)
-            return [(image_name, whole, int(discs[target].max()))]
-        return [(f"{image_name}:{_level(row.ivd_label)}",
-                 load_disc_crop(image, [getattr(row, c) for c in DISC_BOX], h.image_size, h.roi_margin),
-                 int(getattr(row, target)))
-                for row in discs.itertuples()]
+            return [(row.image, whole, np.int64(max(getattr(d, target) for d in row.discs)))]
+        return [(f"{row.image}:{_level(d.ivd_label)}",
+                 load_disc_crop(image, [getattr(d, c) for c in DISC_BOX], h.image_size, h.roi_margin),
+                 np.int64(getattr(d, target)))
+                for d in row.discs]
 
     def class_weights(self) -> list[float]:
         """Loss weights of class 0 and 1 from the training split: ``n / (2 n_c)``."""

@@ -75,7 +75,7 @@ class SegmentationDataModule(SpineDataModule):
             empty = np.zeros((0, h.image_size, h.image_size), np.uint8)
             return SegmentationDataset([], empty, empty)
         ids, (images, masks) = self.decode_cached(
-            rows, lambda r: load_roi(self.dataset, r, h.roi, h.image_size, h.roi_margin),
+            rows, lambda r: [(r.image, *load_roi(self.dataset, r, h.roi, h.image_size, h.roi_margin))],
             key={"roi": h.roi, "margin": h.roi_margin, "size": h.image_size},
         )
         transform = paper_augmentation(**self.augmentation_kwargs()) if split == "train" and h.augment else None

@@ -10,7 +10,7 @@ from typing import Any
 import hydra
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -18,6 +18,35 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 if not OmegaConf.has_resolver("project_root"):
     # the checkout that holds conf/; PLID_ROOT points elsewhere (e.g. a copy of conf/ and data/)
     OmegaConf.register_new_resolver("project_root", lambda: os.environ.get("PLID_ROOT", str(PROJECT_ROOT)))
+
+
+def run_group(*, _root_: DictConfig) -> str:
+    """A run's task, for grouping runs on a dashboard: ``segmentation``, ``classification`` (the model's
+    LightningModule, named ``<Task>Module``), or the task name where there is no model (``detect_lumbar``)."""
+    target = OmegaConf.select(_root_, "model._target_", default=None)
+    if target is None:
+        return str(_root_.task_name)
+    return target.rsplit(".", 1)[-1].removesuffix("Module").lower()
+
+
+def run_tags(*items: Any) -> list[str]:
+    """``${run_tags:${tags},a,b}``: the tags list with the other values appended; empty values are left out."""
+    tags: list[str] = []
+    for item in items:
+        for tag in item if isinstance(item, list | ListConfig) else [item]:
+            if tag not in (None, "") and str(tag) not in tags:
+                tags.append(str(tag))
+    return tags
+
+
+def run_name(*parts: Any) -> str:
+    """``${run_name:a,b}``: the non-empty parts joined by ``_`` (``unet_resnet34``, ``lumbar_yolov8n``)."""
+    return "_".join(str(p) for p in parts if p not in (None, ""))
+
+
+for _name, _resolver in {"run_group": run_group, "run_tags": run_tags, "run_name": run_name}.items():
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 
 def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
