@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    install into .venv, then train the default model on the embedded synthetic data
+#   make run    install into .venv, then run the whole study (plid.study) on the embedded synthetic data
 #   make test   install into .venv (with test extras), then run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m plid.train
+	$(PY) -m plid.study
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

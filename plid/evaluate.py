@@ -1,0 +1,301 @@
+"""Patient-grouped k-fold cross-validation of a model config, with patient-level bootstrap intervals.
+
+    python -m plid.evaluate model=unet_resnet34                      # trains every fold, then evaluates
+    python -m plid.evaluate model=cls_resnet50 folds=[0,1,2]         # some folds only
+    python -m plid.evaluate runs=logs/train/multiruns/<time>         # collects a finished -m data.fold=0,1,... run
+
+Folds are the data config's (``data.fold``, ``data.num_folds``, the shared splits file): no patient is in two
+folds' validation sets, and the held-out test patients are in none. Writes into the run's folder
+``evaluation.json`` (per fold and overall: mean, standard deviation over folds, bootstrap 95 % intervals over
+patients), ``evaluation.md`` (the same as tables, in the shape of the paper's Tables 2 and 4) and figures:
+``training_curves.png``, ``roc_val.png`` and ``confusion_val.png`` (classifiers), ``segmentation_grid.png``
+(segmenters).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from plid.datamodules import splits as splits_lib
+from plid.datamodules.contract import load_dataset
+from plid.ensemble.predictions import Predictions, load_predictions
+from plid.errors import UserInputError, find_user_error
+from plid.evaluation import (
+    CLASSIFICATION_METRICS,
+    SEGMENTATION_METRICS,
+    case_confusions,
+    classification_metrics,
+    fold_summary,
+    patient_bootstrap,
+    segmentation_metrics,
+)
+from plid.utils.io import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+
+
+def fold_plan(cfg: DictConfig, folds: list[int]) -> dict[int, dict[str, list[str]]]:
+    """Train/val/test patients of each fold from the data config's splits; refuses overlapping val sets."""
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.patient_splits()
+    plan = {k: splits_lib.fold_patients(datamodule.splits, k) for k in folds}
+    check_disjoint_folds(plan)
+    return plan
+
+
+def check_disjoint_folds(plan: dict[int, dict[str, list[str]]]) -> None:
+    """No patient in two folds' validation sets, nor in a val set and the test set."""
+    seen: dict[str, int] = {}
+    for k, parts in plan.items():
+        for patient in parts["val"]:
+            if patient in seen:
+                raise UserInputError(f"patient {patient} is in the validation sets of folds {seen[patient]} and {k}")
+            seen[patient] = k
+        leaked = set(parts["val"]) & set(parts["test"])
+        if leaked:
+            raise UserInputError(f"fold {k}: patients {sorted(leaked)[:5]} are in both val and test")
+
+
+def run_folds(cfg: DictConfig, output_dir: Path) -> list[Path]:
+    """Train and test one run per fold into ``output_dir/fold_<k>`` (each with its .hydra/config.yaml)."""
+    from plid.train import train
+
+    folds = list(cfg.folds) if cfg.get("folds") is not None else list(range(int(cfg.data.num_folds)))
+    plan = fold_plan(cfg, folds)
+    runs = []
+    for k in folds:
+        log.info("Fold %d: %d train, %d val, %d test patients", k, *(len(plan[k][s]) for s in ("train", "val", "test")))
+        fold_cfg = cfg.copy()
+        run = output_dir / f"fold_{k}"
+        with open_dict(fold_cfg):
+            fold_cfg.data.fold = k
+            fold_cfg.paths.output_dir = str(run)
+            for key in ("runs", "folds", "bootstrap", "plots"):
+                fold_cfg.pop(key, None)
+        (run / ".hydra").mkdir(parents=True, exist_ok=True)
+        with atomic_write(run / ".hydra" / "config.yaml") as handle:
+            handle.write(OmegaConf.to_yaml(fold_cfg))
+        train(fold_cfg)
+        runs.append(run)
+    return runs
+
+
+def _natural(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def collect_runs(runs: str | list[str]) -> list[Path]:
+    """Run folders (with summary.json) from a list, a glob, or a multirun folder holding one per job."""
+    items = [runs] if isinstance(runs, str) else list(runs)
+    found: list[Path] = []
+    for item in items:
+        path = Path(str(item)).expanduser()
+        matches = sorted(Path().glob(str(item)) if not path.is_absolute() else Path("/").glob(str(path)[1:]))
+        for match in matches or [path]:
+            if (match / "summary.json").is_file():
+                found.append(match.resolve())
+            elif match.is_dir():
+                found += sorted((p.resolve() for p in match.iterdir() if (p / "summary.json").is_file()), key=_natural)
+    if not found:
+        raise UserInputError(f"runs={runs}: no run folder with a summary.json there")
+    return found
+
+
+def _task(summary: dict) -> str:
+    task = summary.get("task", "")
+    if "Segmentation" in task:
+        return "seg"
+    if "Classification" in task:
+        return "cls"
+    raise UserInputError(f"task {task!r}: evaluate reads segmentation and classification runs")
+
+
+def split_scores(task: str, predictions: Predictions, patient_of: dict[str, str], bootstrap: dict) -> dict:
+    """Every metric of one split with its patient-level bootstrap interval."""
+    images = [str(i).split(":")[0] for i in predictions.ids]
+    missing = sorted({i for i in images if i not in patient_of})
+    if missing:
+        raise UserInputError(f"cases {missing[:3]} are not images of the run's dataset; was it trained on another one?")
+    patients = [patient_of[i] for i in images]
+    if task == "cls":
+        positive, targets = predictions.probs[:, 1].astype(np.float64), predictions.targets
+
+        def statistic(index):
+            return classification_metrics(positive[index], targets[index])
+    else:
+        confusions = case_confusions(predictions.probs.astype(np.float32), predictions.targets)
+
+        def statistic(index):
+            scores = segmentation_metrics(confusions[index])
+            return {name: scores[name] for name in SEGMENTATION_METRICS}
+    scores = patient_bootstrap(patients, statistic, **bootstrap)
+    return {"cases": len(predictions), "patients": len(set(patients)), "metrics": scores}
+
+
+def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bool = True) -> dict[str, Any]:
+    summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
+    tasks = {_task(s) for s in summaries}
+    if len(tasks) != 1:
+        raise UserInputError(f"runs mix tasks {sorted(tasks)}; evaluate one model config at a time")
+    task = tasks.pop()
+    roots = {s.get("data_root") for s in summaries}
+    if len(roots) != 1:
+        raise UserInputError(f"runs were trained on different datasets: {sorted(map(str, roots))}")
+    dataset = load_dataset(roots.pop())
+    patient_of = dict(zip(dataset.images["image"].astype(str), dataset.images["patient"].astype(str)))
+    folds, val_sets = [], {}
+    for run, summary in zip(runs, summaries):
+        entry: dict[str, Any] = {"fold": summary.get("fold"), "run": str(run)}
+        for split in ("val", "test"):
+            path = run / "predictions" / f"{split}.npz"
+            if path.is_file():
+                predictions = load_predictions(path)
+                entry[split] = split_scores(task, predictions, patient_of, bootstrap)
+                if split == "val":
+                    val_sets[entry["fold"]] = predictions
+        folds.append(entry)
+    fold_ids = [f["fold"] for f in folds]
+    if len(set(fold_ids)) != len(fold_ids):
+        raise UserInputError(f"runs hold folds {fold_ids}: a fold appears twice")
+    val_patients = {k: sorted({patient_of[str(i).split(':')[0]] for i in p.ids}) for k, p in val_sets.items()}
+    check_disjoint_folds({k: {"val": v, "test": []} for k, v in val_patients.items()})
+    result: dict[str, Any] = {"task": task, "model": summaries[0].get("choices", {}).get("model"),
+                              "data_root": str(dataset.root), "bootstrap": bootstrap, "folds": folds}
+    overall: dict[str, Any] = {}
+    for split in ("val", "test"):
+        per_fold = [{k: v["value"] for k, v in f[split]["metrics"].items()} for f in folds if split in f]
+        if per_fold:
+            overall[f"{split}_mean_std"] = fold_summary(per_fold)
+    if val_sets:
+        # out-of-fold predictions: with every fold present, each non-test patient once
+        pooled = Predictions(np.concatenate([p.ids for p in val_sets.values()]),
+                             np.concatenate([p.probs for p in val_sets.values()]),
+                             np.concatenate([p.targets for p in val_sets.values()]))
+        overall["val_pooled"] = split_scores(task, pooled, patient_of, bootstrap)
+    result["overall"] = overall
+    write_json(output_dir / "evaluation.json", result)
+    with atomic_write(output_dir / "evaluation.md") as handle:
+        handle.write(markdown_tables(result))
+    if plots:
+        result["figures"] = make_figures(task, runs, val_sets, dataset, output_dir)
+        write_json(output_dir / "evaluation.json", result)
+    log.info("Evaluation written to %s\n%s", output_dir / "evaluation.json", markdown_tables(result))
+    return result
+
+
+def _cell(score: dict[str, float]) -> str:
+    if np.isnan(score["value"]):
+        return "n/a"
+    if np.isnan(score["low"]):
+        return f"{score['value']:.3f}"
+    return f"{score['value']:.3f} ({score['low']:.3f}-{score['high']:.3f})"
+
+
+def _mean_std(summary: dict[str, float]) -> str:
+    if np.isnan(summary["mean"]):
+        return "n/a"
+    return f"{summary['mean']:.3f} ± {summary['std']:.3f}" if not np.isnan(summary["std"]) else f"{summary['mean']:.3f}"
+
+
+def markdown_tables(result: dict[str, Any]) -> str:
+    """Rows: each fold on val (with its 95 % CI), mean ± std over folds, pooled out-of-fold val with its CI, and the
+    same for the test set; columns: the paper's metrics (Table 2 for classifiers, Table 4 for segmenters)."""
+    metrics = CLASSIFICATION_METRICS if result["task"] == "cls" else SEGMENTATION_METRICS
+    title = "classification (paper Table 2)" if result["task"] == "cls" else "segmentation (paper Table 4)"
+    lines = [f"# Cross-validation of {result.get('model') or 'the model'}: {title}\n",
+             f"Patient-level bootstrap 95 % intervals in brackets ({result['bootstrap']['samples']} resamples of "
+             "patients); mean ± standard deviation over folds.\n"]
+    for split in ("val", "test"):
+        rows = [(f"fold {f['fold']}", [_cell(f[split]["metrics"][m]) for m in metrics]) for f in result["folds"]
+                if split in f]
+        if not rows:
+            continue
+        overall = result["overall"]
+        rows.append(("mean ± std", [_mean_std(overall[f"{split}_mean_std"][m]) for m in metrics]))
+        if split == "val" and "val_pooled" in overall:
+            rows.append(("pooled out-of-fold", [_cell(overall["val_pooled"]["metrics"][m]) for m in metrics]))
+        lines += [f"\n## {split}\n", "| | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        lines += ["| " + name + " | " + " | ".join(cells) + " |" for name, cells in rows]
+    return "\n".join(lines) + "\n"
+
+
+def make_figures(task: str, runs: list[Path], val_sets: dict, dataset, output_dir: Path) -> dict[str, str]:
+    from plid import plots
+
+    figures = {}
+    logs = {f"fold {k}": run / "csv" / "metrics.csv" for k, run in zip(val_sets, runs)}
+    curves = plots.training_curves(logs, output_dir / "training_curves.png",
+                                   ["train/loss", "val/loss", "val/auc" if task == "cls" else "val/dice"])
+    if curves:
+        figures["training_curves"] = str(curves)
+    pooled = list(val_sets.values())
+    if task == "cls":
+        positive = np.concatenate([p.probs[:, 1] for p in pooled]).astype(float)
+        targets = np.concatenate([p.targets for p in pooled])
+        figures["roc"] = str(plots.roc_curve(positive, targets, output_dir / "roc_val.png", "ROC, out-of-fold val"))
+        figures["confusion"] = str(plots.confusion_matrix(positive, targets, output_dir / "confusion_val.png"))
+        return figures
+    # the paper's Figure 6: some validation cases of the first fold, image / ground truth / prediction
+    first = pooled[0]
+    cfg = OmegaConf.load(runs[0] / ".hydra" / "config.yaml") if (runs[0] / ".hydra" / "config.yaml").is_file() else None
+    images = _network_inputs(dataset, first.ids[:6], cfg)
+    if images is not None:
+        figures["segmentation_grid"] = str(plots.segmentation_grid(
+            images, first.targets[:6], first.probs[:6].argmax(1), [str(i) for i in first.ids[:6]],
+            output_dir / "segmentation_grid.png"))
+    return figures
+
+
+def _network_inputs(dataset, ids, cfg) -> list[np.ndarray] | None:
+    """The images the segmenter saw (lumbar crop as in training, resized), or None where that is not known."""
+    from plid.datamodules.segmentation import load_roi
+
+    if cfg is None or cfg.data.get("roi", "gt") == "detected":
+        log.info("segmentation grid left out: the run's ROI (detected boxes) is not rebuilt here")
+        return None
+    rows = dataset.images.set_index("image")
+    out = []
+    for case in ids:
+        row = rows.loc[str(case)]
+        row = type("Row", (), {"image": str(case), **row.to_dict()})
+        image, _ = load_roi(dataset, row, cfg.data.get("roi", "gt"), int(cfg.data.image_size),
+                            float(cfg.data.get("roi_margin", 0.1)))
+        out.append(image)
+    return out
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    output_dir = Path(cfg.paths.output_dir)
+    bootstrap = {k: cfg.bootstrap[k] for k in ("samples", "seed", "confidence")}
+    runs_arg = cfg.get("runs")
+    if runs_arg:
+        runs = collect_runs(list(runs_arg) if isinstance(runs_arg, ListConfig) else runs_arg)
+    else:
+        runs = run_folds(cfg, output_dir)
+    return evaluate_runs(runs, output_dir, bootstrap, plots=bool(cfg.get("plots", True)))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        log.error("%s", user_error)
+        sys.exit(f"error: {user_error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Statistics of an evaluation: metrics from saved predictions, patient-level bootstrap confidence intervals,
+and summaries over cross-validation folds.
+
+Cases of one patient are not independent (several discs of one image, several slices of one patient), so the
+bootstrap resamples patients with replacement and takes all their cases each time: the interval reflects
+how the score would move with another sample of patients, which is what a reader of the paper asks.
+Intervals are percentile intervals over ``samples`` seeded replicates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from plid.datamodules.contract import CLASS_NAMES
+from plid.models.metrics import segmentation_scores
+
+CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc")
+SEGMENTATION_METRICS = ("dice", "miou", "miou_fg", *(f"dice_{c}" for c in CLASS_NAMES[1:]),
+                        *(f"iou_{c}" for c in CLASS_NAMES[1:]))
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def auc(scores: np.ndarray, targets: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic (ties count one half); NaN when one class is absent."""
+    targets = np.asarray(targets).astype(bool)
+    positives, negatives = int(targets.sum()), int((~targets).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[targets].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def classification_metrics(positive_probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """The paper's classification scores (positive class 1, decision at ``threshold``)."""
+    targets = np.asarray(targets).astype(int)
+    predicted = (np.asarray(positive_probs) > threshold).astype(int)
+    tp = int(((predicted == 1) & (targets == 1)).sum())
+    tn = int(((predicted == 0) & (targets == 0)).sum())
+    fp = int(((predicted == 1) & (targets == 0)).sum())
+    fn = int(((predicted == 0) & (targets == 1)).sum())
+    recall, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    precision = _ratio(tp, tp + fp)
+    return {
+        "accuracy": _ratio(tp + tn, len(targets)),
+        "balanced_accuracy": float(np.nanmean([recall, specificity])) if not np.isnan([recall, specificity]).all()
+        else float("nan"),
+        "precision": precision, "recall": recall, "specificity": specificity,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "auc": auc(positive_probs, targets),
+    }
+
+
+def case_confusions(probs: np.ndarray, targets: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """One confusion matrix per case (N, C, C) from class probabilities (N, C, H, W) and labels (N, H, W)."""
+    num_classes = num_classes or probs.shape[1]
+    predicted = probs.argmax(1).reshape(len(probs), -1).astype(np.int64)
+    truth = targets.reshape(len(targets), -1).astype(np.int64)
+    flat = truth * num_classes + predicted
+    return np.stack([np.bincount(f, minlength=num_classes**2).reshape(num_classes, num_classes) for f in flat])
+
+
+def segmentation_metrics(confusions: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> dict[str, float]:
+    """Dice and IoU of the summed confusion matrices of some cases (:func:`plid.models.metrics.segmentation_scores`)."""
+    return segmentation_scores(torch.from_numpy(np.asarray(confusions).sum(0)), class_names)
+
+
+def patient_bootstrap(patients: Sequence[str], statistic: Callable[[np.ndarray], dict[str, float]],
+                      samples: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, dict[str, float]]:
+    """Point estimate and percentile interval of every metric ``statistic(case indices)`` returns, resampling
+    patients (with all their cases) with replacement.
+
+    Returns ``{metric: {"value", "low", "high"}}``; replicates where a metric is undefined (NaN, e.g. an AUC of
+    a sample without positives) are left out of its interval.
+    """
+    patients = np.asarray(patients, dtype=str)
+    unique, inverse = np.unique(patients, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(len(unique))]
+    point = statistic(np.arange(len(patients)))
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {name: [] for name in point}
+    for _ in range(samples):
+        chosen = rng.integers(0, len(unique), len(unique))
+        values = statistic(np.concatenate([members[k] for k in chosen]))
+        for name in point:
+            draws[name].append(values[name])
+    tail = (1 - confidence) / 2 * 100
+    result = {}
+    for name, value in point.items():
+        replicates = np.asarray(draws[name], dtype=float)
+        replicates = replicates[~np.isnan(replicates)]
+        low, high = (np.percentile(replicates, [tail, 100 - tail]) if len(replicates) else (np.nan, np.nan))
+        result[name] = {"value": float(value), "low": float(low), "high": float(high)}
+    return result
+
+
+def fold_summary(per_fold: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and sample standard deviation (ddof 1) of each metric over folds, NaN folds left out."""
+    names = list(per_fold[0]) if per_fold else []
+    summary = {}
+    for name in names:
+        values = np.asarray([fold.get(name, np.nan) for fold in per_fold], dtype=float)
+        values = values[~np.isnan(values)]
+        summary[name] = {"mean": float(values.mean()) if len(values) else float("nan"),
+                         "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                         "folds": int(len(values))}
+    return summary

@@ -1,0 +1,44 @@
+"""Write a model_dir for ``python -m plid.predict`` from trained runs (layout: :mod:`plid.pipeline.model_dir`).
+
+    python -m plid.export lumbar_run=<detect run> ivd_run=<detect run> seg_run=<train run> \
+        cls_runs='[<train run>,...]' ensemble=<ensemble run> out=models/plid
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from plid.errors import find_user_error
+from plid.pipeline.model_dir import export_model_dir
+
+log = logging.getLogger(__name__)
+
+
+def export(cfg: DictConfig) -> Path:
+    out = cfg.get("out") or Path(cfg.paths.output_dir) / "model_dir"
+    path = export_model_dir(out, cfg.lumbar_run, cfg.ivd_run, cfg.seg_run, list(cfg.get("cls_runs") or []),
+                            cfg.get("ensemble"), conf=float(cfg.conf), overwrite=bool(cfg.overwrite))
+    log.info("model_dir written: %s", path)
+    print(f"model_dir: {path}")
+    return path
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    try:
+        export(cfg)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        log.error("%s", user_error)
+        sys.exit(f"error: {user_error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The inference pipeline: one image in, a per-disc report out.
+
+Per image: the lumbar region (stage-1 detector), the discs inside it (stage-2 detector) numbered bottom-up,
+a herniation probability per disc (one classifier, or the weighted average of several with the ensemble's
+weights), and the 4-class segmentation of the lumbar crop with the area of each class.
+
+Level names. Discs are numbered from 1, the lowest (as SPIDER's ``ivd_label``). Where at most
+``max_named_levels`` discs are found (7 by default) they are also named, counting up from the lowest as
+L5/S1: L5/S1, L4/L5, L3/L4, L2/L3, L1/L2, T12/L1, T11/T12. This assumes the lowest disc found is L5/S1 (the
+lumbar detector is trained on boxes that end at the sacrum); a missed or extra lowest disc shifts every name,
+so the names are a convenience for reading the report, not an anatomical identification. Above that count the
+detection itself is suspect and discs keep their numbers only (``name`` is null).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from plid.boxes import crop, enlarge_box
+from plid.datamodules.contract import CLASS_NAMES
+from plid.datamodules.io import Scan
+from plid.datamodules.transforms import to_tensor
+from plid.ensemble.combine import weighted_average
+from plid.models.detection import NoLumbarRegionFound, RoiCropper
+from plid.pipeline.model_dir import LoadedModels
+
+LEVEL_NAMES = ("L5/S1", "L4/L5", "L3/L4", "L2/L3", "L1/L2", "T12/L1", "T11/T12")
+
+
+def level_names(count: int, max_named: int = len(LEVEL_NAMES)) -> list[str | None]:
+    """Names of ``count`` discs from the lowest up (see the module docstring); None where they are not named."""
+    if count > min(max_named, len(LEVEL_NAMES)):
+        return [None] * count
+    return list(LEVEL_NAMES[:count])
+
+
+def yolo_callable(model, conf: float):
+    """A loaded YOLO model as :data:`plid.models.detection.Detector`, at the size it was trained at."""
+
+    def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        bgr = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+        result = model.predict(bgr, conf=conf, imgsz=model.imgsz, device="cpu", verbose=False)[0]
+        return result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy()
+
+    return detect
+
+
+@dataclass
+class ImageResult:
+    report: dict[str, Any]
+    mask: np.ndarray | None = None  # (H, W) uint8 classes over the whole image (0 outside the lumbar crop)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Detectors, segmenter and classifiers of a model_dir, applied to one :class:`Scan` at a time."""
+
+    def __init__(self, models: LoadedModels, max_named_levels: int = len(LEVEL_NAMES), conf: float | None = None,
+                 cropper: RoiCropper | None = None):
+        self.models = models
+        detection = models.manifest.get("detection", {})
+        conf = float(detection.get("conf", 0.25) if conf is None else conf)
+        margin = float(detection.get("margin", 0.1))
+        self.cropper = cropper or RoiCropper(yolo_callable(models.lumbar, conf), yolo_callable(models.ivd, conf), margin)
+        self.max_named_levels = max_named_levels
+
+    @torch.inference_mode()
+    def __call__(self, scan: Scan) -> ImageResult:
+        image = scan.image
+        height, width = image.shape
+        report: dict[str, Any] = {
+            "name": scan.name, "file": str(scan.path), "format": scan.format, "height": height, "width": width,
+            "spacing_mm": scan.spacing_mm, "slice_index": scan.slice_index, "status": "ok",
+        }
+        try:
+            roi = self.cropper(image)
+        except NoLumbarRegionFound as error:
+            report.update(status="no_lumbar_region", message=str(error), lumbar=None, discs=[], segmentation=None)
+            return ImageResult(report)
+        report["lumbar"] = {"box": _box(roi.lumbar_box), "score": round(roi.lumbar_score, 4)}
+        probabilities = self.herniation(image, [d.box for d in roi.discs])
+        names = level_names(len(roi.discs), self.max_named_levels)
+        key = self.probability_key()
+        report["discs"] = [
+            {"level": disc.level, "name": name, "box": _box(disc.box), "score": round(disc.score, 4),
+             key: None if p is None else round(float(p), 4)}
+            for disc, name, p in zip(roi.discs, names, probabilities)
+        ]
+        report["classifier"] = self.classifier_description()
+        mask, segmentation = self.segment(image, roi.lumbar_box, scan.spacing_mm)
+        report["segmentation"] = segmentation
+        return ImageResult(report, mask)
+
+    def probability_key(self) -> str:
+        """``herniation_probability`` for herniation classifiers (the paper's), else ``<grading>_probability``."""
+        target = self.models.classifiers[0].target if self.models.classifiers else None
+        return "herniation_probability" if target in (None, "disc_herniation") else f"{target}_probability"
+
+    def classifier_description(self) -> dict[str, Any] | None:
+        classifiers = self.models.classifiers
+        if not classifiers:
+            return None
+        return {"target": classifiers[0].target, "models": [c.name for c in classifiers], "weights": self.models.weights,
+                "combination": "weighted average" if len(classifiers) > 1 else "single model"}
+
+    def herniation(self, image: np.ndarray, boxes: list) -> list[float | None]:
+        """Probability of herniation per disc box: one classifier, or the weighted average of several."""
+        if not boxes or not self.models.classifiers:
+            return [None] * len(boxes)
+        probs, weights = [], []
+        for classifier, weight in zip(self.models.classifiers, self.models.weights):
+            if weight == 0:  # the ensemble left it out: no need to run it
+                continue
+            weights.append(weight)
+            crops = [cv2.resize(crop(image, enlarge_box(box, classifier.roi_margin, *image.shape)),
+                                (classifier.image_size, classifier.image_size), interpolation=cv2.INTER_AREA)
+                     for box in boxes]
+            batch = torch.stack([to_tensor(c) for c in crops])
+            probs.append(classifier.net(batch).softmax(1)[:, 1])
+        return weighted_average(probs, weights).tolist()
+
+    def segment(self, image: np.ndarray, lumbar_box, spacing_mm: float | None) -> tuple[np.ndarray, dict[str, Any]]:
+        """The segmenter on the lumbar box enlarged by its training margin; classes at the image's resolution."""
+        segmenter = self.models.segmenter
+        box = enlarge_box(lumbar_box, segmenter.roi_margin, *image.shape)
+        region = crop(image, box)
+        size = segmenter.image_size
+        x = to_tensor(cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA))[None]
+        probs = segmenter.net(x).softmax(1)
+        probs = F.interpolate(probs, size=region.shape, mode="bilinear", align_corners=False)
+        region_mask = probs[0].argmax(0).numpy().astype(np.uint8)
+        mask = np.zeros(image.shape, np.uint8)
+        mask[box[1]:box[3], box[0]:box[2]] = region_mask
+        counts = np.bincount(region_mask.ravel(), minlength=len(CLASS_NAMES))
+        areas = {}
+        for k, name in enumerate(CLASS_NAMES):
+            if k == 0:
+                continue
+            areas[name] = {"pixels": int(counts[k]),
+                           "mm2": None if spacing_mm is None else round(float(counts[k]) * spacing_mm**2, 2)}
+        return mask, {"crop_box": list(box), "areas": areas}
+
+
+def _box(box) -> list[float]:
+    return [round(float(v), 2) for v in box]
+
+

@@ -1,0 +1,111 @@
+"""From scans to per-disc reports with a model_dir (``python -m plid.export``).
+
+    python -m plid.predict input=/scans/case1.dcm model_dir=/models/plid out=/reports/case1
+    python -m plid.predict input=/scans model_dir=/models/plid out=/reports
+
+Writes into ``out``: ``report.json`` (every case and every file that failed), ``overlays/<name>.png`` (boxes,
+levels, probabilities, mask) and ``report.html`` (all cases on one page). A file that cannot be read is
+reported and skipped; the rest go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from plid.datamodules.io import ScanReadError, list_scans, read_scan
+from plid.errors import UserInputError, find_user_error
+from plid.pipeline.core import Pipeline
+from plid.pipeline.model_dir import load_model_dir
+from plid.pipeline.report import overlay, write_html, write_png
+from plid.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def predict_files(files: list[Path], pipeline: Pipeline, out: Path, progress: bool = True,
+                  timings: dict[str, float] | None = None) -> dict[str, Any]:
+    """Run ``pipeline`` over ``files``; writes overlays, ``report.json`` and ``report.html`` into ``out``.
+
+    Overlays are drawn and written in a background thread while the models work on the next image (OpenCV
+    releases the GIL). ``timings``, when given, receives the seconds spent reading files and in the pipeline.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    cases, errors, used, pending = [], [], set(), []
+    timings = {} if timings is None else timings
+    clock = time.perf_counter
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        for path in tqdm(files, desc="predict", unit="image", disable=not progress or len(files) < 2):
+            start = clock()
+            try:
+                scan = read_scan(path)
+            except ScanReadError as error:
+                log.error("%s", error)
+                errors.append({"file": str(path), "error": str(error)})
+                continue
+            finally:
+                timings["read"] = timings.get("read", 0.0) + clock() - start
+            if scan.name in used:  # a.png and a.dcm in one folder
+                scan.name = path.name
+            used.add(scan.name)
+            start = clock()
+            result = pipeline(scan)
+            timings["pipeline"] = timings.get("pipeline", 0.0) + clock() - start
+            report = result.report
+            report["overlay"] = str(out / "overlays" / f"{scan.name}.png")
+            pending.append(writer.submit(_write_overlay, report["overlay"], scan.image, report, result.mask))
+            if report["status"] != "ok":
+                log.warning("%s: %s", path, report.get("message"))
+            cases.append(report)
+        for future in pending:
+            future.result()  # an overlay that failed to write is an error of this run, not of one file
+    summary = {"model_dir": str(pipeline.models.root), "cases": cases, "errors": errors}
+    write_json(out / "report.json", summary)
+    write_html(out / "report.html", cases, errors, title=f"plid report: {len(cases)} images")
+    return summary
+
+
+def _write_overlay(path: str, image, report: dict[str, Any], mask) -> None:
+    write_png(path, overlay(image, report, mask))
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    source = cfg.get("input") or ((cfg.get("data") or {}).get("root") and Path(cfg.data.root) / "images")
+    if not source:
+        raise UserInputError("give input=<file or folder> (or data.root=<dataset> to predict on its images/)")
+    files = list_scans(source)
+    if cfg.get("max_images"):
+        files = files[: int(cfg.max_images)]
+    out = Path(cfg.get("out") or cfg.paths.output_dir).expanduser().resolve()
+    pipeline = Pipeline(load_model_dir(cfg.model_dir), max_named_levels=int(cfg.max_named_levels),
+                        conf=cfg.get("conf"))
+    summary = predict_files(files, pipeline, out)
+    found = sum(c["status"] == "ok" for c in summary["cases"])
+    log.info("%d images: %d with a lumbar region, %d without, %d unreadable", len(files), found,
+             len(summary["cases"]) - found, len(summary["errors"]))
+    print(f"Report: {out / 'report.html'}")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    try:
+        predict(cfg)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        log.error("%s", user_error)
+        sys.exit(f"error: {user_error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""The whole study end to end, each step a command a user could type (``make run`` calls this):
+
+1. ``python -m plid.detect stage=lumbar`` and ``stage=ivd``: the two YOLOv8 detectors
+2. ``python -m plid.train model=<classifier>`` for each classifier, then ``python -m plid.ensemble task=cls``
+   (where this plid has classifiers and the ensemble)
+3. ``python -m plid.train model=<segmenter>``
+4. ``python -m plid.export``: the model_dir
+5. ``python -m plid.predict`` on held-out test images, written as PNG, DICOM and NIfTI
+
+Every step runs in ``<run dir>/<step>/`` with its own log (``<step>.out``); ``study.json`` records the commands,
+their folders and durations. The defaults (tiny images, few epochs) make it a demonstration that runs in
+minutes on a CPU; raise ``detector.*``, ``segmenter.*``, ``classifiers.*`` for a real study.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from plid.errors import UserInputError, find_user_error
+from plid.utils.hydra import PROJECT_ROOT
+from plid.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def has_classifiers() -> bool:
+    return (PROJECT_ROOT / "conf" / "model" / "_classifier.yaml").is_file()
+
+
+def has_ensemble() -> bool:
+    return importlib.util.find_spec("plid.ensemble.__main__") is not None
+
+
+class Study:
+    def __init__(self, cfg: DictConfig, out: Path, debug: str | None):
+        self.cfg, self.out = cfg, out
+        self.common = [f"paths.data_dir={cfg.paths.data_dir}"]
+        if debug:
+            self.common.append(f"debug={debug}")
+        self.steps: list[dict[str, Any]] = []
+
+    def data(self, task: str) -> list[str]:
+        """Data overrides of a step: the synthetic default, or the real-data config pointed at data.root."""
+        root = self.cfg.data.get("root")
+        return [f"data=spider2d_{task}", f"data.root={root}"] if root else []
+
+    def run(self, step: str, module: str, *args: str, hydra_run: bool = True) -> Path:
+        folder = self.out / step
+        command = [sys.executable, "-m", module, *args, *self.common]
+        if hydra_run:
+            command.append(f"hydra.run.dir={folder}")
+        print(f"[study] {step}: python -m {module} {' '.join(args)}", flush=True)
+        start = time.perf_counter()
+        with open(self.out / f"{step}.out", "w") as output:
+            code = subprocess.call(command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT)
+        seconds = round(time.perf_counter() - start, 1)
+        self.steps.append({"step": step, "command": command, "folder": str(folder), "seconds": seconds,
+                           "returncode": code})
+        write_json(self.out / "study.json", {"steps": self.steps})
+        if code != 0:
+            tail = (self.out / f"{step}.out").read_text().strip().splitlines()[-5:]
+            raise RuntimeError(f"step {step} failed (exit {code}); see {self.out / f'{step}.out'}:\n" + "\n".join(tail))
+        print(f"[study] {step}: done in {seconds:.0f} s", flush=True)
+        return folder
+
+
+def write_samples(seg_run: Path, out: Path, count: int) -> Path:
+    """``count`` (at least 3) test images of the segmentation run's dataset: the second written as DICOM, the third
+    as a NIfTI volume, the others as PNG; with fewer test images than that, images are used again."""
+    import json
+
+    from plid.pipeline.samples import write_dicom, write_volume
+
+    summary = json.loads((seg_run / "summary.json").read_text())
+    root = Path(summary["data_root"])
+    with np.load(seg_run / "predictions" / "test.npz", allow_pickle=False) as data:
+        names = sorted(set(str(i).split(":")[0] for i in data["ids"]))
+    if not names:
+        raise UserInputError(f"{seg_run}: no test image to predict on")
+    out.mkdir(parents=True, exist_ok=True)
+    for k in range(max(count, 3)):
+        name = names[k % len(names)]
+        image = cv2.imread(str(root / "images" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+        stem = name if k < len(names) else f"{name}_{k}"
+        if k == 1:
+            write_dicom(image, out / f"{stem}.dcm")
+        elif k == 2:
+            write_volume(image, out / f"{stem}.nii.gz")
+        else:
+            cv2.imwrite(str(out / f"{stem}.png"), image)
+    return out
+
+
+def study(cfg: DictConfig) -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    out = Path(cfg.paths.output_dir).resolve()
+    debug = HydraConfig.get().runtime.choices.get("debug") if HydraConfig.initialized() else None
+    s = Study(cfg, out, debug)
+    start = time.perf_counter()
+    d, c, g = cfg.detector, cfg.classifiers, cfg.segmenter
+
+    def sizes(image_size: int, epochs: int, epochs_key: str = "trainer.max_epochs") -> list[str]:
+        # debug=smoke keeps its own tiny sizes and single epoch
+        return [] if debug else [f"data.image_size={image_size}", f"{epochs_key}={epochs}"]
+
+    detect = sizes(d.image_size, d.epochs, "detector.epochs")
+    lumbar = s.run("detect_lumbar", "plid.detect", "stage=lumbar", *detect, *s.data("det"))
+    ivd = s.run("detect_ivd", "plid.detect", "stage=ivd", *detect, *s.data("det"))
+
+    cls_runs, ensemble = [], None
+    models = list(cfg.classifiers.models or [])
+    if models and not has_classifiers():
+        log.warning("this plid has no classifiers yet (conf/model/_classifier.yaml): the report has no probabilities")
+        models = []
+    for name in models:
+        cls_runs.append(s.run(f"train_{name}", "plid.train", f"model={name}", *sizes(c.image_size, c.epochs),
+                              *s.data("cls")))
+    if len(cls_runs) > 1:
+        if not has_ensemble():
+            log.warning("this plid has no ensemble yet: keeping the first classifier only")
+            cls_runs = cls_runs[:1]
+        else:
+            ensemble = s.run("ensemble", "plid.ensemble", "task=cls", f"runs=[{','.join(map(str, cls_runs))}]")
+
+    seg = s.run("train_segmenter", "plid.train", f"model={g.model}", *sizes(g.image_size, g.epochs), *s.data("seg"))
+    model_dir = out / "model_dir"
+    export = [f"lumbar_run={lumbar}", f"ivd_run={ivd}", f"seg_run={seg}", f"out={model_dir}"]
+    if cls_runs:
+        export.append(f"cls_runs=[{','.join(map(str, cls_runs))}]")
+    if ensemble is not None:
+        export.append(f"ensemble={ensemble}")
+    s.run("export", "plid.export", *export)
+    samples = write_samples(seg, out / "samples", int(cfg.samples))
+    report = out / "predict"
+    # every sample (debug=smoke would keep two): one of each format
+    s.run("predict", "plid.predict", f"input={samples}", f"model_dir={model_dir}", f"out={report}", "max_images=null")
+    write_json(out / "study.json", {"steps": s.steps, "seconds": round(time.perf_counter() - start, 1),
+                                    "model_dir": str(model_dir), "report": str(report / "report.html")})
+    print(f"[study] finished in {time.perf_counter() - start:.0f} s; model_dir: {model_dir}")
+    print(f"[study] HTML report: {report / 'report.html'}")
+    return report / "report.html"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="study")
+def main(cfg: DictConfig) -> None:
+    try:
+        study(cfg)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        log.error("%s", user_error)
+        sys.exit(f"error: {user_error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""The inference pipeline: readers, model_dir round trip, per-disc reports, a folder with a broken file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from plid.datamodules.io import ScanReadError, list_scans, read_scan
+from plid.datamodules.synthetic import generate_case
+from plid.models.detection import RoiCropper
+from plid.pipeline.core import LEVEL_NAMES, Pipeline, level_names
+from plid.pipeline.model_dir import LoadedModels, LoadedModule, export_model_dir, load_model_dir
+from plid.pipeline.samples import write_dicom, write_volume
+from plid.predict import predict_files
+from tests.conftest import run_module
+
+
+@pytest.fixture(scope="module")
+def case():
+    return generate_case(np.random.default_rng(3), size=128)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
+
+
+@pytest.mark.parametrize("name, stored", [("scan.dcm", None), ("scan.nii.gz", "LPS"), ("scan.mha", "RAS")])
+def test_readers_bring_every_format_back_upright(tmp_path, case, name, stored):
+    image = case.image[:, :100]  # not square, so a transposed read would show
+    path = tmp_path / name
+    if name.endswith(".dcm"):
+        write_dicom(image, path, spacing_mm=0.7)
+    else:
+        write_volume(image, path, spacing_mm=0.7, stored_orientation=stored)
+    scan = read_scan(path)
+    assert scan.image.dtype == np.uint8 and scan.image.shape == image.shape
+    assert _correlation(scan.image, image) > 0.99  # the same picture, not flipped or transposed
+    assert scan.spacing_mm == pytest.approx(0.7)
+    assert scan.name == "scan"
+
+
+def test_a_broken_file_names_itself(tmp_path):
+    for name in ("broken.png", "broken.dcm", "broken.nii.gz"):
+        (tmp_path / name).write_bytes(b"not an image at all")
+        with pytest.raises(ScanReadError, match=name.replace(".", r"\.")):
+            read_scan(tmp_path / name)
+    assert [p.name for p in list_scans(tmp_path)] == ["broken.dcm", "broken.nii.gz", "broken.png"]
+
+
+def test_level_names_count_up_from_l5_s1_and_stop_where_the_count_is_suspect():
+    assert level_names(3) == ["L5/S1", "L4/L5", "L3/L4"]
+    assert level_names(len(LEVEL_NAMES))[-1] == "T11/T12"
+    assert level_names(len(LEVEL_NAMES) + 1) == [None] * (len(LEVEL_NAMES) + 1)
+    assert level_names(6, max_named=5) == [None] * 6
+
+
+class _MeanIntensity(torch.nn.Module):
+    """A stand-in classifier whose herniation probability is known: the mean standardised input, squashed."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        z = x.mean(dim=(1, 2, 3)) * self.scale
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+def _segmenter(compose, image_size: int = 64) -> LoadedModule:
+    import hydra
+
+    cfg = compose("debug=smoke")
+    return LoadedModule("segmenter", hydra.utils.instantiate(cfg.model, _convert_="all").eval(), image_size, 0.1)
+
+
+def _truth_cropper(case) -> RoiCropper:
+    """Detectors that return the case's reference boxes (the disc boxes moved into the lumbar crop), shuffled,
+    so that ordering and numbering are the pipeline's own."""
+    lumbar = np.array([case.lumbar_box], float)
+    discs = np.array([d["box"] for d in case.discs], float)[::-1][np.random.default_rng(0).permutation(len(case.discs))]
+
+    def detect_lumbar(image):
+        return lumbar, np.array([0.9])
+
+    def detect_discs(region):
+        # the region is the lumbar box enlarged by 10 % and clipped: find its corner from its size
+        from plid.boxes import enlarge_box
+
+        x1, y1, _, _ = enlarge_box(case.lumbar_box, 0.1, *case.image.shape)
+        return discs - [x1, y1, x1, y1], np.linspace(0.9, 0.5, len(discs))
+
+    return RoiCropper(detect_lumbar, detect_discs, 0.1)
+
+
+def _models(compose, classifiers=(), weights=()) -> LoadedModels:
+    return LoadedModels(Path("."), {"detection": {"conf": 0.25, "margin": 0.1}}, None, None, _segmenter(compose),
+                        list(classifiers), list(weights))
+
+
+def test_pipeline_report_per_disc(compose, case):
+    classifiers = [LoadedModule("a", _MeanIntensity(1.0), 32, 0.1), LoadedModule("b", _MeanIntensity(-2.0), 32, 0.1)]
+    pipeline = Pipeline(_models(compose, classifiers, [0.3, 0.9]), cropper=_truth_cropper(case))
+    from plid.datamodules.io import Scan
+
+    result = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image"))
+    report = result.report
+    height, width = case.image.shape
+    assert report["status"] == "ok"
+    discs = report["discs"]
+    assert len(discs) == len(case.discs)
+    assert [d["level"] for d in discs] == list(range(1, len(discs) + 1))
+    centres = [(d["box"][1] + d["box"][3]) / 2 for d in discs]
+    assert centres == sorted(centres, reverse=True)  # level 1 lowest in the image, then upwards
+    assert [d["name"] for d in discs] == level_names(len(discs))
+    # the discs came back in image coordinates: the reference boxes, bottom-up
+    reference = sorted((d["box"] for d in case.discs), key=lambda b: -(b[1] + b[3]))
+    np.testing.assert_allclose([d["box"] for d in discs], reference, atol=0.01)
+    for box in [report["lumbar"]["box"], *(d["box"] for d in discs)]:
+        assert 0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height
+    # the weighted average of the two stand-ins, by hand for one disc
+    from plid.boxes import crop, enlarge_box
+    from plid.datamodules.transforms import to_tensor
+
+    lowest = to_tensor(cv2.resize(crop(case.image, enlarge_box(reference[0], 0.1, height, width)), (32, 32),
+                                  interpolation=cv2.INTER_AREA))[None]
+    p = [torch.softmax(c.net(lowest), 1)[0, 1].item() for c in classifiers]
+    assert discs[0]["herniation_probability"] == pytest.approx((0.3 * p[0] + 0.9 * p[1]) / 1.2, abs=1e-4)
+    # segmentation: a class per pixel of the crop, areas in pixels and mm² (0.5 mm pixels)
+    x1, y1, x2, y2 = report["segmentation"]["crop_box"]
+    areas = report["segmentation"]["areas"]
+    assert sum(a["pixels"] for a in areas.values()) <= (x2 - x1) * (y2 - y1)
+    assert all(a["mm2"] == pytest.approx(a["pixels"] * 0.25) for a in areas.values())
+    assert result.mask.shape == case.image.shape and not result.mask[:y1].any()
+
+
+def test_no_lumbar_region_is_reported_per_image(compose, case):
+    cropper = RoiCropper(lambda image: (np.zeros((0, 4)), np.zeros(0)), lambda region: (np.zeros((0, 4)), np.zeros(0)))
+    from plid.datamodules.io import Scan
+
+    report = Pipeline(_models(compose), cropper=cropper)(Scan("c", Path("c.png"), case.image, None, "image")).report
+    assert report["status"] == "no_lumbar_region" and report["discs"] == [] and "no lumbar region" in report["message"]
+
+
+def test_folder_with_a_broken_file_reports_the_others(tmp_path, compose, case):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), case.image)
+    write_dicom(case.image, folder / "b.dcm")
+    write_volume(case.image, folder / "c.nii.gz")
+    (folder / "d.png").write_bytes(b"\x89PNG truncated")
+    pipeline = Pipeline(_models(compose), cropper=_truth_cropper(case))
+    summary = predict_files(list_scans(folder), pipeline, tmp_path / "out", progress=False)
+    assert [c["name"] for c in summary["cases"]] == ["a", "b", "c"]
+    assert len(summary["errors"]) == 1 and "d.png" in summary["errors"][0]["error"]
+    for report in summary["cases"]:
+        assert report["status"] == "ok" and [d["level"] for d in report["discs"]] == list(range(1, len(case.discs) + 1))
+        assert Path(report["overlay"]).is_file()
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["errors"][0]["file"].endswith("d.png")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "d.png" in page and "overlays/a.png" in page
+
+
+def _fake_train_run(compose, folder: Path, model: str = "unet_resnet34") -> Path:
+    """A run folder as plid.train leaves it (config, a weights-only checkpoint, summary.json), untrained."""
+    import hydra
+
+    cfg = compose("debug=smoke", f"model={model}")
+    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (folder / "checkpoints").mkdir()
+    torch.save({"state_dict": module.state_dict(), "epoch": 0}, folder / "checkpoints" / "epoch_000.ckpt")
+    (folder / "summary.json").write_text(json.dumps({"best_checkpoint": str(folder / "checkpoints" / "epoch_000.ckpt"),
+                                                     "choices": {"model": model}}))
+    return folder
+
+
+def test_model_dir_round_trip_loads_weights_only(tmp_path, compose, case, monkeypatch):
+    from plid.models.detection import load_yolo
+
+    weights = {}
+    for stage in ("lumbar", "ivd"):
+        yolo = load_yolo("yolov8n.yaml", tmp_path / "ultralytics")
+        yolo.ckpt = {"train_args": {"imgsz": 64}}
+        weights[stage] = tmp_path / f"{stage}.pt"
+        yolo.save(weights[stage])
+    seg = _fake_train_run(compose, tmp_path / "seg")
+    classifier = _fake_train_run(compose, tmp_path / "cls", "cls_resnet50")
+    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [classifier])
+    assert sorted(p.name for p in out.iterdir()) == ["classifiers", "detector_ivd.pt", "detector_lumbar.pt",
+                                                     "manifest.json", "segmenter"]
+    # nothing in a model_dir needs unpickling
+    for path in [*out.glob("*.pt"), *out.glob("*/**/model.ckpt")]:
+        torch.load(path, weights_only=True)
+    loaded = load_model_dir(out)
+    original = load_yolo(str(weights["lumbar"]), tmp_path / "ultralytics")
+    image = np.repeat(case.image[..., None], 3, axis=2)
+    a = loaded.lumbar.predict(image, conf=0.0001, imgsz=64, verbose=False)[0].boxes
+    b = original.predict(image, conf=0.0001, imgsz=64, verbose=False)[0].boxes
+    np.testing.assert_allclose(a.xyxy.numpy(), b.xyxy.numpy(), atol=1e-3)
+    state = torch.load(seg / "checkpoints" / "epoch_000.ckpt", weights_only=True)["state_dict"]
+    for key, value in loaded.segmenter.net.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+    assert [c.name for c in loaded.classifiers] == ["cls_resnet50"] and loaded.weights == [1.0]
+    assert loaded.classifiers[0].target == "disc_herniation"
+    state = torch.load(classifier / "checkpoints" / "epoch_000.ckpt", weights_only=True)["state_dict"]
+    for key, value in loaded.classifiers[0].net.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+    with pytest.raises(Exception, match="ensemble"):  # two classifiers need the weights that combine them
+        export_model_dir(tmp_path / "two", weights["lumbar"], weights["ivd"], seg,
+                         [classifier, _fake_train_run(compose, tmp_path / "cls2", "cls_resnet50")])
+    with pytest.raises(Exception, match="not empty"):
+        export_model_dir(out, weights["lumbar"], weights["ivd"], seg)
+
+
+@pytest.mark.slow
+def test_predict_command_end_to_end_on_trained_tiny_models(tmp_path, data_dir, case):
+    """plid.detect, plid.train, plid.export and plid.predict as a user runs them, on tiny models trained here.
+
+    One-epoch detectors are weak, so predict runs with a low confidence: every image must then either have
+    boxes inside it with levels bottom-up, or say clearly that no lumbar region was found.
+    """
+    common = [f"paths.data_dir={data_dir}", "debug=smoke"]
+    runs = {}
+    for stage in ("lumbar", "ivd"):
+        runs[stage] = tmp_path / stage
+        result = run_module("plid.detect", f"stage={stage}", f"hydra.run.dir={runs[stage]}", *common)
+        assert result.returncode == 0, result.stderr[-2000:]
+    runs["seg"] = tmp_path / "seg"
+    result = run_module("plid.train", f"hydra.run.dir={runs['seg']}", *common)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs["cls"] = tmp_path / "cls"
+    result = run_module("plid.train", "model=cls_resnet50", "data.image_size=32", f"hydra.run.dir={runs['cls']}",
+                        *common)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model_dir = tmp_path / "model_dir"
+    result = run_module("plid.export", f"lumbar_run={runs['lumbar']}", f"ivd_run={runs['ivd']}",
+                        f"seg_run={runs['seg']}", f"cls_runs=[{runs['cls']}]", f"out={model_dir}",
+                        f"hydra.run.dir={tmp_path / 'export'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    cv2.imwrite(str(scans / "a.png"), case.image)
+    write_dicom(case.image, scans / "b.dcm")
+    write_volume(case.image, scans / "c.mha")
+    (scans / "d.dcm").write_bytes(b"garbage")
+    result = run_module("plid.predict", f"input={scans}", f"model_dir={model_dir}", f"out={tmp_path / 'out'}",
+                        "conf=0.001", f"hydra.run.dir={tmp_path / 'predict'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "report.html" in result.stdout
+    summary = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [c["name"] for c in summary["cases"]] == ["a", "b", "c"]
+    assert len(summary["errors"]) == 1 and "d.dcm" in summary["errors"][0]["error"]
+    for report in summary["cases"]:
+        if report["status"] != "ok":
+            assert report["status"] == "no_lumbar_region" and report["message"]
+            continue
+        for box in [report["lumbar"]["box"], *(d["box"] for d in report["discs"])]:
+            assert 0 <= box[0] < box[2] <= report["width"] and 0 <= box[1] < box[3] <= report["height"]
+        centres = [(d["box"][1] + d["box"][3]) / 2 for d in report["discs"]]
+        assert centres == sorted(centres, reverse=True)
+        assert [d["level"] for d in report["discs"]] == list(range(1, len(centres) + 1))
+        assert all(0 <= d["herniation_probability"] <= 1 for d in report["discs"])
