@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from plid.datamodules import splits as splits_lib
 from plid.datamodules.contract import load_dataset
 from plid.ensemble.predictions import Predictions, load_predictions
-from plid.errors import UserInputError, find_user_error
+from plid.errors import UserInputError
 from plid.evaluation import (
     CLASSIFICATION_METRICS,
     SEGMENTATION_METRICS,
@@ -38,6 +37,7 @@ from plid.evaluation import (
     patient_bootstrap,
     segmentation_metrics,
 )
+from plid.utils.hydra import run_task
 from plid.utils.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -287,14 +287,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        log.error("%s", user_error)
-        sys.exit(f"error: {user_error}")
+    run_task(evaluate, cfg)
 
 
 if __name__ == "__main__":

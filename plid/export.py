@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from plid.errors import find_user_error
 from plid.pipeline.model_dir import export_model_dir
+from plid.utils.hydra import run_task
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +29,7 @@ def export(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
-        export(cfg)
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        log.error("%s", user_error)
-        sys.exit(f"error: {user_error}")
+    run_task(export, cfg)
 
 
 if __name__ == "__main__":

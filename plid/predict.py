@@ -11,7 +11,6 @@ reported and skipped; the rest go on.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,10 +21,11 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from plid.datamodules.io import ScanReadError, list_scans, read_scan
-from plid.errors import UserInputError, find_user_error
+from plid.errors import UserInputError
 from plid.pipeline.core import Pipeline
 from plid.pipeline.model_dir import load_model_dir
 from plid.pipeline.report import overlay, write_html, write_png
+from plid.utils.hydra import run_task
 from plid.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -97,14 +97,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        predict(cfg)
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        log.error("%s", user_error)
-        sys.exit(f"error: {user_error}")
+    run_task(predict, cfg)
 
 
 if __name__ == "__main__":

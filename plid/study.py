@@ -27,8 +27,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from plid.errors import UserInputError, find_user_error
-from plid.utils.hydra import PROJECT_ROOT
+from plid.errors import UserInputError
+from plid.utils.hydra import PROJECT_ROOT, run_task
 from plid.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -155,14 +155,7 @@ def study(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="study")
 def main(cfg: DictConfig) -> None:
-    try:
-        study(cfg)
-    except Exception as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        log.error("%s", user_error)
-        sys.exit(f"error: {user_error}")
+    run_task(study, cfg)
 
 
 if __name__ == "__main__":
