@@ -16,14 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from plid.models.detection import DetectorSettings, evaluate_detector, train_detector
 from plid.utils.hydra import config_choices, config_to_dict, instantiate_loggers, metric_value, run_task
-from plid.utils.io import write_json
+from plid.utils.io import claim_output_dir, write_json
 
 log = logging.getLogger(__name__)
 
 
 def detect(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Export the stage's data, train, test; returns (metrics, the objects built)."""
-    output_dir = Path(cfg.paths.output_dir).resolve()
+    output_dir = claim_output_dir(Path(cfg.paths.output_dir).resolve(), "summary.json", cfg.get("overwrite", False))
     limit = cfg.get("trainer", {}).get("limit_train_batches")
     overrides = {"max_images_per_split": int(limit) * cfg.data.batch_size} if isinstance(limit, int) else {}
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all", **overrides)

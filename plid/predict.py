@@ -26,7 +26,7 @@ from plid.pipeline.core import Pipeline
 from plid.pipeline.model_dir import load_model_dir
 from plid.pipeline.report import overlay, write_html, write_png
 from plid.utils.hydra import run_task
-from plid.utils.io import write_json
+from plid.utils.io import claim_output_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     files = list_scans(source)
     if cfg.get("max_images"):
         files = files[: int(cfg.max_images)]
-    out = Path(cfg.get("out") or cfg.paths.output_dir).expanduser().resolve()
+    out = claim_output_dir(Path(cfg.get("out") or cfg.paths.output_dir).expanduser().resolve(), "report.json",
+                           cfg.get("overwrite", False))
     pipeline = Pipeline(load_model_dir(cfg.model_dir), max_named_levels=int(cfg.max_named_levels),
                         conf=cfg.get("conf"))
     summary = predict_files(files, pipeline, out)

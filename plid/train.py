@@ -26,7 +26,7 @@ from plid.utils.hydra import (
     metric_value,
     run_task,
 )
-from plid.utils.io import write_json
+from plid.utils.io import claim_output_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,10 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
         if not last.is_file():
             raise UserInputError(f"ckpt_path=last but {last} does not exist; pass hydra.run.dir=<the run to resume>")
         return str(last)
-    if ckpt_path is None and ((output_dir / "summary.json").exists() or last.exists()):
-        raise UserInputError(
-            f"{output_dir} already holds another run's outputs; choose a new hydra.run.dir, "
-            f"or resume an interrupted run there with ckpt_path=last"
-        )
+    if ckpt_path is None and last.exists():
+        raise UserInputError(f"{output_dir} holds an interrupted run; resume it with ckpt_path=last, "
+                             f"or choose a new hydra.run.dir")
+    claim_output_dir(output_dir, "summary.json")
     return ckpt_path
 
 

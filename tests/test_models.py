@@ -59,13 +59,15 @@ def test_segmentation_module_runs_channels_last_with_the_same_numbers(tmp_path):
     from plid.models.nets import build_segmenter
     from plid.models.segmentation import SegmentationModule
 
+    torch.manual_seed(0)
     net = build_segmenter("unet", "resnet34").eval()
     reference = copy.deepcopy(net)
     module = SegmentationModule(net, DiceFocalLoss(), torch.optim.Adam).eval()
     assert module.net.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(module(x), reference(x), rtol=1e-4, atol=1e-4)
+        # the same arithmetic in another memory order: equal up to float32 summation order
+        torch.testing.assert_close(module(x), reference(x), rtol=1e-3, atol=1e-3)
     # checkpoints hold plain tensors that load into a network in the default memory order
     torch.save(module.net.state_dict(), tmp_path / "net.pt")
     reference.load_state_dict(torch.load(tmp_path / "net.pt", weights_only=True))

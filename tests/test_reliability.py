@@ -76,3 +76,22 @@ def test_checkpoints_load_weights_only(compose):
     train(cfg)
     checkpoint = torch.load(f"{cfg.paths.output_dir}/checkpoints/last.ckpt", weights_only=True)
     assert "state_dict" in checkpoint
+
+
+def test_a_finished_run_is_never_overwritten(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text('{"finished": true}')
+    result = run_module("plid.train", *_args(tmp_path, out))
+    assert result.returncode != 0 and "already holds another run's outputs" in result.stderr
+    assert json.loads((out / "summary.json").read_text()) == {"finished": True}
+    assert not (out / "checkpoints").exists()
+
+
+def test_predict_refuses_a_folder_with_reports_unless_told(tmp_path):
+    from plid.utils.io import claim_output_dir
+
+    (tmp_path / "report.json").write_text("{}")
+    with pytest.raises(ValueError, match="overwrite=true"):
+        claim_output_dir(tmp_path, "report.json", overwrite=False)
+    assert claim_output_dir(tmp_path, "report.json", overwrite=True) == tmp_path

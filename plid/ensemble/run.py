@@ -29,7 +29,7 @@ from plid.ensemble.predictions import SPLITS, Predictions, load_predictions
 from plid.ensemble.scoring import ClassificationScorer, SegmentationScorer
 from plid.ensemble.weights import search_weights
 from plid.errors import UserInputError
-from plid.utils.io import atomic_write, write_json
+from plid.utils.io import atomic_write, claim_output_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
     if task not in TASKS:
         raise UserInputError(f"task={task!r}: one of {sorted(TASKS)}")
     metric = cfg.get("metric") or DEFAULT_METRIC[task]
-    output_dir = Path(cfg.paths.output_dir)
+    output_dir = claim_output_dir(cfg.paths.output_dir, "ensemble_weights.json", cfg.get("overwrite", False))
     runs_arg = cfg.runs
     runs_arg = list(runs_arg) if isinstance(runs_arg, ListConfig) else runs_arg
     runs = load_runs(resolve_runs(runs_arg), task, (cfg.get("data") or {}).get("root"))

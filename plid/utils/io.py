@@ -38,3 +38,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
         json.dump(obj, handle, indent=2, sort_keys=False)
         handle.write("\n")
     return Path(path)
+
+
+def claim_output_dir(path: str | os.PathLike, marker: str, overwrite: bool | None = None) -> Path:
+    """``path`` as a run's output folder, refusing one that already holds another run's ``marker`` file
+    (``summary.json``, ``report.json``): a run never overwrites another run's outputs unless asked to.
+    ``overwrite=None`` means the entry point has no such option."""
+    from plid.errors import UserInputError
+
+    path = Path(path)
+    if (path / marker).exists() and not overwrite:
+        hint = ", or pass overwrite=true to replace them" if overwrite is not None else ""
+        raise UserInputError(f"{path} already holds another run's outputs ({marker}); choose another folder "
+                             f"(hydra.run.dir=... or out=...){hint}")
+    return path
