@@ -11,18 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import SPIDER2D, requires_spider2d, run_module
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from plid.boxes import enlarge_box, from_yolo, to_yolo
 from plid.datamodules.contract import DISC_BOX, LUMBAR_BOX
 from plid.datamodules.yolo import write_labels
 from plid.errors import UserInputError
 from plid.models.detection import NoLumbarRegionFound, RoiCropper
-from plid.utils.hydra import PROJECT_ROOT
 
 
 def read_labels(path) -> np.ndarray:
@@ -50,23 +44,9 @@ def test_enlarge_box_grows_ten_percent_about_the_centre_and_clips_to_the_image()
 
 
 @pytest.fixture
-def detect_cfg(tmp_path, data_dir):
+def detect_cfg(compose):
     """Compose ``conf/detect.yaml`` as a run would, outputs in ``tmp_path``."""
-
-    def _compose(*overrides: str, config_name: str = "detect"):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, return_hydra_config=True, overrides=[
-                f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}/logs", f"paths.output_dir={tmp_path}/run",
-                *overrides,
-            ])
-            HydraConfig().set_config(cfg)
-            with open_dict(cfg):
-                del cfg.hydra
-            return cfg
-
-    yield _compose
-    GlobalHydra.instance().clear()
+    return lambda *overrides: compose(*overrides, config_name="detect")
 
 
 @pytest.mark.parametrize("stage", ["lumbar", "ivd"])
