@@ -28,4 +28,4 @@ test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf logs data/synthetic data/splits
+	rm -rf logs data
