@@ -95,3 +95,16 @@ def test_predict_refuses_a_folder_with_reports_unless_told(tmp_path):
     with pytest.raises(ValueError, match="overwrite=true"):
         claim_output_dir(tmp_path, "report.json", overwrite=False)
     assert claim_output_dir(tmp_path, "report.json", overwrite=True) == tmp_path
+
+
+def test_a_folder_written_atomically_keeps_the_previous_one_on_a_crash(tmp_path):
+    from plid.utils.io import atomic_dir
+
+    out = tmp_path / "dataset"
+    with atomic_dir(out) as tmp:
+        (tmp / "images.csv").write_text("v1")
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "images.csv").write_text("v2, half")
+        raise RuntimeError("crash mid-write")
+    assert (out / "images.csv").read_text() == "v1"
+    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]  # no temporary folder left behind

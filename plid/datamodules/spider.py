@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -40,7 +37,7 @@ import SimpleITK as sitk
 from plid.boxes import mask_box
 from plid.datamodules.contract import DISC_COLUMNS, GRADING_COLUMNS, IMAGE_COLUMNS
 from plid.errors import UserInputError
-from plid.utils.io import atomic_write, write_json
+from plid.utils.io import atomic_dir, atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -292,9 +289,7 @@ def import_spider(root: str | Path, out: str | Path, series: list[str] | tuple[s
     overview = overview.sort_values(["_order", "_series"]).drop(columns=["_order", "_series"])
     gradings = read_gradings(root / "radiological_gradings.csv")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         image_rows, disc_rows = [], []
@@ -332,12 +327,6 @@ def import_spider(root: str | Path, out: str | Path, series: list[str] | tuple[s
             "max_patients": max_patients, "orientation": ORIENTATION, "percentiles": list(PERCENTILES),
             "patients": len(patients), "images": len(images), "discs": len(discs),
         })
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("Imported %d patients, %d images, %d disc boxes into %s", len(patients), len(images), len(discs), out)
     return out
 

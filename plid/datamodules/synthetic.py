@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +23,7 @@ import pandas as pd
 
 from plid.boxes import mask_box
 from plid.datamodules.contract import DISC_COLUMNS, GRADING_COLUMNS, IMAGE_COLUMNS
+from plid.utils.io import atomic_dir
 
 BACKGROUND, VERTEBRA, DISC, CANAL = 0, 1, 2, 3
 
@@ -168,9 +166,7 @@ def write_dataset(out: str | Path, spec: SyntheticSpec) -> Path:
     """Generate ``spec`` into ``out`` in the spider2d layout, atomically (a folder appears whole or not at all)."""
     out = Path(out)
     rng = np.random.default_rng(spec.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         image_rows, disc_rows = [], []
@@ -195,12 +191,6 @@ def write_dataset(out: str | Path, spec: SyntheticSpec) -> Path:
         pd.DataFrame(image_rows, columns=IMAGE_COLUMNS).to_csv(tmp / "images.csv", index=False)
         pd.DataFrame(disc_rows, columns=DISC_COLUMNS).to_csv(tmp / "discs.csv", index=False)
         (tmp / "synthetic.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from plid.errors import UserInputError
-from plid.utils.io import atomic_write, write_json
+from plid.utils.io import atomic_dir, atomic_write, write_json
 
 MANIFEST_VERSION = 1
 
@@ -123,9 +123,7 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserInputError(f"out={out} exists and is not empty; pass overwrite=true to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         manifest: dict[str, Any] = {"version": MANIFEST_VERSION, "detection": {"conf": conf, "margin": 0.1}}
         manifest["detectors"] = {
             "lumbar": export_detector(_detector_weights(lumbar_run), tmp / "detector_lumbar.pt"),
@@ -166,12 +164,6 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
             raise UserInputError("several classifiers but no ensemble=...: give the ensemble_weights.json that "
                                  "combines them (python -m plid.ensemble task=cls runs=[...])")
         write_json(tmp / "manifest.json", manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
