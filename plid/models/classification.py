@@ -7,7 +7,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import lightning as L
 import matplotlib
 import torch
 from torch import nn
@@ -26,6 +25,7 @@ from torchmetrics.classification import (
 )
 
 from plid.errors import UserInputError
+from plid.models.base import SpineModule
 from plid.models.nets import DiscClassifier, set_trainable
 from plid.utils.figures import log_figure, save_figure
 
@@ -52,7 +52,7 @@ def binary_metrics() -> MetricCollection:
     }, compute_groups=False)
 
 
-class ClassificationModule(L.LightningModule):
+class ClassificationModule(SpineModule):
     """Trains a :class:`DiscClassifier` with class-weighted cross-entropy; logs accuracy, balanced accuracy,
     specificity, precision, recall, F1, ROC AUC, PR AUC and the confusion matrix (``tn``, ``fp``, ``fn``,
     ``tp``) under ``val/...`` and ``test/...``. After testing it writes ``roc_curve_test.png`` and
@@ -118,18 +118,7 @@ class ClassificationModule(L.LightningModule):
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, weight=self.class_weight)
 
-    def on_train_start(self) -> None:
-        self.monitor_best.reset()  # forget values seen in the sanity check
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch["image"]), batch["target"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["target"]))
-        return loss
-
-    def _evaluate(self, batch: dict, stage: str) -> None:
-        logits = self(batch["image"])
-        self.log(f"{stage}/loss", self.loss(logits, batch["target"]), on_step=False, on_epoch=True,
-                 batch_size=len(batch["target"]))
+    def update_metrics(self, logits: torch.Tensor, batch: dict, stage: str) -> None:
         self.metrics[stage].update(logits.softmax(1)[:, 1], batch["target"])
 
     def _log_scores(self, stage: str) -> tuple[dict[str, float], dict]:
@@ -150,17 +139,10 @@ class ClassificationModule(L.LightningModule):
         self.log_dict({f"{stage}/{k}": float(v) for k, v in scores.items()})
         return scores, computed
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
     def on_validation_epoch_end(self) -> None:
         scores, _ = self._log_scores("val")
         self.metrics["val"].reset()
-        self.monitor_best(scores[self.hparams.monitor.split("/", 1)[1]])
-        self.log(f"{self.hparams.monitor}_best", self.monitor_best.compute(), prog_bar=True)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self.log_monitor_best(scores)
 
     def on_test_epoch_end(self) -> None:
         scores, computed = self._log_scores("test")
@@ -193,11 +175,6 @@ class ClassificationModule(L.LightningModule):
         """Class probabilities (N, 2), with the batch's case ids and targets (see plid.ensemble.predictions)."""
         return {"id": batch["id"], "probs": self(batch["image"]).softmax(1), "target": batch["target"]}
 
-    def configure_optimizers(self) -> dict:
-        lr = getattr(self.optimizer_factory, "keywords", {}).get("lr") or DEFAULT_LR[self.hparams.mode]
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad], lr=lr)
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor, "interval": "epoch"}}
+    def optimizer_kwargs(self) -> dict:
+        # the mode's learning rate (Adam 1e-3 frozen, 1e-4 fine-tuning) unless the config gives one
+        return {"lr": getattr(self.optimizer_factory, "keywords", {}).get("lr") or DEFAULT_LR[self.hparams.mode]}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MaxMetric
@@ -12,10 +11,11 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from plid.datamodules.contract import CLASS_NAMES
 from plid.errors import UserInputError
+from plid.models.base import SpineModule
 from plid.models.metrics import segmentation_scores
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(SpineModule):
     """Trains ``net`` (any smp model) with ``loss``; logs per-class Dice and IoU, mIoU and the best value
     of ``monitor`` under ``val/...`` and ``test/...``.
 
@@ -56,18 +56,7 @@ class SegmentationModule(L.LightningModule):
             raise UserInputError(f"data.image_size={size} does not suit this architecture: its input side must be a "
                              f"multiple of {divisor}; try {max(divisor, round(size / divisor) * divisor)}")
 
-    def on_train_start(self) -> None:
-        self.monitor_best.reset()  # forget values seen in the sanity check
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch["image"]), batch["target"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["target"]))
-        return loss
-
-    def _evaluate(self, batch: dict, stage: str) -> None:
-        logits = self(batch["image"])
-        self.log(f"{stage}/loss", self.loss(logits, batch["target"]), on_step=False, on_epoch=True,
-                 batch_size=len(batch["target"]))
+    def update_metrics(self, logits: torch.Tensor, batch: dict, stage: str) -> None:
         self.confusion[stage].update(logits.argmax(1), batch["target"])
 
     def _log_scores(self, stage: str) -> dict[str, float]:
@@ -76,17 +65,8 @@ class SegmentationModule(L.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=False)
         return scores
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
     def on_validation_epoch_end(self) -> None:
-        scores = self._log_scores("val")
-        name = self.hparams.monitor.split("/", 1)[1]
-        self.monitor_best(scores[name])
-        self.log(f"{self.hparams.monitor}_best", self.monitor_best.compute(), prog_bar=True)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self.log_monitor_best(self._log_scores("val"))
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")
@@ -94,11 +74,3 @@ class SegmentationModule(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Class probabilities per pixel, with the batch's case ids and targets (see plid.ensemble.predictions)."""
         return {"id": batch["id"], "probs": self(batch["image"]).softmax(1), "target": batch["target"]}
-
-    def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.monitor, "interval": "epoch"}}
