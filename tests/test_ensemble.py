@@ -218,6 +218,7 @@ def test_classification_ensemble_end_to_end_from_a_multirun_dir(tmp_path):
     assert set(summary["val"]) == set(summary["test"]) == {"model0", "model1", "model2", "AEM", "WAE"}
     assert weights["val_score"] == summary["val"]["WAE"]["auc"] >= summary["val"]["AEM"]["auc"]
     assert summary["samples"] == weights["samples"] == {"val": 30, "test": 30}
+    assert summary["search"]["strategy"] == "exhaustive"
     # AEM is the plain mean of the models' probabilities
     preds = [load_predictions(tmp_path / "multirun" / f"{i}_model{i}" / "predictions" / "test.npz") for i in range(3)]
     mean = np.mean([p.probs.astype(np.float64) for p in preds], 0)
@@ -232,6 +233,18 @@ def test_classification_ensemble_end_to_end_from_a_multirun_dir(tmp_path):
     csv = (out / "ensemble_table.csv").read_text().splitlines()
     assert csv[0].startswith("model,val_auc,accuracy") and [r.split(",")[0] for r in csv[1:]][-2:] == ["AEM", "WAE"]
     assert "| WAE |" in (out / "ensemble_table.md").read_text()
+
+
+def test_search_budget_is_per_task(tmp_path):
+    rng = np.random.default_rng(8)
+    _cls_runs(tmp_path, rng, strengths=(2.0, 0.5, 1.0))
+    out = tmp_path / "ensemble"
+    # the seg budget does not touch a classification search; its own budget sends it coarse to fine
+    result = run_module("plid.ensemble", "task=cls", f"runs={tmp_path}/multirun", f"hydra.run.dir={out}",
+                        "search.max_candidates.seg=1", "search.max_candidates.cls=20")
+    assert result.returncode == 0, result.stderr[-3000:]
+    search = json.loads((out / "summary.json").read_text())["search"]
+    assert search["strategy"] == "coarse-to-fine" and search["unique_grid"] == count_unique(3, 10)
 
 
 def test_bad_runs_give_one_clear_line(tmp_path):

@@ -184,8 +184,8 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
     val = _scorer(task, [r.splits["val"] for r in runs], metric, search)
     prepared = time.perf_counter() - start
     exact = val.exact if task == "seg" else None
-    result = search_weights(val, len(runs), search.step, exact_scorer=exact, max_candidates=search.max_candidates,
-                            top_k=search.top_k)
+    result = search_weights(val, len(runs), search.step, exact_scorer=exact,
+                            max_candidates=search.max_candidates[task], top_k=search.top_k)
     seconds = time.perf_counter() - start
     weights = result.weights()
     log.info("Search (%s): %d candidates in %.1f s; WAE val %s = %.4f", result.strategy, result.scored, seconds,
