@@ -16,7 +16,7 @@ from plid.boxes import enlarge_box, from_yolo, to_yolo
 from plid.datamodules.contract import DISC_BOX, LUMBAR_BOX
 from plid.datamodules.yolo import write_labels
 from plid.errors import UserInputError
-from plid.models.detection import NoLumbarRegionFound, RoiCropper
+from plid.models.detection import NoLumbarRegionFound, RoiCropper, YoloDetector
 
 
 def read_labels(path) -> np.ndarray:
@@ -227,6 +227,15 @@ def test_roi_cropper_runs_on_trained_weights_offline(detect_cfg, tmp_path, no_ne
     assert no_network == []
     with pytest.raises(NoLumbarRegionFound):  # nothing is that sure of itself after one epoch at 64 px
         RoiCropper.from_weights(weights["lumbar"], weights["ivd"], conf=0.999)(image)
+    # the detector's direct calls give what ultralytics' model.predict gives, image after image
+    detector = YoloDetector.from_weights(weights["lumbar"], conf=0.0001)
+    for name in dataset.images["image"].iloc[:4]:
+        image = dataset.read_image(name)
+        boxes, scores = detector(image)
+        reference = detector.predict(image).boxes
+        assert len(boxes) > 0
+        np.testing.assert_allclose(boxes, reference.xyxy.numpy(), atol=1e-3)
+        np.testing.assert_allclose(scores, reference.conf.numpy(), atol=1e-5)
 
 
 @requires_spider2d

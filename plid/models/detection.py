@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from plid.boxes import crop, enlarge_box, shift_box
 from plid.errors import UserInputError
@@ -174,19 +175,46 @@ class RoiResult:
 Detector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def yolo_detector(weights: str | Path, conf: float = 0.25, imgsz: int | None = None, device: str = "cpu",
-                  config_dir: str | Path | None = None) -> Detector:
-    """A trained YOLO model as a :data:`Detector`; ``imgsz`` defaults to the size it was trained at."""
-    weights = Path(weights).expanduser().resolve()
-    model = load_yolo(str(weights), config_dir or weights.parent / "ultralytics")
-    size = imgsz or model.ckpt.get("train_args", {}).get("imgsz", 640)
+class YoloDetector:
+    """A YOLO model as a :data:`Detector`, at the size it was trained at unless ``imgsz`` is given.
 
-    def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        bgr = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
-        result = model.predict(bgr, conf=conf, imgsz=size, device=device, verbose=False)[0]
+    Per image it runs ultralytics' own steps, as ``model.predict`` does: the predictor's letterbox, the network,
+    then confidence filter, NMS and boxes scaled back to the image. After the first call (``model.predict``
+    itself, which builds the predictor) it calls those three steps directly: ``predict`` also sets up a source
+    loader, profilers and result bookkeeping on every call, which on a CPU costs as much as a small detector's
+    forward. ``tests/test_detection.py`` checks that both give the same boxes.
+    """
+
+    def __init__(self, model: Any, conf: float = 0.25, imgsz: int | None = None, device: str = "cpu"):
+        self.model, self.conf, self.device = model, float(conf), device
+        trained = getattr(model, "imgsz", None) or (getattr(model, "ckpt", None) or {}).get("train_args", {}).get("imgsz")
+        self.imgsz = int(imgsz or trained or 640)
+        self._predictor = None
+
+    @classmethod
+    def from_weights(cls, weights: str | Path, conf: float = 0.25, imgsz: int | None = None, device: str = "cpu",
+                     config_dir: str | Path | None = None) -> YoloDetector:
+        weights = Path(weights).expanduser().resolve()
+        return cls(load_yolo(str(weights), config_dir or weights.parent / "ultralytics"), conf, imgsz, device)
+
+    def predict(self, image: np.ndarray) -> Any:
+        """ultralytics' ``Results`` of ``model.predict`` on one image."""
+        return self.model.predict(_bgr(image), conf=self.conf, imgsz=self.imgsz, device=self.device, verbose=False)[0]
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._predictor is None:
+            result = self.predict(image)
+            self._predictor = self.model.predictor
+        else:
+            predictor, bgr = self._predictor, _bgr(image)
+            with torch.inference_mode():
+                x = predictor.preprocess([bgr])
+                result = predictor.postprocess(predictor.inference(x), x, [bgr])[0]
         return result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy()
 
-    return detect
+
+def _bgr(image: np.ndarray) -> np.ndarray:
+    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
 
 
 class RoiCropper:
@@ -204,8 +232,8 @@ class RoiCropper:
     @classmethod
     def from_weights(cls, lumbar: str | Path, ivd: str | Path, conf: float = 0.25, margin: float = 0.1,
                      device: str = "cpu", config_dir: str | Path | None = None) -> RoiCropper:
-        return cls(yolo_detector(lumbar, conf, device=device, config_dir=config_dir),
-                   yolo_detector(ivd, conf, device=device, config_dir=config_dir), margin)
+        return cls(YoloDetector.from_weights(lumbar, conf, device=device, config_dir=config_dir),
+                   YoloDetector.from_weights(ivd, conf, device=device, config_dir=config_dir), margin)
 
     def __call__(self, image: np.ndarray) -> RoiResult:
         height, width = image.shape[:2]

@@ -27,7 +27,7 @@ from plid.datamodules.contract import CLASS_NAMES
 from plid.datamodules.io import Scan
 from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
-from plid.models.detection import NoLumbarRegionFound, RoiCropper
+from plid.models.detection import NoLumbarRegionFound, RoiCropper, YoloDetector
 from plid.pipeline.model_dir import LoadedModels
 
 LEVEL_NAMES = ("L5/S1", "L4/L5", "L3/L4", "L2/L3", "L1/L2", "T12/L1", "T11/T12")
@@ -38,17 +38,6 @@ def level_names(count: int, max_named: int = len(LEVEL_NAMES)) -> list[str | Non
     if count > min(max_named, len(LEVEL_NAMES)):
         return [None] * count
     return list(LEVEL_NAMES[:count])
-
-
-def yolo_callable(model, conf: float):
-    """A loaded YOLO model as :data:`plid.models.detection.Detector`, at the size it was trained at."""
-
-    def detect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        bgr = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
-        result = model.predict(bgr, conf=conf, imgsz=model.imgsz, device="cpu", verbose=False)[0]
-        return result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy()
-
-    return detect
 
 
 @dataclass
@@ -67,7 +56,7 @@ class Pipeline:
         detection = models.manifest.get("detection", {})
         conf = float(detection.get("conf", 0.25) if conf is None else conf)
         margin = float(detection.get("margin", 0.1))
-        self.cropper = cropper or RoiCropper(yolo_callable(models.lumbar, conf), yolo_callable(models.ivd, conf), margin)
+        self.cropper = cropper or RoiCropper(YoloDetector(models.lumbar, conf), YoloDetector(models.ivd, conf), margin)
         self.max_named_levels = max_named_levels
 
     @torch.inference_mode()
