@@ -1,6 +1,7 @@
 """The whole study end to end, each step a command a user could type (``make run`` calls this):
 
-1. ``python -m plid.detect stage=lumbar`` and ``stage=ivd``: the two YOLOv8 detectors
+1. ``python -m plid.detect stage=lumbar``, then ``stage=ivd`` starting from the lumbar weights: the two
+   YOLOv8 detectors
 2. ``python -m plid.train model=<classifier>`` for each classifier, then ``python -m plid.ensemble task=cls``
    (where this plid has classifiers and the ensemble)
 3. ``python -m plid.train model=<segmenter>``
@@ -15,6 +16,7 @@ minutes on a CPU; raise ``detector.*``, ``segmenter.*``, ``classifiers.*`` for a
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import subprocess
 import sys
@@ -78,8 +80,6 @@ class Study:
 def write_samples(seg_run: Path, out: Path, count: int) -> Path:
     """``count`` (at least 3) test images of the segmentation run's dataset: the second written as DICOM, the third
     as a NIfTI volume, the others as PNG; with fewer test images than that, images are used again."""
-    import json
-
     from plid.pipeline.samples import write_dicom, write_volume
 
     summary = json.loads((seg_run / "summary.json").read_text())
@@ -115,9 +115,14 @@ def study(cfg: DictConfig) -> Path:
         # debug=smoke keeps its own tiny sizes and single epoch
         return [] if debug else [f"data.image_size={image_size}", f"{epochs_key}={epochs}"]
 
-    detect = sizes(d.image_size, d.epochs, "detector.epochs")
-    lumbar = s.run("detect_lumbar", "plid.detect", "stage=lumbar", *detect, *s.data("det"))
-    ivd = s.run("detect_ivd", "plid.detect", "stage=ivd", *detect, *s.data("det"))
+    lumbar = s.run("detect_lumbar", "plid.detect", "stage=lumbar", *sizes(d.image_size, d.epochs.lumbar, "detector.epochs"),
+                   *s.data("det"))
+    # the disc stage starts from the lumbar detector's weights: it learns the same images' features far faster
+    # than from scratch (on the phantoms at 128 px: disc test mAP50 0.72 from scratch in 100 epochs, 0.82-0.96
+    # from the lumbar weights in 60-100)
+    lumbar_weights = json.loads((lumbar / "summary.json").read_text())["weights"]
+    ivd = s.run("detect_ivd", "plid.detect", "stage=ivd", *sizes(d.image_size, d.epochs.ivd, "detector.epochs"),
+                f"detector.weights={lumbar_weights}", *s.data("det"))
 
     cls_runs, ensemble = [], None
     models = list(cfg.classifiers.models or [])

@@ -22,6 +22,9 @@ def test_study_smoke_runs_every_step_and_ends_with_the_report(tmp_path, data_dir
     steps = [s["step"] for s in study["steps"]]
     assert steps[:2] == ["detect_lumbar", "detect_ivd"] and steps[-3:] == ["train_segmenter", "export", "predict"]
     assert all(s["returncode"] == 0 for s in study["steps"])
+    # the disc detector starts from the lumbar detector's weights
+    lumbar_weights = json.loads((out / "detect_lumbar" / "summary.json").read_text())["weights"]
+    assert f"detector.weights={lumbar_weights}" in study["steps"][1]["command"]
     report = json.loads((out / "predict" / "report.json").read_text())
     assert {c["format"] for c in report["cases"]} == {"image", "dicom", "volume"} and not report["errors"]
     assert (out / "model_dir" / "manifest.json").is_file()
