@@ -2,6 +2,7 @@
 
 Variants, interleaved: ``no_grad`` (the baseline a user writes), ``inference_mode``, ``inference_mode`` with
 channels-last weights and input, and ``inference_mode`` with bf16 autocast (with and without channels-last).
+Beside them, the class map of a batch of segmentation scores: ``argmax(1)`` against ``max(1).indices``.
 Lightning's ``Trainer.predict`` / ``test`` / ``validate`` already run under ``torch.inference_mode``
 (``Trainer(inference_mode=True)``, the default), so that variant is what the framework's predict does.
 
@@ -70,6 +71,32 @@ def bench(name: str, net: torch.nn.Module, x: torch.Tensor, passes: int, repeats
     return result
 
 
+def class_map(shape: tuple[int, ...], passes: int, repeats: int) -> dict:
+    """The class map of segmentation scores: ``argmax(1)`` against ``max(1).indices`` (plid's
+    ``predicted_classes``, used by training metrics, overlays and predict); the same result, checked here."""
+    scores = torch.randn(shape)
+    assert torch.equal(scores.argmax(1), scores.max(1).indices)
+
+    def arm(fn):
+        def run() -> list[float]:
+            out = []
+            for _ in range(passes):
+                start = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - start)
+            return out
+
+        return run
+
+    samples = common.interleave({"argmax": arm(lambda: scores.argmax(1)),
+                                 "max_indices": arm(lambda: scores.max(1).indices)}, repeats=repeats)
+    result = {"input_shape": list(shape), **{k: common.summary(v) for k, v in samples.items()},
+              "speedup": common.ratio(samples, "argmax", "max_indices")}
+    print(f"class map {tuple(shape)}: argmax {result['argmax']['median_s'] * 1e3:.2f} ms, max().indices "
+          f"{result['max_indices']['median_s'] * 1e3:.2f} ms (x{result['speedup']:.1f})")
+    return result
+
+
 def classifier(size: int) -> torch.nn.Module:
     if common.has_classifier():
         from plid.models.nets import build_classifier
@@ -98,6 +125,7 @@ def main() -> None:
             passes, repeats),
     }
     results["classifier_source"] = "plid build_classifier" if common.has_classifier() else "timm.create_model"
+    results["class_map"] = class_map((8, 4, seg_size, seg_size), passes * 5, repeats)
     common.save("inference", env, results, args.quick, args.out)
 
 

@@ -54,6 +54,11 @@ def rows(quick: bool) -> list[str]:
         for name, r in record["results"].items():
             if not isinstance(r, dict):
                 continue
+            if name == "class_map":
+                out.append(f"| 3 class map {tuple(r['input_shape'])} | argmax(1) {r['argmax']['median_s'] * 1e3:.1f} ms, "
+                           f"max(1).indices {r['max_indices']['median_s'] * 1e3:.1f} ms | **x{r['speedup']:.1f}** | "
+                           f"{context(record)} |")
+                continue
             variants = ", ".join(f"{k} {v['images_per_s']:.1f} (x{v['speedup_vs_no_grad']:.2f})"
                                  for k, v in r.items() if isinstance(v, dict))
             out.append(f"| 3 inference img/s, {name} {tuple(r['input_shape'])} | {variants} | bf16 argmax agreement "

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from plid.datamodules.contract import CLASS_NAMES
+from plid.models.metrics import predicted_classes
 from plid.utils.figures import log_figure, save_figure
 
 # background transparent; vertebra, disc, canal in colours that stay apart for colour-blind readers
@@ -52,7 +53,7 @@ class SegmentationOverlays(L.Callback):
         images = torch.stack([c["image"] for c in cases]).to(pl_module.device)
         was_training = pl_module.training
         pl_module.eval()
-        predictions = pl_module(images).argmax(1).cpu().numpy()
+        predictions = predicted_classes(pl_module(images)).cpu().numpy()
         pl_module.train(was_training)
         figure = self.figure(images[:, 0].cpu().numpy(), predictions, np.stack([c["target"].numpy() for c in cases]),
                              [str(c["id"]) for c in cases], title=f"{stage}, epoch {trainer.current_epoch}")

@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from plid.datamodules.contract import CLASS_NAMES
 from plid.errors import UserInputError
 from plid.models.base import SpineModule
-from plid.models.metrics import segmentation_scores
+from plid.models.metrics import predicted_classes, segmentation_scores
 
 
 class SegmentationModule(SpineModule):
@@ -57,7 +57,7 @@ class SegmentationModule(SpineModule):
                              f"multiple of {divisor}; try {max(divisor, round(size / divisor) * divisor)}")
 
     def update_metrics(self, logits: torch.Tensor, batch: dict, stage: str) -> None:
-        self.confusion[stage].update(logits.argmax(1), batch["target"])
+        self.confusion[stage].update(predicted_classes(logits), batch["target"])
 
     def _log_scores(self, stage: str) -> dict[str, float]:
         scores = segmentation_scores(self.confusion[stage].compute(), self.class_names)

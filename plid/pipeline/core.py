@@ -28,6 +28,7 @@ from plid.datamodules.io import Scan
 from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
 from plid.models.detection import NoLumbarRegionFound, RoiCropper, YoloDetector
+from plid.models.metrics import predicted_classes
 from plid.pipeline.model_dir import LoadedModels
 
 LEVEL_NAMES = ("L5/S1", "L4/L5", "L3/L4", "L2/L3", "L1/L2", "T12/L1", "T11/T12")
@@ -123,7 +124,7 @@ class Pipeline:
         x = to_tensor(cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA))[None]
         probs = segmenter.net(x).softmax(1)
         probs = F.interpolate(probs, size=region.shape, mode="bilinear", align_corners=False)
-        region_mask = probs[0].argmax(0).numpy().astype(np.uint8)
+        region_mask = predicted_classes(probs)[0].numpy().astype(np.uint8)
         mask = np.zeros(image.shape, np.uint8)
         mask[box[1]:box[3], box[0]:box[2]] = region_mask
         counts = np.bincount(region_mask.ravel(), minlength=len(CLASS_NAMES))
