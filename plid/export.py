@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 def export(cfg: DictConfig) -> Path:
     out = cfg.get("out") or Path(cfg.paths.output_dir) / "model_dir"
     path = export_model_dir(out, cfg.lumbar_run, cfg.ivd_run, cfg.seg_run, list(cfg.get("cls_runs") or []),
-                            cfg.get("ensemble"), conf=float(cfg.conf), overwrite=bool(cfg.overwrite))
+                            cfg.get("ensemble"), conf=float(cfg.conf), iou=float(cfg.iou),
+                            overwrite=bool(cfg.overwrite))
     log.info("model_dir written: %s", path)
     print(f"model_dir: {path}")
     return path

@@ -16,7 +16,7 @@ from plid.boxes import enlarge_box, from_yolo, to_yolo
 from plid.datamodules.contract import DISC_BOX, LUMBAR_BOX
 from plid.datamodules.yolo import write_labels
 from plid.errors import UserInputError
-from plid.models.detection import NoLumbarRegionFound, RoiCropper, YoloDetector
+from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
 
 
 def read_labels(path) -> np.ndarray:
@@ -236,6 +236,10 @@ def test_roi_cropper_runs_on_trained_weights_offline(detect_cfg, tmp_path, no_ne
         assert len(boxes) > 0
         np.testing.assert_allclose(boxes, reference.xyxy.numpy(), atol=1e-3)
         np.testing.assert_allclose(scores, reference.conf.numpy(), atol=1e-5)
+    # the NMS IoU reaches ultralytics: the stricter default keeps fewer of the overlapping boxes than its 0.7
+    found = {iou: len(YoloDetector.from_weights(weights["ivd"], conf=0.0001, iou=iou)(result.lumbar_image)[0])
+             for iou in (NMS_IOU, 0.7)}
+    assert 0 < found[NMS_IOU] < found[0.7]
 
 
 @requires_spider2d

@@ -193,13 +193,17 @@ def test_model_dir_round_trip_loads_weights_only(tmp_path, compose, case, monkey
         yolo.save(weights[stage])
     seg = _fake_train_run(compose, tmp_path / "seg")
     classifier = _fake_train_run(compose, tmp_path / "cls", "cls_resnet50")
-    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [classifier])
+    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [classifier], iou=0.45)
     assert sorted(p.name for p in out.iterdir()) == ["classifiers", "detector_ivd.pt", "detector_lumbar.pt",
                                                      "manifest.json", "segmenter"]
     # nothing in a model_dir needs unpickling
     for path in [*out.glob("*.pt"), *out.glob("*/**/model.ckpt")]:
         torch.load(path, weights_only=True)
     loaded = load_model_dir(out)
+    assert loaded.manifest["detection"] == {"conf": 0.25, "iou": 0.45, "margin": 0.1}
+    # predict's detectors take the exported thresholds unless told otherwise
+    assert [(d.conf, d.iou) for d in (Pipeline(loaded).cropper.lumbar, Pipeline(loaded, iou=0.6).cropper.ivd)] \
+        == [(0.25, 0.45), (0.25, 0.6)]
     original = load_yolo(str(weights["lumbar"]), tmp_path / "ultralytics")
     image = np.repeat(case.image[..., None], 3, axis=2)
     a = loaded.lumbar.predict(image, conf=0.0001, imgsz=64, verbose=False)[0].boxes

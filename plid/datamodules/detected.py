@@ -30,6 +30,7 @@ from torchvision.ops import box_iou
 
 from plid.datamodules.contract import DISC_BOX, LUMBAR_BOX, SpineDataset
 from plid.errors import UserInputError
+from plid.models.detection import NMS_IOU
 from plid.utils.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def detected_dataset(dataset: SpineDataset, lumbar: str | None = None, ivd: str | None = None, conf: float = 0.25,
                      device: str = "cpu", cache_dir: str | None = None, margin: float = 0.1,
-                     min_iou: float = 0.3) -> SpineDataset:
+                     min_iou: float = 0.3, iou: float = NMS_IOU) -> SpineDataset:
     """``dataset`` with the lumbar and disc boxes replaced by detected ones (see the module docstring)."""
     weights = {}
     for stage, path in (("lumbar", lumbar), ("ivd", ivd)):
@@ -47,7 +48,7 @@ def detected_dataset(dataset: SpineDataset, lumbar: str | None = None, ivd: str 
                 f"Train one with `python -m plid.detect stage={stage}` and pass its <run>/yolo/weights/best.pt")
         weights[stage] = Path(path).expanduser().resolve()
     key = hashlib.sha1(json.dumps({
-        "root": str(dataset.root), "images": sorted(dataset.images["image"]), "conf": conf, "margin": margin,
+        "root": str(dataset.root), "images": sorted(dataset.images["image"]), "conf": conf, "iou": iou, "margin": margin,
         "min_iou": min_iou, **{stage: _file_digest(p) for stage, p in weights.items()},
     }).encode()).hexdigest()[:16]
     cache = Path(cache_dir or dataset.root / ".detected").expanduser() / f"{dataset.root.name}-{key}"
@@ -60,7 +61,7 @@ def detected_dataset(dataset: SpineDataset, lumbar: str | None = None, ivd: str 
     from plid.models.detection import NoLumbarRegionFound, RoiCropper
 
     cropper = RoiCropper.from_weights(weights["lumbar"], weights["ivd"], conf=conf, margin=margin, device=device,
-                                      config_dir=cache.parent / "ultralytics")
+                                      config_dir=cache.parent / "ultralytics", iou=iou)
     gt_discs = dataset.discs.groupby("image")
     image_rows, disc_rows = [], []
     counts = {"images": len(dataset.images), "no_lumbar_region": 0, "gt_discs_missed": 0, "unmatched_detections": 0}

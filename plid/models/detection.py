@@ -171,6 +171,11 @@ class RoiResult:
     discs: list[DiscCrop]  # bottom-up
 
 
+# IoU above which NMS keeps only the more confident of two boxes. Discs do not overlap (a vertebral body lies
+# between two), so two disc boxes overlapping this much are one disc found twice; ultralytics' default, 0.7,
+# left such duplicates (IoU 0.5-0.7) in the reports. Stage 1 keeps its top box only, so this only acts on discs.
+NMS_IOU = 0.3
+
 # a detector: image (H, W[, 3]) uint8 -> (boxes (N, 4) in its pixels, scores (N,))
 Detector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -185,21 +190,23 @@ class YoloDetector:
     forward. ``tests/test_detection.py`` checks that both give the same boxes.
     """
 
-    def __init__(self, model: Any, conf: float = 0.25, imgsz: int | None = None, device: str = "cpu"):
-        self.model, self.conf, self.device = model, float(conf), device
+    def __init__(self, model: Any, conf: float = 0.25, imgsz: int | None = None, device: str = "cpu",
+                 iou: float = NMS_IOU):
+        self.model, self.conf, self.iou, self.device = model, float(conf), float(iou), device
         trained = getattr(model, "imgsz", None) or (getattr(model, "ckpt", None) or {}).get("train_args", {}).get("imgsz")
         self.imgsz = int(imgsz or trained or 640)
         self._predictor = None
 
     @classmethod
     def from_weights(cls, weights: str | Path, conf: float = 0.25, imgsz: int | None = None, device: str = "cpu",
-                     config_dir: str | Path | None = None) -> YoloDetector:
+                     config_dir: str | Path | None = None, iou: float = NMS_IOU) -> YoloDetector:
         weights = Path(weights).expanduser().resolve()
-        return cls(load_yolo(str(weights), config_dir or weights.parent / "ultralytics"), conf, imgsz, device)
+        return cls(load_yolo(str(weights), config_dir or weights.parent / "ultralytics"), conf, imgsz, device, iou)
 
     def predict(self, image: np.ndarray) -> Any:
         """ultralytics' ``Results`` of ``model.predict`` on one image."""
-        return self.model.predict(_bgr(image), conf=self.conf, imgsz=self.imgsz, device=self.device, verbose=False)[0]
+        return self.model.predict(_bgr(image), conf=self.conf, iou=self.iou, imgsz=self.imgsz, device=self.device,
+                                  verbose=False)[0]
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._predictor is None:
@@ -231,9 +238,9 @@ class RoiCropper:
 
     @classmethod
     def from_weights(cls, lumbar: str | Path, ivd: str | Path, conf: float = 0.25, margin: float = 0.1,
-                     device: str = "cpu", config_dir: str | Path | None = None) -> RoiCropper:
-        return cls(YoloDetector.from_weights(lumbar, conf, device=device, config_dir=config_dir),
-                   YoloDetector.from_weights(ivd, conf, device=device, config_dir=config_dir), margin)
+                     device: str = "cpu", config_dir: str | Path | None = None, iou: float = NMS_IOU) -> RoiCropper:
+        return cls(YoloDetector.from_weights(lumbar, conf, device=device, config_dir=config_dir, iou=iou),
+                   YoloDetector.from_weights(ivd, conf, device=device, config_dir=config_dir, iou=iou), margin)
 
     def __call__(self, image: np.ndarray) -> RoiResult:
         height, width = image.shape[:2]

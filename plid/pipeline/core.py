@@ -27,7 +27,7 @@ from plid.datamodules.contract import CLASS_NAMES
 from plid.datamodules.io import Scan
 from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
-from plid.models.detection import NoLumbarRegionFound, RoiCropper, YoloDetector
+from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
 from plid.models.metrics import predicted_classes
 from plid.pipeline.model_dir import LoadedModels
 
@@ -52,12 +52,14 @@ class Pipeline:
     """Detectors, segmenter and classifiers of a model_dir, applied to one :class:`Scan` at a time."""
 
     def __init__(self, models: LoadedModels, max_named_levels: int = len(LEVEL_NAMES), conf: float | None = None,
-                 cropper: RoiCropper | None = None):
+                 cropper: RoiCropper | None = None, iou: float | None = None):
         self.models = models
         detection = models.manifest.get("detection", {})
         conf = float(detection.get("conf", 0.25) if conf is None else conf)
+        iou = float(detection.get("iou", NMS_IOU) if iou is None else iou)
         margin = float(detection.get("margin", 0.1))
-        self.cropper = cropper or RoiCropper(YoloDetector(models.lumbar, conf), YoloDetector(models.ivd, conf), margin)
+        self.cropper = cropper or RoiCropper(YoloDetector(models.lumbar, conf, iou=iou),
+                                             YoloDetector(models.ivd, conf, iou=iou), margin)
         self.max_named_levels = max_named_levels
 
     @torch.inference_mode()

@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from plid.errors import UserInputError
+from plid.models.detection import NMS_IOU
 from plid.utils.io import atomic_dir, atomic_write, write_json
 
 MANIFEST_VERSION = 1
@@ -116,7 +117,7 @@ def run_name(run: str | Path) -> str:
 
 def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Path, seg_run: str | Path,
                      cls_runs: list[str | Path] | None = None, ensemble: str | Path | None = None,
-                     conf: float = 0.25, overwrite: bool = False) -> Path:
+                     conf: float = 0.25, iou: float = NMS_IOU, overwrite: bool = False) -> Path:
     """Write a model_dir (see the module docstring) from trained runs; written whole into a temporary folder
     beside ``out``, then renamed, so a model_dir is never half-written."""
     out = Path(out).expanduser().resolve()
@@ -124,7 +125,8 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
         if not overwrite:
             raise UserInputError(f"out={out} exists and is not empty; pass overwrite=true to replace it")
     with atomic_dir(out) as tmp:
-        manifest: dict[str, Any] = {"version": MANIFEST_VERSION, "detection": {"conf": conf, "margin": 0.1}}
+        manifest: dict[str, Any] = {"version": MANIFEST_VERSION,
+                                    "detection": {"conf": conf, "iou": iou, "margin": 0.1}}
         manifest["detectors"] = {
             "lumbar": export_detector(_detector_weights(lumbar_run), tmp / "detector_lumbar.pt"),
             "ivd": export_detector(_detector_weights(ivd_run), tmp / "detector_ivd.pt"),
