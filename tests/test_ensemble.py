@@ -251,6 +251,10 @@ def test_bad_runs_give_one_clear_line(tmp_path):
     result = run_module("plid.ensemble", f"runs={tmp_path}/nowhere/*", f"hydra.run.dir={tmp_path}/out")
     assert result.returncode != 0
     assert "matches no file or folder" in result.stderr and "Traceback" not in result.stderr
+    # the search budget is per task: one number for both is refused with the way to write it
+    result = run_module("plid.ensemble", f"runs={tmp_path}", "search.max_candidates=1000", f"hydra.run.dir={tmp_path}/b")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "search.max_candidates.seg=500000" in result.stderr
 
 
 def test_segmentation_ensemble_over_two_smoke_training_runs(tmp_path):

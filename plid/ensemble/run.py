@@ -172,6 +172,9 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
     if task not in TASKS:
         raise UserInputError(f"task={task!r}: one of {sorted(TASKS)}")
     metric = cfg.get("metric") or DEFAULT_METRIC[task]
+    if not isinstance(cfg.search.get("max_candidates"), DictConfig):
+        raise UserInputError(f"search.max_candidates={cfg.search.get('max_candidates')!r}: it is set per task, e.g. "
+                             "search.max_candidates.seg=500000 search.max_candidates.cls=null (null: the whole grid)")
     output_dir = claim_output_dir(cfg.paths.output_dir, "ensemble_weights.json", cfg.get("overwrite", False))
     runs_arg = cfg.runs
     runs_arg = list(runs_arg) if isinstance(runs_arg, ListConfig) else runs_arg
