@@ -10,9 +10,9 @@ For 8 models at step 0.1 this dedup removes less than 1 % of the 11^8 vectors: 2
 left: minutes of scoring for classification, hours for a segmentation validation set on a few CPU cores. So
 when the unique grid holds more than ``max_candidates`` directions the search goes coarse to fine: every
 direction of the finest grid whose step is a multiple of ``step`` (0.2, 0.5, 1 for step 0.1) and that fits the
-budget, then a hill climb on the fine grid from the ``top_k`` best, moving each coordinate one step up, down or not at all (3^M - 1 moves),
-until the ``top_k`` best stop changing. Every candidate it reaches is a point of the paper's grid, but the
-optimum of the whole grid is not guaranteed.
+budget, then a hill climb on the fine grid from the ``top_k`` best, moving each coordinate one step up, down or
+not at all (3^M - 1 moves), until the ``top_k`` best stop changing. Every candidate it reaches is a point of
+the paper's grid, but the optimum of the whole grid is not guaranteed.
 """
 
 from __future__ import annotations
