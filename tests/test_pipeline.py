@@ -17,7 +17,7 @@ from plid.models.detection import RoiCropper
 from plid.pipeline.core import LEVEL_NAMES, Pipeline, level_names
 from plid.pipeline.model_dir import LoadedModels, LoadedModule, export_model_dir, load_model_dir
 from plid.pipeline.samples import write_dicom, write_volume
-from plid.predict import predict_files
+from plid.pipeline.batch import predict_files
 from tests.conftest import run_module
 
 
