@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from plid.datamodules.io import Scan, ScanReadError, read_scan
-from plid.pipeline.core import Pipeline
+from plid.pipeline.core import ImageResult, Pipeline
 from plid.pipeline.report import overlay, write_html, write_png
 from plid.utils.io import write_json
 
@@ -24,12 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def predict_files(files: list[Path], pipeline: Pipeline, out: Path, progress: bool = True,
-                  timings: dict[str, float] | None = None) -> dict[str, Any]:
+                  timings: dict[str, float] | None = None,
+                  on_result: Callable[[Scan, ImageResult], None] | None = None) -> dict[str, Any]:
     """Run ``pipeline`` over ``files``; writes overlays, ``report.json`` and ``report.html`` into ``out``.
 
     The next file is read, and overlays are drawn and written, in background threads while the models work on
     the current image (OpenCV, pydicom's and SimpleITK's decoders release the GIL). ``timings``, when given,
-    receives the seconds spent waiting for a file to be read and in the pipeline.
+    receives the seconds spent waiting for a file to be read and in the pipeline. ``on_result``, when given, is
+    called with each scan and its :class:`ImageResult` (the end-to-end evaluation scores the mask there).
     """
     out.mkdir(parents=True, exist_ok=True)
     cases, errors, used, pending = [], [], set(), []
@@ -51,6 +53,8 @@ def predict_files(files: list[Path], pipeline: Pipeline, out: Path, progress: bo
             start = clock()
             result = pipeline(scan)
             timings["pipeline"] = timings.get("pipeline", 0.0) + clock() - start
+            if on_result is not None:
+                on_result(scan, result)
             report = result.report
             report["overlay"] = str(out / "overlays" / f"{scan.name}.png")
             pending.append(writer.submit(_write_overlay, report["overlay"], scan.image, report, result.mask))
