@@ -111,3 +111,31 @@ def fold_summary(per_fold: Sequence[dict[str, float]]) -> dict[str, dict[str, fl
                          "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
                          "folds": int(len(values))}
     return summary
+
+
+def bootstrap_counts(patients: Sequence[str], samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """(samples, cases): how often each case is in each replicate of :func:`patient_bootstrap` (the same draws of
+    patients, with replacement, each drawn patient bringing all their cases)."""
+    unique, inverse = np.unique(np.asarray(patients, dtype=str), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    drawn = np.stack([np.bincount(rng.integers(0, len(unique), len(unique)), minlength=len(unique))
+                      for _ in range(samples)]) if samples else np.zeros((0, len(unique)), np.int64)
+    return drawn[:, inverse]
+
+
+def batched_patient_bootstrap(patients: Sequence[str], statistic: Callable[[np.ndarray], dict[str, np.ndarray]],
+                              samples: int = 1000, seed: int = 0, confidence: float = 0.95
+                              ) -> dict[str, dict[str, float]]:
+    """:func:`patient_bootstrap` for a statistic that scores many replicates at once: ``statistic(counts)`` takes
+    (R, cases) counts of each case and returns ``{metric: (R,) values}``; the point estimate is every case once.
+    Same draws, same percentile intervals, NaN replicates left out."""
+    point = statistic(np.ones((1, len(patients))))
+    draws = statistic(bootstrap_counts(patients, samples, seed)) if samples else {}
+    tail = (1 - confidence) / 2 * 100
+    result = {}
+    for name, value in point.items():
+        replicates = np.asarray(draws.get(name, []), dtype=float)
+        replicates = replicates[~np.isnan(replicates)]
+        low, high = np.percentile(replicates, [tail, 100 - tail]) if len(replicates) else (np.nan, np.nan)
+        result[name] = {"value": float(value[0]), "low": float(low), "high": float(high)}
+    return result

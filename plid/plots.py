@@ -80,6 +80,27 @@ def roc_curve(positive_probs: np.ndarray, targets: np.ndarray, path: str | Path,
     return save(figure, path)
 
 
+def reliability_diagram(positive_probs: np.ndarray, targets: np.ndarray, path: str | Path, title: str = "reliability",
+                        bins: int = 10) -> Path:
+    """Observed share of positives against the mean predicted probability in ``bins`` equal-width bins, with the
+    diagonal of perfect calibration and the number of cases per bin below."""
+    probs, targets = np.asarray(positive_probs, dtype=float), np.asarray(targets, dtype=float)
+    which = np.clip((probs * bins).astype(int), 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    filled = counts > 0
+    mean_prob = np.bincount(which, probs, minlength=bins)[filled] / counts[filled]
+    observed = np.bincount(which, targets, minlength=bins)[filled] / counts[filled]
+    figure, (ax, hist) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfectly calibrated")
+    ax.plot(mean_prob, observed, marker="o", label=f"{int(targets.sum())} positives of {len(targets)}")
+    ax.set(ylabel="observed share of positives", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="upper left", fontsize=8)
+    hist.bar((np.arange(bins) + 0.5) / bins, counts, width=0.9 / bins, color="grey")
+    hist.set(xlabel="predicted probability", ylabel="cases", yscale="log" if counts.max(initial=0) > 50 else "linear")
+    figure.tight_layout()
+    return save(figure, path)
+
+
 def confusion_matrix(positive_probs: np.ndarray, targets: np.ndarray, path: str | Path,
                      labels: Sequence[str] = ("no herniation", "herniation"), threshold: float = 0.5) -> Path:
     targets = np.asarray(targets).astype(int)

@@ -1,0 +1,404 @@
+"""Scoring per-image reports (what ``plid.predict`` writes) against a labelled folder in the spider2d layout.
+
+One :class:`ImageScore` per image holds what the end-to-end evaluation needs of that image: the lumbar box's
+IoU with the labelled one, the disc boxes matched one-to-one to the labelled discs, the levels of the matched
+discs, the gradings' probabilities on the matched discs, and the segmentation's confusion matrix on the lumbar
+crop the pipeline chose. :class:`EndToEndScores` turns a set of images into every figure at once, so that
+the patient-level bootstrap of :func:`plid.evaluation.patient_bootstrap` resamples patients for all of them.
+
+Definitions (also in the README's "Evaluating a model_dir end to end"):
+
+- Discs are matched as COCO and ultralytics match: reported boxes in descending detector score, each to the
+  unmatched labelled disc of its image with the highest IoU, if that IoU is at least 0.5. Matched boxes are
+  true positives; precision, recall and F1 count them over all images. mAP50 is the area under that
+  precision-recall curve (ultralytics' 101-point interpolation, by which a perfect detector scores 0.995, as in
+  ultralytics' own validation) over the reported boxes, i.e. those above the
+  model_dir's confidence threshold: it is the mAP of what a user sees, lower than a detector's own validation
+  mAP, which sweeps every confidence.
+- Lumbar region: IoU of the reported box with the labelled one (0 where none was reported), on images that
+  have a labelled box; ``no_lumbar_region`` is the share of all images where the pipeline found none.
+- Levels: on matched discs whose labelled disc has an ``ivd_label``, the share whose reported ``level``
+  equals it; per image with at least one labelled level, whether every such disc was found with its right level.
+- Gradings: on matched discs with that grading labelled; the decision threshold is the model_dir's
+  (``report["classifier"]["threshold"]``, 0.5 where a model_dir has none).
+- Segmentation: inside the crop the pipeline segmented (on images where no lumbar region was found, the
+  whole image against an empty prediction). Per case: Dice and IoU per image, NaN where a class is absent
+  from both reference and prediction, then the mean over images leaving NaN out (nnU-Net's definition).
+  Pooled: one confusion matrix over every pixel of the split.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torchvision.ops import box_iou
+
+from plid.datamodules.contract import CLASS_NAMES, DISC_BOX, GRADING_COLUMNS, LUMBAR_BOX, SpineDataset
+from plid.models.metrics import dice_iou
+
+MATCH_IOU = 0.5
+PROBABILITY_SUFFIX = "_probability"
+
+
+def grading_of(key: str) -> str:
+    """The discs.csv grading a report's probability key is for: ``herniation_probability`` is the paper's
+    ``disc_herniation``, ``<grading>_probability`` is ``<grading>``."""
+    name = key[: -len(PROBABILITY_SUFFIX)]
+    return "disc_herniation" if name == "herniation" else name
+
+
+@dataclass
+class ImageTruth:
+    """The labels of one image: lumbar box (None where unlabelled), disc rows (boxes, levels, gradings)."""
+
+    image: str
+    patient: str
+    series: str
+    lumbar_box: tuple[float, float, float, float] | None
+    discs: pd.DataFrame
+    has_mask: bool
+
+
+def image_truths(dataset: SpineDataset, images: Sequence[str]) -> list[ImageTruth]:
+    rows = dataset.images.set_index("image")
+    discs = dict(tuple(dataset.discs.groupby("image"))) if len(dataset.discs) else {}
+    empty = pd.DataFrame(columns=dataset.discs.columns)
+    truths = []
+    for image in images:
+        row = rows.loc[image]
+        box = None
+        if all(c in rows.columns for c in LUMBAR_BOX) and not row[LUMBAR_BOX].isna().any():
+            box = tuple(float(v) for v in row[LUMBAR_BOX])
+        series = str(row["series"]) if "series" in rows.columns and not pd.isna(row["series"]) else "all"
+        truths.append(ImageTruth(image, str(row["patient"]), series, box,
+                                 discs.get(image, empty).reset_index(drop=True), bool(row.get("has_mask", 0) == 1)))
+    return truths
+
+
+def box_iou_matrix(a, b) -> np.ndarray:
+    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), x2/y2 exclusive (torchvision's convention:
+    areas are (x2 - x1) * (y2 - y1))."""
+    a = torch.tensor(np.asarray(a, dtype=np.float64).reshape(-1, 4))
+    b = torch.tensor(np.asarray(b, dtype=np.float64).reshape(-1, 4))
+    return box_iou(a, b).numpy()
+
+
+def match_boxes(predicted, scores, reference, threshold: float = MATCH_IOU) -> np.ndarray:
+    """For each predicted box, the index of the reference box it is matched to, or -1 (see the module docstring)."""
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(-1, 4)
+    matched = np.full(len(predicted), -1)
+    if len(predicted) == 0 or len(reference) == 0:
+        return matched
+    iou = box_iou_matrix(predicted, reference)
+    taken = np.zeros(iou.shape[1], bool)
+    for k in np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable"):
+        candidates = np.where(taken, -1.0, iou[k])
+        best = int(np.argmax(candidates))
+        if candidates[best] >= threshold:
+            matched[k], taken[best] = best, True
+    return matched
+
+
+@dataclass
+class ImageScore:
+    """What one image contributes to the evaluation (see the module docstring)."""
+
+    image: str
+    patient: str
+    series: str
+    lumbar_found: bool
+    lumbar_iou: float  # NaN where the image has no labelled lumbar box
+    reference_discs: int
+    detections: np.ndarray  # (reported boxes, 2): detector score, 1 where matched
+    levels_labelled: int  # matched discs whose reference has a level
+    levels_right: int
+    all_levels_right: float  # 1/0, NaN where no reference disc of the image has a level
+    gradings: dict[str, np.ndarray] = field(default_factory=dict)  # grading -> (matched discs, 2): probability, target
+    confusion: np.ndarray | None = None  # (C, C) on the segmented crop; None where the image has no mask
+    missed: list[dict[str, Any]] = field(default_factory=list)  # reference discs not found: box, level
+    extra: list[dict[str, Any]] = field(default_factory=list)  # reported boxes matching no reference disc
+    wrong_levels: list[dict[str, Any]] = field(default_factory=list)  # box, reported level, reference level
+
+    @property
+    def matched(self) -> int:
+        return int(self.detections[:, 1].sum()) if len(self.detections) else 0
+
+    @property
+    def problems(self) -> int:
+        """How badly the report of this image went: missed discs, extra boxes, wrong levels, no lumbar region."""
+        return len(self.missed) + len(self.extra) + len(self.wrong_levels) + (0 if self.lumbar_found else 1)
+
+
+def _level(value) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[str] = ()) -> ImageScore:
+    """Score one image's report (``report.json``'s case) against its labels."""
+    found = report.get("status") == "ok" and report.get("lumbar") is not None
+    lumbar_iou = float("nan")
+    if truth.lumbar_box is not None:
+        lumbar_iou = float(box_iou_matrix([report["lumbar"]["box"]], [truth.lumbar_box])[0, 0]) if found else 0.0
+    discs = report.get("discs") or []
+    boxes = [d["box"] for d in discs]
+    scores = [float(d.get("score", 1.0)) for d in discs]
+    reference = truth.discs[DISC_BOX].to_numpy(dtype=np.float64) if len(truth.discs) else np.zeros((0, 4))
+    matched = match_boxes(boxes, scores, reference)
+    detections = np.array([[s, float(m >= 0)] for s, m in zip(scores, matched)], dtype=np.float64).reshape(-1, 2)
+    levels = truth.discs["ivd_label"].to_numpy() if "ivd_label" in truth.discs.columns else np.full(len(reference),
+                                                                                                      np.nan)
+    labelled = [j for j in range(len(reference)) if _level(levels[j]) is not None]
+    score = ImageScore(truth.image, truth.patient, truth.series, found, lumbar_iou, len(reference), detections,
+                       0, 0, float("nan"))
+    right = set()
+    for k, j in enumerate(matched):
+        if j < 0:
+            score.extra.append({"box": boxes[k], "level": discs[k].get("level"), "score": scores[k]})
+            continue
+        if j in labelled:
+            score.levels_labelled += 1
+            if _level(discs[k].get("level")) == _level(levels[j]):
+                right.add(j)
+            else:
+                score.wrong_levels.append({"box": boxes[k], "level": discs[k].get("level"),
+                                           "reference_level": _level(levels[j])})
+    score.levels_right = len(right)
+    if labelled:
+        score.all_levels_right = float(len(right) == len(labelled))
+    found_reference = set(matched[matched >= 0].tolist())
+    score.missed = [{"box": [float(v) for v in reference[j]], "level": _level(levels[j])}
+                    for j in range(len(reference)) if j not in found_reference]
+    for grading in gradings:
+        key = next((k for k in (discs[0] if discs else {}) if k.endswith(PROBABILITY_SUFFIX) and grading_of(k) == grading),
+                   None)
+        pairs = []
+        if key is not None and grading in truth.discs.columns:
+            for k, j in enumerate(matched):
+                target, probability = truth.discs[grading].iloc[j] if j >= 0 else np.nan, discs[k].get(key)
+                if j >= 0 and not pd.isna(target) and probability is not None:
+                    pairs.append((float(probability), float(target)))
+        score.gradings[grading] = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+    return score
+
+
+def crop_confusion(predicted: np.ndarray | None, reference: np.ndarray, crop_box, num_classes: int = len(CLASS_NAMES)
+                   ) -> np.ndarray:
+    """Confusion matrix ``[true, predicted]`` inside the crop the pipeline segmented; the whole image against an
+    empty prediction where it segmented nothing (no lumbar region)."""
+    if predicted is None or crop_box is None:
+        truth, guess = reference, np.zeros_like(reference)
+    else:
+        x1, y1, x2, y2 = (int(v) for v in crop_box)
+        truth, guess = reference[y1:y2, x1:x2], predicted[y1:y2, x1:x2]
+    flat = truth.astype(np.int64).ravel() * num_classes + guess.astype(np.int64).ravel()
+    return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def _ratio(a, b):
+    """``a / b`` elementwise, NaN where ``b`` is 0."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per row of ``weights`` (R, n) integer counts, the median of ``values`` repeated that often (as np.median of
+    the repeated array: the mean of the two middle values for an even count); NaN for an empty row."""
+    order = np.argsort(values, kind="stable")
+    values, cumulative = values[order], np.cumsum(weights[:, order], axis=1)
+    total = cumulative[:, -1] if values.size else np.zeros(len(weights))
+    low = ((cumulative <= ((total - 1) // 2)[:, None]).sum(1)).clip(0, max(values.size - 1, 0))
+    high = ((cumulative <= (total // 2)[:, None]).sum(1)).clip(0, max(values.size - 1, 0))
+    if not values.size:
+        return np.full(len(weights), np.nan)
+    return np.where(total > 0, (values[low] + values[high]) / 2, np.nan)
+
+
+def _tie_groups(scores: np.ndarray, descending: bool) -> tuple[np.ndarray, int]:
+    """The rank of each score's group of equal scores (0 for the highest with ``descending``), and the count."""
+    unique, inverse = np.unique(scores, return_inverse=True)
+    return ((len(unique) - 1 - inverse) if descending else inverse), len(unique)
+
+
+def _group_sums(weights: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
+    """(R, n) weights summed per group: (R, count)."""
+    out = np.zeros((len(weights), count))
+    np.add.at(out.T, groups, weights.T)
+    return out
+
+
+def weighted_binary_scores(probability: np.ndarray, target: np.ndarray, weights: np.ndarray, threshold: float
+                           ) -> dict[str, np.ndarray]:
+    """ROC AUC, PR AUC, balanced accuracy, sensitivity, specificity at ``threshold`` (positive when the probability
+    is at least it) and Brier score of discs counted ``weights`` (R, n) times in each of R samples.
+
+    With all weights 1 these are the usual figures (ROC AUC as the Mann-Whitney statistic with ties counting one
+    half, PR AUC as average precision, as torchmetrics and scikit-learn compute them; ``tests/test_end_to_end.py``
+    checks both). Threshold-free figures are NaN where a sample lacks one class.
+    """
+    target = target.astype(bool)
+    weights = np.asarray(weights, dtype=np.float64)
+    positive_w, negative_w = weights[:, target].sum(1), weights[:, ~target].sum(1)
+    called = probability >= threshold
+    sensitivity = _ratio(weights[:, target & called].sum(1), positive_w)
+    specificity = _ratio(weights[:, ~target & ~called].sum(1), negative_w)
+    both = (positive_w > 0) & (negative_w > 0)
+    # ROC AUC: for each positive, the weight of negatives scored below it, plus half of those tied with it
+    groups, count = _tie_groups(probability, descending=False)
+    negatives = _group_sums(weights * ~target, groups, count)
+    below = np.cumsum(negatives, axis=1) - negatives
+    credit = below[:, groups] + 0.5 * negatives[:, groups]
+    auc_value = _ratio((weights * target * credit).sum(1), positive_w * negative_w)
+    # PR AUC: precision at each distinct threshold, weighted by the recall it adds
+    groups, count = _tie_groups(probability, descending=True)
+    true = np.cumsum(_group_sums(weights * target, groups, count), axis=1)
+    false = np.cumsum(_group_sums(weights * ~target, groups, count), axis=1)
+    recall = _ratio(true, positive_w[:, None])
+    added = np.diff(np.concatenate([np.zeros((len(weights), 1)), recall], axis=1), axis=1)
+    pr_auc = np.nansum(added * _ratio(true, true + false), axis=1)
+    brier = _ratio((weights * (probability - target) ** 2).sum(1), weights.sum(1))
+    return {"auc": np.where(both, auc_value, np.nan), "pr_auc": np.where(both, pr_auc, np.nan),
+            "balanced_accuracy": np.where(both, (sensitivity + specificity) / 2, np.nan),
+            "sensitivity": sensitivity, "specificity": specificity, "brier": brier}
+
+
+def binary_scores(probability: np.ndarray, target: np.ndarray, threshold: float) -> dict[str, float]:
+    """:func:`weighted_binary_scores` of one sample, every disc once."""
+    scores = weighted_binary_scores(np.asarray(probability, dtype=np.float64), np.asarray(target),
+                                    np.ones((1, len(target))), threshold)
+    return {name: float(value[0]) for name, value in scores.items()}
+
+
+def weighted_average_precision(detections: np.ndarray, weights: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Area under the precision-recall curve of ``detections`` (score, matched), each counted ``weights`` (R, n)
+    times, against ``references`` (R,) labelled boxes, with ultralytics' interpolation
+    (:func:`ultralytics.utils.metrics.compute_ap`); NaN where a sample has no labelled box."""
+    from ultralytics.utils.metrics import compute_ap
+
+    order = np.argsort(-detections[:, 0], kind="stable")
+    hits, weights = detections[order, 1], np.asarray(weights, dtype=np.float64)[:, order]
+    true, false = np.cumsum(weights * hits, axis=1), np.cumsum(weights * (1 - hits), axis=1)
+    out = np.full(len(weights), np.nan)
+    for r in range(len(weights)):
+        if references[r] == 0:
+            continue
+        kept = weights[r] > 0  # boxes of images this sample does not hold are not points of its curve
+        if not kept.any():
+            out[r] = 0.0
+            continue
+        t, f = true[r, kept], false[r, kept]
+        out[r] = compute_ap(t / references[r], t / (t + f))[0]
+    return out
+
+
+def average_precision(detections: np.ndarray, references: int) -> float:
+    """:func:`weighted_average_precision` of one sample, every box once."""
+    detections = np.asarray(detections, dtype=np.float64).reshape(-1, 2)
+    return float(weighted_average_precision(detections, np.ones((1, len(detections))), np.array([references]))[0])
+
+
+class EndToEndScores:
+    """Every figure of a set of :class:`ImageScore`, for many samples of the images at once: a sample is a row of
+    counts, how often each image is in it (the patient-level bootstrap draws patients, and each image of a patient
+    counts as often as its patient was drawn). ``figures(index)`` gives the figures of one sample of images."""
+
+    def __init__(self, scores: Sequence[ImageScore], thresholds: dict[str, float]):
+        self.scores = list(scores)
+        self.thresholds = dict(thresholds)
+        s = self.scores
+        self.lumbar_iou = np.array([x.lumbar_iou for x in s], dtype=np.float64)
+        self.lumbar_found = np.array([x.lumbar_found for x in s], dtype=np.float64)
+        self.references = np.array([x.reference_discs for x in s], dtype=np.int64)
+        self.reported = np.array([len(x.detections) for x in s], dtype=np.int64)
+        self.matched = np.array([x.matched for x in s], dtype=np.int64)
+        self.levels_labelled = np.array([x.levels_labelled for x in s], dtype=np.int64)
+        self.levels_right = np.array([x.levels_right for x in s], dtype=np.int64)
+        self.all_levels_right = np.array([x.all_levels_right for x in s], dtype=np.float64)
+        self.has_confusion = np.array([x.confusion is not None for x in s], dtype=bool)
+        self.detections, self.detection_image = self._rows([x.detections for x in s])
+        self.gradings = {g: self._rows([x.gradings.get(g, np.zeros((0, 2))) for x in s]) for g in self.thresholds}
+        size = len(CLASS_NAMES)
+        confusions = np.stack([x.confusion for x in s if x.confusion is not None]) if self.has_confusion.any() \
+            else np.zeros((0, size, size))
+        dice, iou = (m.numpy() for m in dice_iou(torch.from_numpy(confusions)))
+        self.confusions, self.case_dice, self.case_iou = confusions.reshape(len(confusions), size * size), dice, iou
+
+    @staticmethod
+    def _rows(per_image: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """All images' rows stacked, and the image each row belongs to."""
+        image = np.concatenate([np.full(len(r), k) for k, r in enumerate(per_image)]) if per_image else np.zeros(0)
+        stacked = np.concatenate(per_image) if per_image and len(image) else np.zeros((0, 2))
+        return stacked, image.astype(np.int64)
+
+    def grading_rows(self, grading: str) -> np.ndarray:
+        """(matched discs, 2): probability and target of every matched disc with the grading labelled."""
+        return self.gradings[grading][0]
+
+    def positives(self, grading: str, index: np.ndarray | None = None) -> tuple[int, int]:
+        """Matched discs with the grading labelled among the images ``index`` (default all), and the positives."""
+        rows, image = self.gradings[grading]
+        keep = np.isin(image, np.arange(len(self.scores)) if index is None else index)
+        return int(keep.sum()), int(rows[keep, 1].sum())
+
+    def __call__(self, index: np.ndarray) -> dict[str, float]:
+        weights = np.bincount(np.asarray(index, dtype=np.int64), minlength=len(self.scores))[None]
+        return {name: float(values[0]) for name, values in self.batch(weights).items()}
+
+    def batch(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Every figure of each sample: ``weights`` (R, images) counts; returns ``{figure: (R,) values}``."""
+        w = np.asarray(weights, dtype=np.float64)
+        out: dict[str, np.ndarray] = {}
+        boxed = ~np.isnan(self.lumbar_iou)
+        out["lumbar_iou_median"] = _weighted_median(self.lumbar_iou[boxed], w[:, boxed])
+        out["lumbar_iou_at_least_0.5"] = _ratio(w[:, boxed] @ (self.lumbar_iou[boxed] >= 0.5), w[:, boxed].sum(1))
+        out["no_lumbar_region"] = _ratio(w @ (1 - self.lumbar_found), w.sum(1))
+        tp, reported, references = w @ self.matched, w @ self.reported, w @ self.references
+        out["disc_precision"] = _ratio(tp, reported)
+        out["disc_recall"] = _ratio(tp, references)
+        out["disc_f1"] = _ratio(2 * tp, reported + references)
+        out["disc_map50"] = weighted_average_precision(self.detections, w[:, self.detection_image], references)
+        out["level_accuracy"] = _ratio(w @ self.levels_right, w @ self.levels_labelled)
+        levelled = ~np.isnan(self.all_levels_right)
+        out["images_all_levels_right"] = _ratio(w[:, levelled] @ self.all_levels_right[levelled], w[:, levelled].sum(1))
+        for grading, threshold in self.thresholds.items():
+            rows, image = self.gradings[grading]
+            for name, values in weighted_binary_scores(rows[:, 0], rows[:, 1], w[:, image], threshold).items():
+                out[f"{grading}/{name}"] = values
+        out.update(self._segmentation(w[:, self.has_confusion]))
+        return out
+
+    def _segmentation(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Dice and IoU per class, per case and pooled (module docstring); no key where no image has a mask."""
+        if not self.has_confusion.any():
+            return {}
+        size = len(CLASS_NAMES)
+        pooled = torch.from_numpy((w @ self.confusions).reshape(len(w), size, size))
+        pooled_dice, pooled_iou = (m.numpy() for m in dice_iou(pooled))
+
+        def per_case(values: np.ndarray) -> np.ndarray:  # nanmean over the images of each sample, weighted
+            present = ~np.isnan(values)
+            return _ratio(w @ np.where(present, values, 0), w @ present)
+
+        case_dice, case_iou = per_case(self.case_dice), per_case(self.case_iou)
+        out = {}
+        for k, name in enumerate(CLASS_NAMES):
+            if k == 0:
+                continue
+            out[f"dice_per_case_{name}"], out[f"dice_pooled_{name}"] = case_dice[:, k], pooled_dice[:, k]
+            out[f"iou_per_case_{name}"], out[f"iou_pooled_{name}"] = case_iou[:, k], pooled_iou[:, k]
+        with warnings.catch_warnings():  # nanmean of an all-NaN row is NaN, as meant; its warning is noise
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out["dice_per_case"] = np.nanmean(case_dice[:, 1:], axis=1)
+            out["dice_pooled"] = np.nanmean(pooled_dice[:, 1:], axis=1)
+        return out
+
+
+def graded_columns(dataset: SpineDataset) -> list[str]:
+    """The gradings the folder labels (columns of discs.csv with at least one value)."""
+    return [g for g in GRADING_COLUMNS if g in dataset.discs.columns and dataset.discs[g].notna().any()]

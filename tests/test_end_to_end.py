@@ -1,0 +1,325 @@
+"""The end-to-end evaluation of a model_dir: hand-built reports with known answers, and runs that write every file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from plid.datamodules.contract import SpineDataset
+from plid.datamodules.synthetic import SyntheticSpec, ensure_dataset
+from plid.errors import UserInputError
+from plid.pipeline.scoring import (
+    EndToEndScores,
+    ImageTruth,
+    average_precision,
+    binary_scores,
+    crop_confusion,
+    match_boxes,
+    score_image,
+)
+
+# four discs of one image, bottom-up: level 1 is the lowest (largest y)
+BOXES = [[10, 160, 50, 180], [10, 120, 50, 140], [10, 80, 50, 100], [10, 40, 50, 60]]
+LUMBAR = (5.0, 30.0, 60.0, 190.0)
+
+
+def _truth(image="a", patient="p1", herniated=(0, 0, 1, 0), levels=(1, 2, 3, 4)) -> ImageTruth:
+    discs = pd.DataFrame({"image": image, "patient": patient, "ivd_label": list(levels),
+                          "x1": [b[0] for b in BOXES], "y1": [b[1] for b in BOXES], "x2": [b[2] for b in BOXES],
+                          "y2": [b[3] for b in BOXES], "disc_herniation": list(herniated)})
+    return ImageTruth(image, patient, "t2", LUMBAR, discs, has_mask=False)
+
+
+def _report(boxes, levels, probabilities=None, lumbar=LUMBAR) -> dict:
+    probabilities = probabilities or [0.5] * len(boxes)
+    return {"status": "ok", "lumbar": {"box": list(lumbar), "score": 0.9},
+            "discs": [{"level": lv, "box": list(b), "score": 0.9 - 0.1 * k, "herniation_probability": p}
+                      for k, (b, lv, p) in enumerate(zip(boxes, levels, probabilities))],
+            "classifier": {"threshold": 0.5}}
+
+
+def _figures(reports_truths, gradings=("disc_herniation",)) -> dict[str, float]:
+    scores = [score_image(r, t, gradings) for r, t in reports_truths]
+    figures = EndToEndScores(scores, dict.fromkeys(gradings, 0.5))
+    return figures(np.arange(len(scores)))
+
+
+def test_a_perfect_report_scores_one_everywhere():
+    out = _figures([(_report(BOXES, [1, 2, 3, 4], [0.1, 0.2, 0.9, 0.3]), _truth())])
+    # ultralytics' 101-point interpolation integrates a perfect curve to 0.995, as its own validation reports
+    assert out["disc_map50"] == pytest.approx(0.995)
+    for key in ("lumbar_iou_median", "lumbar_iou_at_least_0.5", "disc_precision", "disc_recall", "disc_f1",
+                "level_accuracy", "images_all_levels_right", "disc_herniation/auc",
+                "disc_herniation/pr_auc", "disc_herniation/balanced_accuracy", "disc_herniation/sensitivity",
+                "disc_herniation/specificity"):
+        assert out[key] == pytest.approx(1.0), key
+    assert out["no_lumbar_region"] == 0.0
+
+
+def test_missing_the_lowest_disc_costs_recall_and_shifts_every_level():
+    # the pipeline counts from the lowest disc it found: L4/L5 becomes level 1, and so on up
+    out = _figures([(_report(BOXES[1:], [1, 2, 3]), _truth())])
+    assert out["disc_recall"] == pytest.approx(3 / 4)
+    assert out["disc_precision"] == pytest.approx(1.0)
+    assert out["disc_f1"] == pytest.approx(2 * 3 / (3 + 4))
+    assert out["level_accuracy"] == 0.0
+    assert out["images_all_levels_right"] == 0.0
+    score = score_image(_report(BOXES[1:], [1, 2, 3]), _truth(), ())
+    assert [d["level"] for d in score.missed] == [1] and len(score.wrong_levels) == 3 and not score.extra
+
+
+def test_an_extra_box_lowers_precision_only():
+    extra = [10, 0, 50, 20]  # above the highest disc: the levels below it stay right
+    out = _figures([(_report([*BOXES, extra], [1, 2, 3, 4, 5]), _truth())])
+    assert out["disc_precision"] == pytest.approx(4 / 5)
+    assert out["disc_recall"] == pytest.approx(1.0)
+    assert out["level_accuracy"] == pytest.approx(1.0) and out["images_all_levels_right"] == 1.0
+
+
+def test_probabilities_that_rank_positives_last_give_auc_zero():
+    out = _figures([(_report(BOXES, [1, 2, 3, 4], [0.9, 0.8, 0.1, 0.7]), _truth())])
+    assert out["disc_herniation/auc"] == 0.0
+    # at threshold 0.5: three healthy discs called positive, the herniated one missed
+    assert out["disc_herniation/sensitivity"] == 0.0 and out["disc_herniation/specificity"] == 0.0
+    assert out["disc_herniation/brier"] == pytest.approx((0.81 + 0.64 + 0.81 + 0.49) / 4)
+
+
+def test_no_lumbar_region_counts_as_iou_zero_and_every_disc_missed():
+    report = {"status": "no_lumbar_region", "lumbar": None, "discs": [], "segmentation": None}
+    out = _figures([(report, _truth()), (_report(BOXES, [1, 2, 3, 4]), _truth("b", "p2"))])
+    assert out["no_lumbar_region"] == 0.5
+    assert out["lumbar_iou_median"] == pytest.approx(0.5) and out["lumbar_iou_at_least_0.5"] == 0.5
+    assert out["disc_recall"] == pytest.approx(0.5) and out["disc_precision"] == 1.0
+    assert out["images_all_levels_right"] == 0.5
+
+
+def test_matching_is_one_to_one_in_score_order():
+    reference = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float)
+    # two boxes on the first disc: the more confident one takes it, the other is extra
+    predicted = np.array([[0, 0, 10, 11], [0, 0, 10, 10], [20, 0, 30, 10]], float)
+    assert match_boxes(predicted, [0.5, 0.9, 0.8], reference).tolist() == [-1, 0, 1]
+    assert match_boxes(np.array([[0, 0, 10, 30]]), [0.9], reference).tolist() == [-1]  # IoU 1/3 < 0.5
+
+
+def test_average_precision_by_hand():
+    # 2 references; detections by score: hit, miss, hit -> precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1
+    detections = np.array([[0.9, 1], [0.8, 0], [0.7, 1]], float)
+    # the precision envelope is 1 up to recall 1/2 and 2/3 after: area 1/2 + 2/3 * 1/2, up to interpolation
+    assert average_precision(detections, 2) == pytest.approx(0.5 + 2 / 3 * 0.5, abs=0.01)
+    assert average_precision(np.zeros((0, 2)), 2) == 0.0
+    assert np.isnan(average_precision(detections, 0))
+
+
+def test_binary_scores_agree_with_torchmetrics():
+    from torchmetrics.functional.classification import binary_auroc, binary_specificity
+
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 2, 200).astype(float)
+    probability = np.clip(target * 0.3 + rng.random(200) * 0.7, 0, 1)
+    scores = binary_scores(probability, target, 0.5)
+    p, t = torch.from_numpy(probability), torch.from_numpy(target).long()
+    assert scores["auc"] == pytest.approx(float(binary_auroc(p, t)), abs=1e-6)
+    assert scores["specificity"] == pytest.approx(float(binary_specificity(p, t, threshold=0.5)), abs=1e-6)
+
+
+def test_segmentation_per_case_leaves_absent_classes_out_and_pooled_sums_pixels():
+    reference = np.zeros((10, 10), np.uint8)
+    reference[2:4, 2:4] = 2  # 4 disc pixels
+    predicted = reference.copy()
+    predicted[2, 2] = 0  # 3 of 4 found
+    confusion = crop_confusion(predicted, reference, (0, 0, 10, 10))
+    assert confusion[2, 2] == 3 and confusion[2, 0] == 1 and confusion.sum() == 100
+    # the crop: pixels outside it do not count
+    assert crop_confusion(predicted, reference, (0, 0, 3, 3)).sum() == 9
+    # no lumbar region: the whole image against an empty prediction
+    assert crop_confusion(None, reference, None)[2, 0] == 4
+    # a second image with a large canal, perfectly found: per case averages images, pooled weighs pixels
+    canal = np.zeros((10, 10), np.uint8)
+    canal[:, 5:] = 3
+    scores = []
+    for conf in (confusion, crop_confusion(canal, canal, (0, 0, 10, 10))):
+        score = score_image({"status": "no_lumbar_region", "discs": []}, _truth(), ())
+        score.confusion = conf
+        scores.append(score)
+    out = EndToEndScores(scores, {})(np.arange(2))
+    assert out["dice_per_case_disc"] == pytest.approx(2 * 3 / (2 * 3 + 1))  # the canal image has no disc: NaN, left out
+    assert out["dice_per_case_canal"] == pytest.approx(1.0)
+    assert np.isnan(out["dice_per_case_vertebra"])  # absent from both in every image
+    assert out["dice_per_case"] == pytest.approx(np.mean([6 / 7, 1.0]))
+    assert out["dice_pooled_disc"] == pytest.approx(6 / 7)
+
+
+def _dataset_with_truth_cropper(data_dir, compose, patients: int = 6):
+    """The synthetic folder and a pipeline whose detectors return each image's labelled boxes."""
+    from plid.boxes import enlarge_box
+    from plid.models.detection import RoiCropper
+    from plid.pipeline.core import Pipeline
+    from tests.test_pipeline import _models
+
+    root = ensure_dataset(data_dir / "synthetic", SyntheticSpec(num_patients=patients, image_size=128, seed=5))
+    from plid.datamodules.contract import load_dataset
+
+    dataset = load_dataset(root)
+    truth = {}
+    for row in dataset.images.itertuples():
+        image = dataset.read_image(row.image)
+        lumbar = (row.lumbar_x1, row.lumbar_y1, row.lumbar_x2, row.lumbar_y2)
+        discs = dataset.discs[dataset.discs["image"] == row.image][["x1", "y1", "x2", "y2"]].to_numpy(float)
+        truth[image.tobytes()] = (np.array([lumbar], float), discs, enlarge_box(lumbar, 0.1, *image.shape))
+    state = {}
+
+    def lumbar(image):
+        state["current"] = truth[image.tobytes()]
+        return state["current"][0], np.array([0.9])
+
+    def discs(region):
+        _, boxes, (x1, y1, _, _) = state["current"]
+        return boxes - [x1, y1, x1, y1], np.linspace(0.9, 0.5, len(boxes))
+
+    return dataset, Pipeline(_models(compose), cropper=RoiCropper(lumbar, discs, 0.1))
+
+
+def test_evaluating_reports_of_the_labelled_boxes_finds_every_disc_and_writes_every_file(tmp_path, data_dir, compose):
+    from plid.pipeline.end_to_end import evaluate_model_dir
+
+    dataset, pipeline = _dataset_with_truth_cropper(data_dir, compose)
+    images = dataset.images["image"].tolist()
+    bootstrap = {"samples": 50, "seed": 0, "confidence": 0.95}
+    result = evaluate_model_dir(pipeline, dataset, images, tmp_path, "all", bootstrap, progress=False)
+    figures = result["groups"]["all"]["figures"]
+    for key in ("disc_precision", "disc_recall", "level_accuracy", "images_all_levels_right", "lumbar_iou_median"):
+        assert figures[key]["value"] == pytest.approx(1.0), key
+    # an untrained segmenter: some Dice, computed per case and pooled
+    assert 0 <= figures["dice_per_case"]["value"] <= 1 and 0 <= figures["dice_pooled"]["value"] <= 1
+    for name, score in figures.items():
+        if not np.isnan(score["low"]):
+            assert score["low"] - 1e-9 <= score["value"] <= score["high"] + 1e-9, name
+    counts = result["groups"]["all"]["counts"]
+    assert counts["images"] == len(images) and counts["matched_discs"] == len(dataset.discs)
+    for name in ("evaluation.json", "evaluation.md", "failures.html", "predict/report.json"):
+        assert (tmp_path / name).is_file(), name
+    assert "no failure" in (tmp_path / "failures.html").read_text().lower()
+    assert "disc recall" in (tmp_path / "evaluation.md").read_text()
+    json.loads((tmp_path / "evaluation.json").read_text())
+
+
+def test_a_folder_without_labels_is_refused(tmp_path):
+    images = pd.DataFrame({"image": ["a"], "patient": ["p"], "has_mask": [0]})
+    dataset = SpineDataset(tmp_path, images, pd.DataFrame(columns=["image", "patient", "x1", "y1", "x2", "y2"]))
+    from plid.pipeline.end_to_end import check_labelled
+
+    with pytest.raises(UserInputError, match="no labels"):
+        check_labelled(dataset)
+
+
+def test_a_grading_the_folder_does_not_label_is_skipped_and_said(tmp_path, data_dir, compose):
+    from plid.pipeline.end_to_end import evaluate_model_dir
+    from plid.pipeline.model_dir import LoadedModule
+    from tests.test_pipeline import _MeanIntensity
+
+    dataset, pipeline = _dataset_with_truth_cropper(data_dir, compose)
+    pipeline.models.classifiers = [LoadedModule("a", _MeanIntensity(1.0), 32, 0.1, target="pfirrman_grade_5")]
+    pipeline.models.weights = [1.0]
+    result = evaluate_model_dir(pipeline, dataset, dataset.images["image"].tolist()[:3], tmp_path, "all",
+                                {"samples": 10, "seed": 0, "confidence": 0.95}, progress=False)
+    assert "pfirrman_grade_5" in result["skipped_gradings"] and not result["thresholds"]
+    assert "pfirrman_grade_5: not scored" in (tmp_path / "evaluation.md").read_text()
+    # the herniation classifier of the same folder is scored
+    pipeline.models.classifiers[0].target = "disc_herniation"
+    result = evaluate_model_dir(pipeline, dataset, dataset.images["image"].tolist(), tmp_path / "b", "all",
+                                {"samples": 10, "seed": 0, "confidence": 0.95}, progress=False)
+    assert list(result["thresholds"]) == ["disc_herniation"]
+    assert result["groups"]["all"]["counts"]["disc_herniation/discs"] == len(dataset.discs)
+    assert (tmp_path / "b" / "reliability_disc_herniation.png").is_file()
+
+
+def test_failures_page_lists_the_worst_image_first(tmp_path):
+    import cv2
+
+    from plid.pipeline.end_to_end import write_failures
+
+    image = np.zeros((200, 80), np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    cv2.imwrite(str(tmp_path / "b.png"), image)
+    reports = {"a": {**_report(BOXES[1:], [1, 2, 3]), "file": str(tmp_path / "a.png")},
+               "b": {**_report([*BOXES, [10, 0, 50, 20]], [1, 2, 3, 4, 5]), "file": str(tmp_path / "b.png")}}
+    scores = [score_image(reports["b"], _truth("b"), ()), score_image(reports["a"], _truth("a"), ())]
+    summary = write_failures(tmp_path / "failures.html", scores, reports, max_images=10)
+    page = (tmp_path / "failures.html").read_text()
+    assert summary["images"] == 2 and page.index("<h2>a") < page.index("<h2>b")  # a: 1 missed + 3 wrong levels
+    assert (tmp_path / "failures" / "a.png").is_file()
+
+
+def test_evaluate_command_on_an_exported_model_dir_writes_every_file(tmp_path, data_dir, compose):
+    """python -m plid.evaluate model_dir=... as a user runs it (in-process), on a model_dir of untrained tiny
+    models: whatever they find, every file is written and every interval holds its estimate."""
+    from plid.evaluate import evaluate
+    from plid.models.detection import load_yolo
+    from plid.pipeline.model_dir import export_model_dir
+    from tests.test_pipeline import _fake_train_run
+
+    weights = {}
+    for stage in ("lumbar", "ivd"):
+        yolo = load_yolo("yolov8n.yaml", tmp_path / "ultralytics")
+        yolo.ckpt = {"train_args": {"imgsz": 64}}
+        weights[stage] = tmp_path / f"{stage}.pt"
+        yolo.save(weights[stage])
+    seg = _fake_train_run(compose, tmp_path / "seg")
+    classifier = _fake_train_run(compose, tmp_path / "cls", "cls_resnet50")
+    model_dir = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [classifier])
+    cfg = compose(f"model_dir={model_dir}", "split=test", "conf=0.0001", "bootstrap.samples=20",
+                  config_name="evaluate")
+    result = evaluate(cfg)
+    out = Path(cfg.paths.output_dir)
+    for name in ("evaluation.json", "evaluation.md", "failures.html", "predict/report.json", "predict/report.html"):
+        assert (out / name).is_file(), name
+    assert result["split"] == "test" and result["groups"]["all"]["counts"]["images"] > 0
+    for score in result["groups"]["all"]["figures"].values():
+        if not np.isnan(score["low"]):
+            assert score["low"] - 1e-9 <= score["value"] <= score["high"] + 1e-9
+    with pytest.raises(UserInputError, match="already holds"):
+        evaluate(cfg)
+
+
+def test_batched_figures_equal_the_figures_of_each_resampled_set():
+    """A replicate of the bootstrap scored as counts equals the figures of the images repeated that often."""
+    from plid.evaluation import bootstrap_counts
+
+    rng = np.random.default_rng(1)
+    scores = []
+    for k in range(12):
+        keep = sorted(rng.choice(4, size=int(rng.integers(1, 5)), replace=False))
+        boxes = [BOXES[j] for j in keep] + ([[10, 0, 50, 20]] if k % 3 == 0 else [])
+        report = _report(boxes, list(range(1, len(boxes) + 1)), list(np.round(rng.random(len(boxes)), 1)))
+        if k == 5:
+            report = {"status": "no_lumbar_region", "lumbar": None, "discs": []}
+        score = score_image(report, _truth(f"i{k}", f"p{k // 2}", tuple(rng.integers(0, 2, 4))), ["disc_herniation"])
+        score.confusion = rng.integers(0, 50, (4, 4)) if k % 4 else None
+        scores.append(score)
+    figures = EndToEndScores(scores, {"disc_herniation": 0.5})
+    counts = bootstrap_counts([s.patient for s in scores], samples=5, seed=3)
+    batch = figures.batch(counts)
+    for r, row in enumerate(counts):
+        repeated = EndToEndScores([s for s, c in zip(scores, row) for _ in range(c)], {"disc_herniation": 0.5})
+        expected = repeated(np.arange(int(row.sum())))
+        for name, value in expected.items():
+            if name == "disc_map50":  # repeated boxes of one image add points to the curve; counts do not
+                continue
+            np.testing.assert_allclose(batch[name][r], value, atol=1e-9, equal_nan=True, err_msg=name)
+
+
+def test_pr_auc_and_auc_agree_with_torchmetrics_with_ties():
+    from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+    rng = np.random.default_rng(2)
+    target = rng.integers(0, 2, 300)
+    probability = np.round(np.clip(target * 0.2 + rng.random(300) * 0.8, 0, 1), 1)  # many ties
+    scores = binary_scores(probability, target, 0.4)
+    p, t = torch.from_numpy(probability), torch.from_numpy(target)
+    assert scores["auc"] == pytest.approx(float(binary_auroc(p, t)), abs=1e-6)
+    assert scores["pr_auc"] == pytest.approx(float(binary_average_precision(p, t)), abs=1e-6)
