@@ -272,3 +272,12 @@ def test_predict_command_end_to_end_on_trained_tiny_models(tmp_path, data_dir, c
         assert centres == sorted(centres, reverse=True)
         assert [d["level"] for d in report["discs"]] == list(range(1, len(centres) + 1))
         assert all(0 <= d["herniation_probability"] <= 1 for d in report["discs"])
+    # the same model_dir scored end to end on the test patients of its training folder, as a user runs it
+    evaluation = tmp_path / "evaluate"
+    result = run_module("plid.evaluate", f"model_dir={model_dir}", "split=test", "conf=0.001",
+                        "bootstrap.samples=50", f"hydra.run.dir={evaluation}", f"paths.data_dir={data_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    scored = json.loads((evaluation / "evaluation.json").read_text())
+    assert scored["groups"]["all"]["counts"]["images"] > 0 and "disc_herniation" in scored["thresholds"]
+    for name in ("evaluation.md", "failures.html", "predict/report.json"):
+        assert (evaluation / name).is_file()
