@@ -38,7 +38,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     out = claim_output_dir(Path(cfg.get("out") or cfg.paths.output_dir).expanduser().resolve(), "report.json",
                            cfg.get("overwrite", False))
     pipeline = Pipeline(load_model_dir(cfg.model_dir), max_named_levels=int(cfg.max_named_levels),
-                        conf=cfg.get("conf"), iou=cfg.get("iou"))
+                        conf=cfg.get("conf"), iou=cfg.get("iou"),
+                        levels=str(cfg.get("levels", "anatomy")))
     summary = predict_files(files, pipeline, out)
     found = sum(c["status"] == "ok" for c in summary["cases"])
     log.info("%d images: %d with a lumbar region, %d without, %d unreadable", len(files), found,

@@ -71,6 +71,11 @@ def test_missing_the_lowest_disc_costs_recall_and_shifts_every_level():
     assert out["images_all_levels_right"] == 0.0
     score = score_image(_report(BOXES[1:], [1, 2, 3]), _truth(), ())
     assert [d["level"] for d in score.missed] == [1] and len(score.wrong_levels) == 3 and not score.extra
+    assert out["missed_discs_flagged"] == 0.0
+    # the same report with the missed disc flagged where it is, and the levels above it counted past it
+    flagged = {**_report(BOXES[1:], [2, 3, 4]), "missed_discs_suspected": [{"box": [12, 158, 50, 182], "level": 1}]}
+    out = _figures([(flagged, _truth())])
+    assert out["missed_discs_flagged"] == 1.0 and out["level_accuracy"] == 1.0 and out["disc_recall"] == 0.75
 
 
 def test_an_extra_box_lowers_precision_only():
@@ -181,7 +186,8 @@ def _dataset_with_truth_cropper(data_dir, compose, patients: int = 6):
         _, boxes, (x1, y1, _, _) = state["current"]
         return boxes - [x1, y1, x1, y1], np.linspace(0.9, 0.5, len(boxes))
 
-    return dataset, Pipeline(_models(compose), cropper=RoiCropper(lumbar, discs, 0.1))
+    # levels counted: the segmenter is untrained (the anatomy's rules are tested in tests/test_levels.py)
+    return dataset, Pipeline(_models(compose), cropper=RoiCropper(lumbar, discs, 0.1), levels="count")
 
 
 def test_evaluating_reports_of_the_labelled_boxes_finds_every_disc_and_writes_every_file(tmp_path, data_dir, compose):

@@ -14,10 +14,10 @@ from omegaconf import OmegaConf
 from plid.datamodules.io import ScanReadError, list_scans, read_scan
 from plid.datamodules.synthetic import generate_case
 from plid.models.detection import RoiCropper
+from plid.pipeline.batch import predict_files
 from plid.pipeline.core import LEVEL_NAMES, Pipeline, level_names
 from plid.pipeline.model_dir import LoadedModels, LoadedModule, export_model_dir, load_model_dir
 from plid.pipeline.samples import write_dicom, write_volume
-from plid.pipeline.batch import predict_files
 from tests.conftest import run_module
 
 
@@ -55,7 +55,7 @@ def test_a_broken_file_names_itself(tmp_path):
 
 def test_level_names_count_up_from_l5_s1_and_stop_where_the_count_is_suspect():
     assert level_names(3) == ["L5/S1", "L4/L5", "L3/L4"]
-    assert level_names(len(LEVEL_NAMES))[-1] == "T11/T12"
+    assert level_names(len(LEVEL_NAMES))[-1] == "T9/T10"
     assert level_names(len(LEVEL_NAMES) + 1) == [None] * (len(LEVEL_NAMES) + 1)
     assert level_names(6, max_named=5) == [None] * 6
 
@@ -105,7 +105,8 @@ def _models(compose, classifiers=(), weights=()) -> LoadedModels:
 
 def test_pipeline_report_per_disc(compose, case):
     classifiers = [LoadedModule("a", _MeanIntensity(1.0), 32, 0.1), LoadedModule("b", _MeanIntensity(-2.0), 32, 0.1)]
-    pipeline = Pipeline(_models(compose, classifiers, [0.3, 0.9]), cropper=_truth_cropper(case))
+    # levels counted: this segmenter is untrained (levels from the anatomy: tests/test_levels.py)
+    pipeline = Pipeline(_models(compose, classifiers, [0.3, 0.9]), cropper=_truth_cropper(case), levels="count")
     from plid.datamodules.io import Scan
 
     result = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image"))

@@ -4,12 +4,10 @@ Per image: the lumbar region (stage-1 detector), the discs inside it (stage-2 de
 a herniation probability per disc (one classifier, or the weighted average of several with the ensemble's
 weights), and the 4-class segmentation of the lumbar crop with the area of each class.
 
-Level names. Discs are numbered from 1, the lowest (as SPIDER's ``ivd_label``). Where at most
-``max_named_levels`` discs are found (7 by default) they are also named, counting up from the lowest as
-L5/S1: L5/S1, L4/L5, L3/L4, L2/L3, L1/L2, T12/L1, T11/T12. This assumes the lowest disc found is L5/S1 (the
-lumbar detector is trained on boxes that end at the sacrum); a missed or extra lowest disc shifts every name,
-so the names are a convenience for reading the report, not an anatomical identification. Above that count the
-detection itself is suspect and discs keep their numbers only (``name`` is null).
+Levels (:mod:`plid.pipeline.levels`): by default from the anatomy, the detector's discs checked against the
+segmentation (boxes on vertebral bodies, discs the detector missed, gaps, duplicates, the L5/S1 anchor), numbered
+from 1, the lowest (as SPIDER's ``ivd_label``), and named from L5/S1 up only where the anchor is confirmed;
+``levels="count"`` counts up from the lowest disc found as the first plid did.
 """
 
 from __future__ import annotations
@@ -29,16 +27,8 @@ from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
 from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
 from plid.models.metrics import predicted_classes
+from plid.pipeline.levels import LEVEL_NAMES, assign_levels, level_names  # noqa: F401
 from plid.pipeline.model_dir import LoadedModels
-
-LEVEL_NAMES = ("L5/S1", "L4/L5", "L3/L4", "L2/L3", "L1/L2", "T12/L1", "T11/T12")
-
-
-def level_names(count: int, max_named: int = len(LEVEL_NAMES)) -> list[str | None]:
-    """Names of ``count`` discs from the lowest up (see the module docstring); None where they are not named."""
-    if count > min(max_named, len(LEVEL_NAMES)):
-        return [None] * count
-    return list(LEVEL_NAMES[:count])
 
 
 @dataclass
@@ -52,7 +42,7 @@ class Pipeline:
     """Detectors, segmenter and classifiers of a model_dir, applied to one :class:`Scan` at a time."""
 
     def __init__(self, models: LoadedModels, max_named_levels: int = len(LEVEL_NAMES), conf: float | None = None,
-                 cropper: RoiCropper | None = None, iou: float | None = None):
+                 cropper: RoiCropper | None = None, iou: float | None = None, levels: str = "anatomy"):
         self.models = models
         detection = models.manifest.get("detection", {})
         conf = float(detection.get("conf", 0.25) if conf is None else conf)
@@ -61,6 +51,7 @@ class Pipeline:
         self.cropper = cropper or RoiCropper(YoloDetector(models.lumbar, conf, iou=iou),
                                              YoloDetector(models.ivd, conf, iou=iou), margin)
         self.max_named_levels = max_named_levels
+        self.levels = levels
 
     @torch.inference_mode()
     def __call__(self, scan: Scan) -> ImageResult:
@@ -76,16 +67,22 @@ class Pipeline:
             report.update(status="no_lumbar_region", message=str(error), lumbar=None, discs=[], segmentation=None)
             return ImageResult(report)
         report["lumbar"] = {"box": _box(roi.lumbar_box), "score": round(roi.lumbar_score, 4)}
+        mask, segmentation = self.segment(image, roi.lumbar_box, scan.spacing_mm)
+        levels = assign_levels([d.box for d in roi.discs], [d.score for d in roi.discs], mask, self.levels,
+                               self.max_named_levels)
         probabilities = self.herniation(image, [d.box for d in roi.discs])
-        names = level_names(len(roi.discs), self.max_named_levels)
         key = self.probability_key()
         report["discs"] = [
-            {"level": disc.level, "name": name, "box": _box(disc.box), "score": round(disc.score, 4),
-             key: None if p is None else round(float(p), 4)}
-            for disc, name, p in zip(roi.discs, names, probabilities)
+            {"level": disc.level, "name": disc.name, "level_confidence": disc.level_confidence,
+             "box": _box(disc.box), "score": round(disc.score, 4), key: None if p is None else round(float(p), 4),
+             **({"flag": disc.flag, "flag_reason": disc.reason} if disc.flag else {})}
+            for disc, p in zip(levels.detected(), probabilities)
         ]
+        report["missed_discs_suspected"] = [
+            {"level": d.level, "name": d.name, "level_confidence": d.level_confidence, "box": _box(d.box),
+             "source": d.reason} for d in levels.suspected()]
+        report.update(levels.describe())
         report["classifier"] = self.classifier_description()
-        mask, segmentation = self.segment(image, roi.lumbar_box, scan.spacing_mm)
         report["segmentation"] = segmentation
         return ImageResult(report, mask)
 

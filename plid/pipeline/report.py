@@ -16,6 +16,7 @@ from plid.utils.io import atomic_write
 CLASS_COLOURS = {1: (80, 175, 255), 2: (60, 200, 60), 3: (235, 120, 40)}
 LUMBAR_COLOUR = (0, 215, 255)
 DISC_COLOUR = (60, 60, 255)
+SUSPECTED_COLOUR = (0, 200, 255)  # a disc the detector missed, suspected from the segmentation or a gap
 MIN_SIDE = 384  # smaller images are enlarged for the overlay so that labels stay legible
 
 
@@ -40,9 +41,13 @@ def overlay(image: np.ndarray, report: dict[str, Any], mask: np.ndarray | None, 
 
     if report.get("lumbar"):
         rect(report["lumbar"]["box"], LUMBAR_COLOUR)
+    for disc in report.get("missed_discs_suspected", []):
+        x1, y1, x2, y2 = rect(disc["box"], SUSPECTED_COLOUR)
+        cv2.putText(canvas, f"missed? {_level_label(disc, report)}", (x2 + 4, (y1 + y2) // 2 + 5),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, SUSPECTED_COLOUR, 1, cv2.LINE_AA)
     for disc in report.get("discs", []):
         x1, y1, x2, y2 = rect(disc["box"], DISC_COLOUR)
-        label = disc["name"] or f"#{disc['level']}"
+        label = _level_label(disc, report)
         probability = _probability(disc)
         if probability is not None:
             label += f" {probability:.2f}"
@@ -53,6 +58,15 @@ def overlay(image: np.ndarray, report: dict[str, Any], mask: np.ndarray | None, 
     if report.get("status") != "ok":
         cv2.putText(canvas, "no lumbar region found", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 255), 2)
     return canvas
+
+
+def _level_label(disc: dict[str, Any], report: dict[str, Any]) -> str:
+    """A disc's name (or number), marked ``?`` where the image's levels are uncertain; a flagged box says why it
+    has no level."""
+    if disc.get("level") is None:
+        return {"duplicate": "duplicate", "not_a_disc_suspected": "not a disc?"}.get(disc.get("flag"), "?")
+    label = disc.get("name") or f"#{disc['level']}"
+    return label + ("?" if report.get("levels_uncertain") else "")
 
 
 def _probability(disc: dict[str, Any]) -> float | None:
@@ -71,11 +85,20 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
 
 
 def _disc_rows(report: dict[str, Any]) -> str:
+    """One row per disc, bottom-up, the suspected missed discs among them; uncertain names marked ``?``."""
+    discs = [*report.get("discs", []), *({**d, "flag": "missed_disc_suspected"} for d in
+                                         report.get("missed_discs_suspected", []))]
     rows = []
-    for disc in report.get("discs", []):
-        p = _probability(disc)
-        rows.append(f"<tr><td>{disc['level']}</td><td>{html.escape(disc['name'] or '')}</td>"
-                    f"<td>{'' if p is None else f'{p:.3f}'}</td><td>{disc['score']:.2f}</td></tr>")
+    for disc in sorted(discs, key=lambda d: -(d["box"][1] + d["box"][3])):
+        p, score = _probability(disc), disc.get("score")
+        confidence = disc.get("level_confidence")
+        flag = (disc.get("flag") or "").replace("_", " ")
+        rows.append(f"<tr><td>{'' if disc['level'] is None else disc['level']}</td>"
+                    f"<td>{html.escape(_level_label(disc, report))}</td>"
+                    f"<td>{'' if confidence is None else f'{confidence:.2f}'}</td>"
+                    f"<td>{'' if p is None else f'{p:.3f}'}</td>"
+                    f"<td>{'' if score is None else f'{score:.2f}'}</td>"
+                    f"<td class='warn'>{html.escape(flag)}</td></tr>")
     return "".join(rows)
 
 
@@ -102,7 +125,10 @@ def write_html(path: str | Path, reports: list[dict[str, Any]], errors: list[dic
     for report in reports:
         overlay_src = os.path.relpath(report["overlay"], path.parent) if report.get("overlay") else ""
         status = "" if report["status"] == "ok" else f"<p class='warn'>{html.escape(report.get('message', ''))}</p>"
-        table = ("<table><tr><th>#</th><th>level</th><th>probability</th><th>detector score</th></tr>"
+        if report.get("levels_uncertain"):
+            status += f"<p class='warn'>Levels uncertain: {html.escape(report.get('levels_uncertain_reason') or '')}</p>"
+        table = ("<table><tr><th>#</th><th>level</th><th>level confidence</th><th>probability</th>"
+                 "<th>detector score</th><th>flag</th></tr>"
                  f"{_disc_rows(report)}</table>") if report.get("discs") else "<p>No disc found.</p>"
         cases.append(f"<section><h2>{html.escape(report['name'])}</h2><img src='{html.escape(overlay_src)}'>"
                      f"<div>{status}<p>{html.escape(report['file'])}</p>{table}{_areas(report)}</div></section>")
@@ -111,8 +137,9 @@ def write_html(path: str | Path, reports: list[dict[str, Any]], errors: list[dic
 body{{font-family:sans-serif;margin:2em}} section{{display:flex;gap:2em;margin-bottom:2em;align-items:flex-start}}
 img{{max-width:512px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px}}
 .warn{{color:#b00}}</style></head><body><h1>{html.escape(title)}</h1>
-<p>{len(reports)} images analysed, {len(errors)} failed. Disc levels are named from the lowest disc found up,
-assuming it is L5/S1; probabilities are the classifier's ({html.escape(_target(reports))}).</p>
+<p>{len(reports)} images analysed, {len(errors)} failed. Disc levels are numbered from the lowest disc up and
+named from L5/S1 where the segmentation confirms it (a name marked ? is uncertain: the reason is given); probabilities
+are the classifier's ({html.escape(_target(reports))}).</p>
 {''.join(cases)}{f'<h2>Files that could not be read</h2><ul>{failed}</ul>' if errors else ''}</body></html>
 """
     with atomic_write(path) as handle:

@@ -19,6 +19,8 @@ Definitions (also in the README's "Evaluating a model_dir end to end"):
   have a labelled box; ``no_lumbar_region`` is the share of all images where the pipeline found none.
 - Levels: on matched discs whose labelled disc has an ``ivd_label``, the share whose reported ``level``
   equals it; per image with at least one labelled level, whether every such disc was found with its right level.
+  ``missed_discs_flagged``: the share of missed labelled discs where the report has a ``missed_discs_suspected``
+  entry (IoU at least 0.3).
 - Gradings: on matched discs with that grading labelled; the decision threshold is the model_dir's
   (``report["classifier"]["threshold"]``, 0.5 where a model_dir has none).
 - Segmentation: inside the crop the pipeline segmented (on images where no lumbar region was found, the
@@ -43,6 +45,7 @@ from plid.datamodules.contract import CLASS_NAMES, DISC_BOX, GRADING_COLUMNS, LU
 from plid.models.metrics import dice_iou
 
 MATCH_IOU = 0.5
+SUSPECTED_IOU = 0.3  # a missed labelled disc counts as flagged where a reported suspected disc overlaps it this much
 PROBABILITY_SUFFIX = "_probability"
 
 
@@ -172,8 +175,12 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
     if labelled:
         score.all_levels_right = float(len(right) == len(labelled))
     found_reference = set(matched[matched >= 0].tolist())
-    score.missed = [{"box": [float(v) for v in reference[j]], "level": _level(levels[j])}
-                    for j in range(len(reference)) if j not in found_reference]
+    missed = [j for j in range(len(reference)) if j not in found_reference]
+    suspected = [d["box"] for d in report.get("missed_discs_suspected") or []]
+    flagged = (box_iou_matrix(reference[missed], suspected) >= SUSPECTED_IOU).any(1) if missed and suspected \
+        else np.zeros(len(missed), bool)
+    score.missed = [{"box": [float(v) for v in reference[j]], "level": _level(levels[j]), "suspected": bool(f)}
+                    for j, f in zip(missed, flagged)]
     for grading in gradings:
         key = next((k for k in (discs[0] if discs else {}) if k.endswith(PROBABILITY_SUFFIX) and grading_of(k) == grading),
                    None)
@@ -318,6 +325,8 @@ class EndToEndScores:
         self.reported = np.array([len(x.detections) for x in s], dtype=np.int64)
         self.matched = np.array([x.matched for x in s], dtype=np.int64)
         self.levels_labelled = np.array([x.levels_labelled for x in s], dtype=np.int64)
+        self.missed = np.array([len(x.missed) for x in s], dtype=np.int64)
+        self.missed_flagged = np.array([sum(m["suspected"] for m in x.missed) for x in s], dtype=np.int64)
         self.levels_right = np.array([x.levels_right for x in s], dtype=np.int64)
         self.all_levels_right = np.array([x.all_levels_right for x in s], dtype=np.float64)
         self.has_confusion = np.array([x.confusion is not None for x in s], dtype=bool)
@@ -364,6 +373,7 @@ class EndToEndScores:
         out["disc_f1"] = _ratio(2 * tp, reported + references)
         out["disc_map50"] = weighted_average_precision(self.detections, w[:, self.detection_image], references)
         out["level_accuracy"] = _ratio(w @ self.levels_right, w @ self.levels_labelled)
+        out["missed_discs_flagged"] = _ratio(w @ self.missed_flagged, w @ self.missed)
         levelled = ~np.isnan(self.all_levels_right)
         out["images_all_levels_right"] = _ratio(w[:, levelled] @ self.all_levels_right[levelled], w[:, levelled].sum(1))
         for grading, threshold in self.thresholds.items():

@@ -1,0 +1,238 @@
+"""Disc levels from the anatomy: the detector's discs checked against the segmentation and against each other.
+
+Counting up from the lowest disc found (``method="count"``, the paper-era rule) names every disc wrongly as soon
+as the lowest one, L5/S1, is missed or a box lands on a vertebral body. ``method="anatomy"`` (the default) uses
+what the segmenter sees in the lumbar crop:
+
+1. **Boxes that are not discs.** A detected box whose inside the segmenter calls vertebra, with (almost) no disc
+   pixel, is a box on a vertebral body: it is kept in the report, flagged ``not_a_disc_suspected``, and not
+   numbered.
+2. **Discs the detector missed.** A disc of the segmentation (a connected region of the disc class, of a size
+   like the others) that no detected box covers is a ``missed_disc_suspected`` at that position; so is a gap
+   between two neighbouring discs of about twice the usual spacing (or more: one suspected disc per missing
+   spacing). They are numbered, so the levels above them stay right.
+3. **The anchor.** SPIDER, and plid's segmenters, label no bone below L5/S1 (the sacrum is background), so the
+   lowest disc is L5/S1 when the segmentation shows no vertebral body below it. Where one lies below it, or where
+   there is no segmentation to trust (none, or one where most detected boxes hold no disc pixel), the anchor is
+   not found: discs are numbered, not named.
+4. **Checks on every image**: levels bottom-up and contiguous (by construction), no level twice (two boxes closer
+   than half the usual spacing are one disc found twice: the less confident is flagged ``duplicate`` and not
+   numbered), spacings plausible. Any finding makes ``levels_uncertain`` true, with the reasons.
+
+``level_confidence`` of a disc is a documented rule, not a calibrated probability: 1 for a disc counted from a
+confirmed anchor with nothing irregular below it, halved for every suspected missed disc or removed box below or
+at it, 0.25 at most where the anchor was not confirmed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+LEVEL_NAMES = ("L5/S1", "L4/L5", "L3/L4", "L2/L3", "L1/L2", "T12/L1", "T11/T12", "T10/T11", "T9/T10")
+LEVEL_METHODS = ("anatomy", "count")
+VERTEBRA, DISC = 1, 2
+GAP_FACTOR = 1.6  # a spacing this many times the median means a disc is missing between
+DUPLICATE_FACTOR = 0.5  # two boxes closer than this share of the median spacing are one disc
+MIN_REGION_SHARE = 0.25  # a disc region smaller than this share of the median disc region is noise
+
+
+def level_names(count: int, max_named: int = len(LEVEL_NAMES)) -> list[str | None]:
+    """Names of ``count`` discs from L5/S1 up; None for all where there are more than ``max_named``."""
+    if count > min(max_named, len(LEVEL_NAMES)):
+        return [None] * count
+    return list(LEVEL_NAMES[:count])
+
+
+@dataclass
+class LevelledDisc:
+    box: tuple[float, float, float, float]
+    score: float | None  # detector score; None for a suspected missed disc
+    detected: int | None  # index into the detector's discs; None for a suspected missed disc
+    level: int | None = None
+    name: str | None = None
+    level_confidence: float | None = None
+    flag: str | None = None  # missed_disc_suspected, not_a_disc_suspected, duplicate
+    reason: str | None = None  # why it was flagged, or where a suspected disc comes from (segmentation, gap)
+
+
+@dataclass
+class Levels:
+    discs: list[LevelledDisc]  # detected (numbered or flagged) and suspected missed discs, bottom-up
+    anchor_found: bool
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def uncertain(self) -> bool:
+        return bool(self.reasons)
+
+    def detected(self) -> list[LevelledDisc]:
+        """The detector's discs in its own order (index ``detected``)."""
+        return sorted((d for d in self.discs if d.detected is not None), key=lambda d: d.detected)
+
+    def suspected(self) -> list[LevelledDisc]:
+        return [d for d in self.discs if d.flag == "missed_disc_suspected"]
+
+    def describe(self) -> dict[str, Any]:
+        return {"levels_uncertain": self.uncertain, "levels_uncertain_reason": "; ".join(self.reasons) or None,
+                "level_anchor_found": self.anchor_found}
+
+
+def _centre(box) -> np.ndarray:
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], dtype=np.float64)
+
+
+def segmented_discs(mask: np.ndarray | None) -> list[tuple[float, float, float, float]]:
+    """Boxes of the disc regions of a class mask (connected regions of the disc class, noise left out)."""
+    if mask is None:
+        return []
+    count, _, stats, _ = cv2.connectedComponentsWithStats((mask == DISC).astype(np.uint8), connectivity=8)
+    regions = stats[1:]
+    if len(regions) == 0:
+        return []
+    areas = regions[:, cv2.CC_STAT_AREA]
+    keep = areas >= max(10, MIN_REGION_SHARE * np.median(areas))
+    return [(float(x), float(y), float(x + w), float(y + h)) for x, y, w, h, _ in regions[keep]]
+
+
+def _share(mask: np.ndarray, box, value: int) -> float:
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    region = mask[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)]
+    return float((region == value).mean()) if region.size else 0.0
+
+
+def _covered(box, boxes) -> bool:
+    """Whether the centre of ``box`` lies inside one of ``boxes``."""
+    cx, cy = _centre(box)
+    return any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes)
+
+
+def _vertebra_below(mask: np.ndarray, box, spacing: float) -> bool:
+    """Whether a vertebral body lies below ``box``: vertebra over most of a band one spacing deep, as wide as the
+    disc, starting just under it."""
+    x1, _, x2, y2 = box
+    height = max(spacing * 0.6, 4.0)
+    band = (x1, y2 + 0.15 * spacing, x2, y2 + 0.15 * spacing + height)
+    return band[1] < mask.shape[0] - 2 and _share(mask, band, VERTEBRA) > 0.4
+
+
+def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anatomy",
+                  max_named: int = len(LEVEL_NAMES)) -> Levels:
+    """Levels of the detector's disc ``boxes`` (image pixels) given the segmenter's class ``mask`` over the image
+    (see the module docstring)."""
+    if method not in LEVEL_METHODS:
+        raise ValueError(f"levels={method!r} is not one of {LEVEL_METHODS}")
+    discs = [LevelledDisc(tuple(float(v) for v in b), float(s), k) for k, (b, s) in enumerate(zip(boxes, scores))]
+    reasons: list[str] = []
+    if method == "count":
+        ordered = sorted(discs, key=lambda d: -_centre(d.box)[1])
+        for level, (disc, name) in enumerate(zip(ordered, level_names(len(ordered), max_named)), start=1):
+            disc.level, disc.name = level, name
+        return Levels(ordered, anchor_found=bool(ordered), reasons=[])
+    if mask is not None and discs and np.mean([_share(mask, d.box, DISC) >= 0.1 for d in discs]) < 0.5:
+        # most detected boxes hold (almost) no disc in the segmentation: one of the two is wrong; trust neither
+        mask = None
+        reasons.append("the segmentation does not confirm the detected discs")
+    irregular: list[float] = []  # image y of each irregularity: discs above it lose confidence
+    numbered = []
+    for disc in discs:
+        if mask is not None and _share(mask, disc.box, DISC) < 0.02 and _share(mask, disc.box, VERTEBRA) > 0.5:
+            disc.flag, disc.reason = "not_a_disc_suspected", "the segmentation shows a vertebral body in this box"
+            reasons.append("a detected box lies on a vertebral body")
+            irregular.append(_centre(disc.box)[1])
+        else:
+            numbered.append(disc)
+    for box in _plausible_missed(numbered, segmented_discs(mask)):
+        numbered.append(LevelledDisc(box, None, None, flag="missed_disc_suspected", reason="segmentation"))
+        reasons.append("the segmentation shows a disc the detector missed")
+        irregular.append(_centre(box)[1])
+    numbered.sort(key=lambda d: -_centre(d.box)[1])
+    spacing = _median_spacing(numbered)
+    if spacing:
+        kept = [numbered[0]] if numbered else []
+        for disc in numbered[1:]:
+            previous = kept[-1]
+            if np.linalg.norm(_centre(disc.box) - _centre(previous.box)) < DUPLICATE_FACTOR * spacing:
+                weaker = min((previous, disc), key=lambda d: -1 if d.score is None else d.score)
+                stronger = disc if weaker is previous else previous
+                weaker.flag, weaker.reason = "duplicate", "closer to the disc below than half the usual spacing"
+                reasons.append("two boxes on one disc")
+                kept[-1] = stronger
+                continue
+            kept.append(disc)
+        numbered = kept
+        filled = [numbered[0]] if numbered else []
+        for disc in numbered[1:]:
+            below = filled[-1]
+            step = _centre(disc.box) - _centre(below.box)
+            missing = int(round(np.linalg.norm(step) / spacing)) - 1
+            if np.linalg.norm(step) > GAP_FACTOR * spacing and missing >= 1:
+                size = (np.asarray(disc.box[2:]) - disc.box[:2] + np.asarray(below.box[2:]) - below.box[:2]) / 2
+                for k in range(1, missing + 1):
+                    centre = _centre(below.box) + step * k / (missing + 1)
+                    box = (*(centre - size / 2), *(centre + size / 2))
+                    filled.append(LevelledDisc(tuple(float(v) for v in box), None, None,
+                                               flag="missed_disc_suspected", reason="gap"))
+                    irregular.append(centre[1])
+                reasons.append(f"a gap of {np.linalg.norm(step) / spacing:.1f} times the usual spacing")
+            filled.append(disc)
+        numbered = filled
+    anchor = bool(numbered) and mask is not None and not _vertebra_below(mask, numbered[0].box, spacing or
+                                                                          _height(numbered[0].box) * 3)
+    if numbered and not anchor and mask is None and not reasons:
+        reasons.append("no segmentation to confirm L5/S1")
+    elif numbered and not anchor and mask is not None:
+        reasons.append("a vertebral body lies below the lowest disc found: L5/S1 may be missing")
+    names = level_names(len(numbered), max_named) if anchor else [None] * len(numbered)
+    for level, (disc, name) in enumerate(zip(numbered, names), start=1):
+        y = _centre(disc.box)[1]
+        confidence = (1.0 if anchor else 0.25) * 0.5 ** sum(1 for i in irregular if i >= y - 1e-6)
+        disc.level, disc.name, disc.level_confidence = level, name, round(confidence, 4)
+    flagged = [d for d in discs if d.flag in ("not_a_disc_suspected", "duplicate")]
+    everything = sorted([*numbered, *flagged], key=lambda d: -_centre(d.box)[1])
+    return Levels(everything, anchor, list(dict.fromkeys(reasons)))
+
+
+def _plausible_missed(found: list[LevelledDisc], regions: list) -> list[tuple[float, float, float, float]]:
+    """The segmented disc regions that are discs the detector missed: not covered by a detected box, of a size like
+    the detected discs (a quarter to four times their median area), and where the column's next disc would be:
+    below the lowest or above the highest disc at 0.6-1.6 times the usual spacing, or inside a gap of at least
+    ``GAP_FACTOR`` spacings, at least 0.6 spacings from both its neighbours. Needs three detected discs to know what
+    is usual; a segmentation of its own is not trusted to add discs."""
+    spacing = _median_spacing(found)
+    if spacing is None:
+        return []
+    area = float(np.median([_height(d.box) * (d.box[2] - d.box[0]) for d in found]))
+    candidates = [b for b in regions if not _covered(b, [d.box for d in found])
+                  and 0.25 * area <= _height(b) * (b[2] - b[0]) <= 4 * area]
+    accepted: list[tuple[float, float, float, float]] = []
+    for box in sorted(candidates, key=lambda b: -_centre(b)[1]):  # bottom-up, so a chain below the lowest grows
+        column = sorted([*(d.box for d in found), *accepted], key=lambda b: -_centre(b)[1])
+        y = _centre(box)[1]
+        below = [b for b in column if _centre(b)[1] > y]
+        above = [b for b in column if _centre(b)[1] < y]
+        gap_to = [np.linalg.norm(_centre(box) - _centre(b)) / spacing for b in (below[-1:] + above[:1])]
+        if below and above:
+            gap = np.linalg.norm(_centre(below[-1]) - _centre(above[0])) / spacing
+            plausible = gap >= GAP_FACTOR and min(gap_to) >= 0.6
+        else:  # beyond the lowest or the highest disc
+            plausible = 0.6 <= gap_to[0] <= GAP_FACTOR
+        if plausible:
+            accepted.append(box)
+    return accepted
+
+
+def _height(box) -> float:
+    return float(box[3] - box[1])
+
+
+def _median_spacing(discs: list[LevelledDisc]) -> float | None:
+    """The median distance between neighbouring disc centres, or None with fewer than three discs (too few to
+    say what is usual)."""
+    if len(discs) < 3:
+        return None
+    centres = np.array(sorted((_centre(d.box) for d in discs), key=lambda c: -c[1]))
+    return float(np.median(np.linalg.norm(np.diff(centres, axis=0), axis=1)))

@@ -1,0 +1,180 @@
+"""Levels from the anatomy: missed, extra, duplicated discs and the L5/S1 anchor, on phantoms with known levels."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from plid.datamodules.synthetic import generate_case
+from plid.pipeline.levels import LEVEL_NAMES, assign_levels, level_names, segmented_discs
+
+
+@pytest.fixture(scope="module")
+def case():
+    case = generate_case(np.random.default_rng(11), size=256)
+    assert len(case.discs) >= 5
+    return case
+
+
+def _boxes(case, leave_out=()):
+    """The phantom's disc boxes (shuffled, as a detector returns them) and scores, without the levels left out."""
+    discs = [d for d in case.discs if d["ivd_label"] not in leave_out]
+    order = np.random.default_rng(0).permutation(len(discs))
+    return [tuple(float(v) for v in discs[k]["box"]) for k in order], [0.9 - 0.01 * k for k in range(len(discs))]
+
+
+def _without_disc(mask, case, level, fill=0):
+    """The mask with one disc's pixels relabelled (a segmenter that missed it)."""
+    mask = mask.copy()
+    x1, y1, x2, y2 = case.discs[level - 1]["box"]
+    region = mask[y1:y2, x1:x2]
+    region[region == 2] = fill
+    return mask
+
+
+def _levels_by_box(result):
+    return {tuple(round(v) for v in d.box): d.level for d in result.discs if d.detected is not None}
+
+
+def _truth(case):
+    return {tuple(round(v) for v in d["box"]): d["ivd_label"] for d in case.discs}
+
+
+def test_every_disc_found_is_named_from_the_anchor_with_full_confidence(case):
+    boxes, scores = _boxes(case)
+    result = assign_levels(boxes, scores, case.mask)
+    assert result.anchor_found and not result.uncertain
+    truth = _truth(case)
+    assert all(truth[box] == level for box, level in _levels_by_box(result).items())
+    named = {d.level: d.name for d in result.discs}
+    assert [named[k] for k in sorted(named)] == level_names(len(case.discs))
+    assert all(d.level_confidence == 1.0 for d in result.discs)
+    # bottom-up: level 1 lowest in the image
+    centres = [(d.box[1] + d.box[3]) / 2 for d in sorted(result.discs, key=lambda d: d.level)]
+    assert centres == sorted(centres, reverse=True)
+
+
+def test_a_missed_lowest_disc_found_by_the_segmenter_keeps_every_name_right(case):
+    boxes, scores = _boxes(case, leave_out=(1,))
+    counted = assign_levels(boxes, scores, case.mask, method="count")
+    assert all(level == _truth(case)[box] - 1 for box, level in _levels_by_box(counted).items())  # all shifted
+    result = assign_levels(boxes, scores, case.mask)
+    assert all(_truth(case)[box] == level for box, level in _levels_by_box(result).items())
+    suspected = result.suspected()
+    assert [d.level for d in suspected] == [1] and suspected[0].name == "L5/S1" and suspected[0].reason == "segmentation"
+    assert result.uncertain and "missed" in "; ".join(result.reasons)
+    assert all(d.level_confidence < 1 for d in result.discs if d.level)
+
+
+def test_a_lowest_disc_missed_by_both_leaves_the_discs_numbered_but_not_named(case):
+    boxes, scores = _boxes(case, leave_out=(1,))
+    result = assign_levels(boxes, scores, _without_disc(case.mask, case, 1))
+    assert not result.anchor_found and result.uncertain
+    assert "below the lowest disc" in result.describe()["levels_uncertain_reason"]
+    assert all(d.name is None for d in result.discs)
+    assert all(d.level_confidence <= 0.25 for d in result.discs)
+
+
+def test_a_box_on_a_vertebral_body_is_flagged_and_not_numbered(case):
+    boxes, scores = _boxes(case, leave_out=(1,))
+    lowest = case.discs[0]["box"]
+    above = case.discs[1]["box"]
+    # the L5 body: between the L5/S1 disc and the L4/L5 disc
+    body = (float(lowest[0]), float(above[3] + 2), float(lowest[2]), float(lowest[1] - 2))
+    mask = _without_disc(case.mask, case, 1, fill=1)  # the segmenter calls the L5/S1 disc bone: worst case
+    result = assign_levels([*boxes, body], [*scores, 0.95], mask)
+    flagged = [d for d in result.discs if d.flag == "not_a_disc_suspected"]
+    assert len(flagged) == 1 and flagged[0].level is None and flagged[0].box == body
+    assert result.uncertain
+
+
+def test_a_box_found_twice_is_flagged_as_a_duplicate(case):
+    boxes, scores = _boxes(case)
+    x1, y1, x2, y2 = boxes[0]
+    shifted = (x1 + 1, y1 + 1, x2 + 1, y2 + 1)
+    result = assign_levels([*boxes, shifted], [*scores, 0.1], case.mask)
+    duplicates = [d for d in result.discs if d.flag == "duplicate"]
+    assert len(duplicates) == 1 and duplicates[0].score == 0.1 and duplicates[0].level is None
+    levels = [d.level for d in result.discs if d.level is not None]
+    assert sorted(levels) == list(range(1, len(case.discs) + 1))  # no level twice
+    assert "two boxes on one disc" in result.reasons
+
+
+def test_a_gap_of_two_spacings_is_a_suspected_missed_disc(case):
+    boxes, scores = _boxes(case, leave_out=(3,))
+    result = assign_levels(boxes, scores, _without_disc(case.mask, case, 3))
+    suspected = result.suspected()
+    assert [d.level for d in suspected] == [3] and suspected[0].reason == "gap"
+    truth = _truth(case)
+    x1, y1, x2, y2 = case.discs[2]["box"]
+    cx, cy = (suspected[0].box[0] + suspected[0].box[2]) / 2, (suspected[0].box[1] + suspected[0].box[3]) / 2
+    assert x1 - 5 <= cx <= x2 + 5 and y1 - 5 <= cy <= y2 + 5  # where the missing disc is
+    assert all(truth[box] == level for box, level in _levels_by_box(result).items())
+    assert result.uncertain and result.anchor_found
+
+
+def test_no_segmentation_means_no_names():
+    boxes = [(10, 100, 50, 110), (10, 70, 50, 80), (10, 40, 50, 50)]
+    result = assign_levels(boxes, [0.9, 0.8, 0.7], None)
+    assert [d.level for d in result.discs] == [1, 2, 3] and all(d.name is None for d in result.discs)
+    assert "no segmentation" in result.describe()["levels_uncertain_reason"]
+
+
+def test_segmented_discs_leave_specks_out(case):
+    mask = case.mask.copy()
+    mask[2:4, 2:4] = 2  # a speck of "disc" in a corner
+    assert len(segmented_discs(mask)) == len(case.discs)
+    assert len(LEVEL_NAMES) == 9 and level_names(10) == [None] * 10
+
+
+class _MaskSegmenter(torch.nn.Module):
+    """A stand-in segmenter that returns the phantom's own mask of the lumbar crop (as confident logits)."""
+
+    def __init__(self, case, size: int):
+        super().__init__()
+        from plid.boxes import crop, enlarge_box
+
+        region = crop(case.mask, enlarge_box(case.lumbar_box, 0.1, *case.mask.shape))
+        resized = cv2.resize(region, (size, size), interpolation=cv2.INTER_NEAREST)
+        self.logits = torch.nn.functional.one_hot(torch.from_numpy(resized).long(), 4).permute(2, 0, 1)[None] * 20.0
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1, -1, -1)
+
+
+def test_the_pipeline_reports_a_missed_lowest_disc_and_keeps_the_names(compose, case):
+    from pathlib import Path
+
+    from plid.datamodules.io import Scan
+    from plid.models.detection import RoiCropper
+    from plid.pipeline.core import Pipeline
+    from plid.pipeline.model_dir import LoadedModule
+    from plid.pipeline.report import overlay
+    from tests.test_pipeline import _models, _truth_cropper
+
+    truth = _truth_cropper(case)
+
+    def detect_discs(region):  # the phantom's discs, the lowest (L5/S1) missed
+        boxes, scores = truth.ivd(region)
+        keep = [k for k, b in enumerate(boxes) if not _is_lowest(b, boxes)]
+        return boxes[keep], scores[keep]
+
+    models = _models(compose)
+    models.segmenter = LoadedModule("segmenter", _MaskSegmenter(case, 64), 64, 0.1)
+    pipeline = Pipeline(models, cropper=RoiCropper(truth.lumbar, detect_discs, 0.1))
+    report = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report
+    assert len(report["discs"]) == len(case.discs) - 1
+    assert [d["name"] for d in report["discs"]] == level_names(len(case.discs))[1:]  # L4/L5 up: right
+    assert [d["level"] for d in report["missed_discs_suspected"]] == [1]
+    assert report["missed_discs_suspected"][0]["name"] == "L5/S1"
+    assert report["levels_uncertain"] and "missed" in report["levels_uncertain_reason"]
+    assert all(d["level_confidence"] < 1 for d in report["discs"])
+    counted = Pipeline(models, cropper=RoiCropper(truth.lumbar, detect_discs, 0.1), levels="count")
+    assert counted(Scan("case", Path("case.png"), case.image, 0.5, "image")).report["discs"][0]["name"] == "L5/S1"
+    assert overlay(case.image, report, None).shape[2] == 3
+
+
+def _is_lowest(box, boxes) -> bool:
+    return (box[1] + box[3]) / 2 == max((b[1] + b[3]) / 2 for b in boxes)
