@@ -144,8 +144,8 @@ def main() -> None:
                                       "report": summary["cases"][0]})
     results = {
         "series": {"slices": SLICES, "source": source, "files": "suffix-less DICOM, shuffled names, 16-bit"},
-        "model_dir": str(model_dir) if trained else "untrained tiny model_dir built by this script (YOLOv8n at "
-                                                     "256 px, smoke U-Net and ResNet-50 classifier); detector conf 1e-5",
+        "model_dir": str(model_dir) if trained else ("untrained tiny model_dir built by this script (YOLOv8n at "
+                                                     "256 px, smoke U-Net and ResNet-50); detector conf 1e-5"),
         "trained_models": trained, "repeats": repeats,
         "discover_and_read_s": {"median": statistics.median(read_samples), "min": min(read_samples)},
     }

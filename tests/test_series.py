@@ -266,7 +266,8 @@ def test_discs_are_matched_across_slices_by_overlap_then_distance():
     assert match_discs(reference, other) == {1: 0, 0: 1}
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="headless Chromium not installed (apt-get install chromium)")
 def test_report_page_renders_in_headless_chromium(study, pipeline, tmp_path):
     out = tmp_path / "out"
     predict_inputs(study, pipeline, out, progress=False, slices=SliceOptions(slices=3))
@@ -278,3 +279,13 @@ def test_report_page_renders_in_headless_chromium(study, pipeline, tmp_path):
     image = cv2.imread(str(shot))
     assert image is not None, "no screenshot written"
     assert image.std() > 10 and len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # text, tables, overlays
+
+
+def test_a_list_of_slice_files_of_one_series_is_one_case(tmp_path, slices, pipeline):
+    """What predict_files (the end-to-end evaluation's entry) makes of one series' .dcm files given one by one."""
+    files = write_dicom_series(slices[:5], tmp_path / "scans", names=[f"slice{k}.dcm" for k in range(5)],
+                               series_number=2)
+    random.Random(3).shuffle(files)
+    summary = predict_files(files, pipeline, tmp_path / "out", progress=False, slices=SliceOptions("center"))
+    (report,) = summary["cases"]
+    assert report["name"] == "sample_s2_T2_SAG" and report["slice_index"] == 2 and report["series"]["files"] == 5
