@@ -257,6 +257,10 @@ def test_series_that_cannot_be_analysed_say_why(tmp_path, slices):
     with pytest.raises(CaseSkipped, match="axial volume"):
         read_case(volumes["axial"])
     assert read_case(volumes["sagittal"]).volume.num_slices == 5
+    # one slice file of an axial series, given alone, is not taken for a sagittal image either
+    (lone,) = write_dicom_series(slices[:1], tmp_path / "lone", "axial", names=["IM0001"])
+    alone = discover(lone)
+    assert not alone.cases and alone.skipped[0].reason.startswith("axial series")
 
 
 def test_discs_are_matched_across_slices_by_overlap_then_distance():

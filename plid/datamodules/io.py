@@ -245,7 +245,6 @@ def _read_series(source: CaseSource) -> Case:
     source.info["photometric"] = str(first.get("PhotometricInterpretation", "MONOCHROME2"))
     source.info["plane"] = "sagittal"
     if int(first.get("NumberOfFrames", 1) or 1) > 1:  # one enhanced multi-frame file: a volume of its own
-        source.kind = "dicom"
         stored = sitk.ReadImage(str(source.files[0]))
         plane = volume_plane(stored)
         source.info["plane"] = plane

@@ -106,7 +106,7 @@ def _flags(report: dict[str, Any], disc: dict[str, Any] | None) -> list[str]:
 def _per_slice(disc: dict[str, Any]) -> str:
     if not disc.get("slices"):
         return ""
-    return " / ".join("–" if _probability(s) is None else f"{_probability(s):.2f}" for s in disc["slices"])
+    return " / ".join("–" if _probability(s) is None else f"{_probability(s):.3f}" for s in disc["slices"])
 
 
 def _summary(reports: list[dict[str, Any]]) -> str:
@@ -196,7 +196,9 @@ def _case(report: dict[str, Any], page: Path) -> str:
 def _study_title(study: dict[str, Any] | None, patient: str | None) -> str:
     if not study:
         return "Images and volume files"
-    parts = [study.get("description") or "study", study.get("date") or "", f"patient {patient}" if patient else ""]
+    uid = study.get("uid") or ""
+    parts = [study.get("description") or "study", study.get("date") or "", f"patient {patient}" if patient else "",
+             f"study …{uid[-8:]}" if uid else ""]  # two studies of one day and description stay apart
     return " · ".join(p for p in parts if p)
 
 
@@ -216,10 +218,11 @@ def write_html(path: str | Path, reports: list[dict[str, Any]], errors: list[dic
         group(report.get("study"), report.get("patient"))["cases"].append(report)
     for entry in skipped:
         group(entry.get("study"), entry.get("patient"))["skipped"].append(entry)
-    sections = []
+    sections, in_order = [], []
     for key in sorted(groups, key=lambda k: (k == "", groups[k]["title"])):
         entry = groups[key]
         cases = sorted(entry["cases"], key=lambda r: ((r.get("series") or {}).get("number") or 0, r["name"]))
+        in_order.extend(cases)
         skipped_items = "".join(
             f"<li><b>{html.escape(s['series'])}</b> ({html.escape(s['file'])}): {html.escape(s['reason'])}</li>"
             for s in entry["skipped"])
@@ -232,10 +235,10 @@ body{{font-family:sans-serif;margin:2em}} section{{display:flex;gap:2em;margin-b
 img{{max-width:512px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px}}
 .warn{{color:#b00}} tr.flag td{{background:#fde2e2}} .file{{color:#666;font-size:90%}}
 h2{{border-bottom:2px solid #444;margin-top:1.5em}}</style></head><body><h1>{html.escape(title)}</h1>
-<p>{len(reports)} cases analysed, {len(skipped)} series skipped, {len(errors)} files failed. Disc levels are
-named from the lowest disc found up, assuming it is L5/S1; probabilities are the classifier's
+<p>Cases analysed: {len(reports)}; series not analysed: {len(skipped)}; files that could not be read:
+{len(errors)}. Disc levels are named from the lowest disc found up, assuming it is L5/S1; probabilities are the classifier's
 ({html.escape(_target(reports))}).</p>
-<h2>Summary</h2>{_summary(reports)}
+<h2>Summary</h2>{_summary(in_order)}
 {''.join(sections)}{f'<h2>Files that could not be read</h2><ul>{failed}</ul>' if errors else ''}</body></html>
 """
     with atomic_write(path) as handle:
