@@ -293,3 +293,17 @@ def test_a_list_of_slice_files_of_one_series_is_one_case(tmp_path, slices, pipel
     summary = predict_files(files, pipeline, tmp_path / "out", progress=False, slices=SliceOptions("center"))
     (report,) = summary["cases"]
     assert report["name"] == "sample_s2_T2_SAG" and report["slice_index"] == 2 and report["series"]["files"] == 5
+
+
+def test_monochrome1_is_shown_as_stored_for_display(tmp_path, slices):
+    """MONOCHROME1 (low values white): read back with the same polarity as the picture written."""
+    import pydicom
+
+    files = write_dicom_series(slices[:3], tmp_path, slope=1.0, intercept=0.0)
+    for path in files:
+        ds = pydicom.dcmread(str(path))
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.PixelData = (255 - ds.pixel_array).astype(np.uint16).tobytes()
+        ds.save_as(path)
+    case = read_case(discover(tmp_path).cases[0])
+    assert np.corrcoef(case.volume.image(1).ravel().astype(float), slices[1].ravel().astype(float))[0, 1] > 0.99

@@ -17,6 +17,11 @@ largest component is along x; axial and coronal series are skipped, never given 
 orientation, pixel spacing and size in every slice, and evenly spaced slices; a series that fails is a
 :class:`Skipped` entry with its reason. A file whose header cannot be read is an error naming it; the series
 goes on without it.
+
+Series are grouped and ordered here from pydicom's headers rather than with GDCM's
+``GetGDCMSeriesIDs``/``GetGDCMSeriesFileNames``: those look in one folder only and silently drop a file they
+cannot read (a truncated slice vanishes, leaving a gap no one is told of); the pixels are then read by
+SimpleITK's ``ImageSeriesReader`` in this order (:mod:`plid.datamodules.io`), which gives the geometry.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ grayscale, upright, anterior on the left, square pixels, intensities scaled per 
 
 - PNG / JPEG / BMP / TIFF (cv2): one image taken as it is (already 8-bit and upright); pixel spacing unknown.
 - NIfTI / MHA / NRRD volumes (SimpleITK) and DICOM series (SimpleITK's ``ImageSeriesReader`` on the files in
-  the order :mod:`plid.datamodules.dicom` checked; rescale slope and intercept applied, ``MONOCHROME1``
-  inverted): a :class:`Volume` reoriented to ``PIL`` with ``DICOMOrient`` (slice index growing to the patient's
-  left, each slice upright with anterior on the left), intensities scaled between the volume's 0.5 and 99.5
+  the order :mod:`plid.datamodules.dicom` checked; GDCM applies rescale slope and intercept and inverts
+  ``MONOCHROME1``): a :class:`Volume` reoriented to ``PIL`` with ``DICOMOrient`` (slice index growing to the
+  patient's left, each slice upright with anterior on the left), intensities scaled between the volume's 0.5 and 99.5
   percentiles to 8 bits and each slice resampled to square pixels, with the SPIDER importer's own code
   (:mod:`plid.datamodules.spider`), so a scan is read exactly as training data were made. The volume as read
   (``Volume.stored``) keeps the input's geometry, which masks are written back in.
@@ -194,9 +194,7 @@ def _volume(source: CaseSource, stored) -> Case:
     from plid.datamodules.spider import ORIENTATION, scale_to_uint8
 
     oriented = sitk.DICOMOrient(stored, ORIENTATION)
-    array = sitk.GetArrayFromImage(oriented)  # (left, inferior, posterior)
-    if source.info.get("photometric") == "MONOCHROME1":
-        array = array.max() - array
+    array = sitk.GetArrayFromImage(oriented)  # (left, inferior, posterior); GDCM has inverted MONOCHROME1
     col_spacing, row_spacing, _ = oriented.GetSpacing()
     volume = Volume(stored, oriented, scale_to_uint8(array), float(row_spacing), float(col_spacing))
     return Case(source, volume=volume, spacing_mm=volume.spacing_mm, info=source.info)
@@ -242,7 +240,6 @@ def _read_series(source: CaseSource) -> Case:
     import SimpleITK as sitk
 
     first = pydicom.dcmread(str(source.files[0]), stop_before_pixels=True, force=True)
-    source.info["photometric"] = str(first.get("PhotometricInterpretation", "MONOCHROME2"))
     source.info["plane"] = "sagittal"
     if int(first.get("NumberOfFrames", 1) or 1) > 1:  # one enhanced multi-frame file: a volume of its own
         stored = sitk.ReadImage(str(source.files[0]))

@@ -236,8 +236,8 @@ img{{max-width:512px}} table{{border-collapse:collapse}} td,th{{border:1px solid
 .warn{{color:#b00}} tr.flag td{{background:#fde2e2}} .file{{color:#666;font-size:90%}}
 h2{{border-bottom:2px solid #444;margin-top:1.5em}}</style></head><body><h1>{html.escape(title)}</h1>
 <p>Cases analysed: {len(reports)}; series not analysed: {len(skipped)}; files that could not be read:
-{len(errors)}. Disc levels are named from the lowest disc found up, assuming it is L5/S1; probabilities are the classifier's
-({html.escape(_target(reports))}).</p>
+{len(errors)}. Disc levels are named from the lowest disc found up, assuming it is L5/S1; probabilities are the
+classifier's ({html.escape(_target(reports))}).</p>
 <h2>Summary</h2>{_summary(in_order)}
 {''.join(sections)}{f'<h2>Files that could not be read</h2><ul>{failed}</ul>' if errors else ''}</body></html>
 """
