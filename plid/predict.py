@@ -1,11 +1,15 @@
 """From scans to per-disc reports with a model_dir (``python -m plid.export``).
 
     python -m plid.predict input=/scans/case1.dcm model_dir=/models/plid out=/reports/case1
-    python -m plid.predict input=/scans model_dir=/models/plid out=/reports
+    python -m plid.predict input=/studies/patient7 model_dir=/models/plid out=/reports     # a DICOM study
+    python -m plid.predict input=/studies/patient7 model_dir=/models/plid slices=5 slice_aggregation=max
 
-Writes into ``out``: ``report.json`` (every case and every file that failed), ``overlays/<name>.png`` (boxes,
-levels, probabilities, mask) and ``report.html`` (all cases on one page). A file that cannot be read is
-reported and skipped; the rest go on.
+``input`` is a file, a series folder or a study folder, searched recursively; DICOM files are recognised by
+content and grouped into series (:mod:`plid.datamodules.dicom`); each series, volume or image is one case.
+Writes into ``out``: ``report.json`` (every case, the series skipped and why, every file that failed),
+``overlays/<case>.png`` (boxes, levels, probabilities, mask), ``masks/<case>.png`` (2D inputs) or
+``masks/<case>.nii.gz`` (volumes and series, in their geometry) and ``report.html`` (all cases on one page). A
+file that cannot be read is reported and skipped; the rest go on.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from plid.datamodules.io import list_scans
 from plid.errors import UserInputError
-from plid.pipeline.batch import predict_files
+from plid.pipeline.batch import predict_inputs
 from plid.pipeline.core import Pipeline
 from plid.pipeline.model_dir import load_model_dir
+from plid.pipeline.slices import SliceOptions
 from plid.utils.hydra import run_task
 from plid.utils.io import claim_output_dir
 
@@ -32,18 +36,18 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     source = cfg.get("input") or ((cfg.get("data") or {}).get("root") and Path(cfg.data.root) / "images")
     if not source:
         raise UserInputError("give input=<file or folder> (or data.root=<dataset> to predict on its images/)")
-    files = list_scans(source)
-    if cfg.get("max_images"):
-        files = files[: int(cfg.max_images)]
+    options = SliceOptions(str(cfg.get("slice") or "anatomical"), int(cfg.get("slices") or 1),
+                           str(cfg.get("slice_aggregation") or "mean"))
     out = claim_output_dir(Path(cfg.get("out") or cfg.paths.output_dir).expanduser().resolve(), "report.json",
                            cfg.get("overwrite", False))
     pipeline = Pipeline(load_model_dir(cfg.model_dir), max_named_levels=int(cfg.max_named_levels),
                         conf=cfg.get("conf"), iou=cfg.get("iou"),
                         levels=str(cfg.get("levels", "anatomy")))
-    summary = predict_files(files, pipeline, out)
+    summary = predict_inputs(source, pipeline, out, slices=options, max_cases=cfg.get("max_images"))
     found = sum(c["status"] == "ok" for c in summary["cases"])
-    log.info("%d images: %d with a lumbar region, %d without, %d unreadable", len(files), found,
-             len(summary["cases"]) - found, len(summary["errors"]))
+    log.info("%d cases: %d with a lumbar region, %d without; %d series skipped, %d files unreadable",
+             len(summary["cases"]), found, len(summary["cases"]) - found, len(summary["skipped"]),
+             len(summary["errors"]))
     print(f"Report: {out / 'report.html'}")
     return summary
 

@@ -1,38 +1,50 @@
-"""Reading new scans for inference: one 8-bit sagittal image per file, upright with anterior on the left.
+"""Reading new scans for inference: images, volumes and DICOM series, brought to the training contract.
 
 What the models were trained on is the spider2d contract (``../shared/data/spider2d/README.md``): 8-bit
-grayscale, upright, anterior on the left, square pixels. Every reader brings its format there:
+grayscale, upright, anterior on the left, square pixels, intensities scaled per volume. Each case found by
+:func:`plid.datamodules.dicom.discover` is read here as a :class:`Case`:
 
-- PNG / JPEG / BMP / TIFF (cv2): taken as they are (already 8-bit and upright); the pixel spacing is unknown.
-- DICOM (pydicom): the stored values times ``RescaleSlope`` plus ``RescaleIntercept``, ``MONOCHROME1``
-  inverted, the middle frame of a multi-frame file; orientation from ``ImageOrientationPatient`` (rows to
-  inferior, columns to posterior), pixels made square at the finer ``PixelSpacing``, and intensities scaled
-  between the 0.5 and 99.5 percentiles to 8 bits, as the SPIDER importer scales its volumes.
-- NIfTI / MHA / NRRD volumes (SimpleITK): reoriented to ``PIL`` and cut at the middle sagittal slice, with the
-  importer's own code (:mod:`plid.datamodules.spider`), so a volume is read exactly as training data were made.
+- PNG / JPEG / BMP / TIFF (cv2): one image taken as it is (already 8-bit and upright); pixel spacing unknown.
+- NIfTI / MHA / NRRD volumes (SimpleITK) and DICOM series (SimpleITK's ``ImageSeriesReader`` on the files in
+  the order :mod:`plid.datamodules.dicom` checked; GDCM applies rescale slope and intercept and inverts
+  ``MONOCHROME1``): a :class:`Volume` reoriented to ``PIL`` with ``DICOMOrient`` (slice index growing to the
+  patient's left, each slice upright with anterior on the left), intensities scaled between the volume's 0.5 and 99.5
+  percentiles to 8 bits and each slice resampled to square pixels, with the SPIDER importer's own code
+  (:mod:`plid.datamodules.spider`), so a scan is read exactly as training data were made. The volume as read
+  (``Volume.stored``) keeps the input's geometry, which masks are written back in.
 
-A file that cannot be read raises :class:`ScanReadError` naming the file; the caller decides whether the rest
-of a folder goes on.
+The plane of a volume file comes from its direction matrix: the slice axis is the one with the coarsest
+spacing (a 2D acquisition's slice thickness), or the third index axis where spacing is near isotropic; the
+volume is sagittal when that axis runs mostly along x. DICOM series are checked from their headers before
+reading. A series or volume in another plane raises :class:`CaseSkipped`; a file that cannot be read raises
+:class:`ScanReadError` naming it. One unreadable slice of a series is named, and the series read without it
+where the rest stays evenly spaced.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from plid.datamodules.dicom import (  # noqa: F401 - re-exported: the suffixes predict reads
+    DICOM_SUFFIXES, IMAGE_SUFFIXES, VOLUME_SUFFIXES, CaseSource, collect, plane_of, recheck, scan_suffix,
+)
 from plid.errors import UserInputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
 SCAN_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES + VOLUME_SUFFIXES
+ISOTROPIC = 1.1  # a slice axis coarser than the other two by less than this factor is not told apart by spacing
 
 
 class ScanReadError(UserInputError):
     """A file given to predict cannot be read as a scan; the message names it and says why."""
+
+
+class CaseSkipped(UserInputError):
+    """A case that is read but not analysed (a plane the models do not read, slices that disagree): why."""
 
 
 @dataclass
@@ -45,11 +57,6 @@ class Scan:
     spacing_mm: float | None  # side of a (square) pixel in mm; None where the file does not say
     format: str  # image, dicom or volume
     slice_index: int | None = None  # the sagittal slice taken from a volume (index in the reoriented volume)
-
-
-def scan_suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
 def scan_name(path: Path) -> str:
@@ -70,36 +77,143 @@ def list_scans(path: str | Path) -> list[Path]:
     return files
 
 
-def read_scan(path: str | Path) -> Scan:
-    """Read any supported file as a :class:`Scan`; :class:`ScanReadError` names the file when that fails."""
-    path = Path(path).expanduser()
-    suffix = scan_suffix(path)
-    if not path.is_file():
-        raise ScanReadError(f"{path}: file not found")
+@dataclass
+class Volume:
+    """A 3D scan as read and as the models see it."""
+
+    stored: Any  # SimpleITK image as read: the input's geometry (size, spacing, origin, direction)
+    oriented: Any  # the same reoriented to PIL (axis 0 of ``scaled`` = its third index axis)
+    scaled: np.ndarray  # (slices, rows, columns) uint8, windowed over the whole volume, not yet square pixels
+    row_spacing: float
+    col_spacing: float
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.scaled.shape[0])
+
+    @property
+    def spacing_mm(self) -> float:
+        return float(min(self.row_spacing, self.col_spacing))
+
+    def image(self, k: int) -> np.ndarray:
+        """Slice ``k`` (counting to the patient's left) upright, anterior on the left, square pixels."""
+        from plid.datamodules.spider import square_pixels
+
+        return square_pixels(self.scaled[k], self.row_spacing, self.col_spacing, cv2.INTER_LINEAR)
+
+    def label_map(self, masks: dict[int, np.ndarray]):
+        """A uint8 SimpleITK label map in the stored geometry: ``masks[k]`` (class masks of :meth:`image` ``k``)
+        in their slices, 0 elsewhere."""
+        import SimpleITK as sitk
+
+        labels = np.zeros(self.scaled.shape, np.uint8)
+        rows, cols = self.scaled.shape[1:]
+        for k, mask in masks.items():
+            labels[k] = mask if mask.shape == (rows, cols) else cv2.resize(mask, (cols, rows),
+                                                                           interpolation=cv2.INTER_NEAREST)
+        oriented = sitk.GetImageFromArray(labels)
+        oriented.CopyInformation(self.oriented)
+        code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.stored.GetDirection())
+        stored = sitk.DICOMOrient(oriented, code)
+        stored.CopyInformation(self.stored)  # the same grid by construction: exact geometry, no rounding
+        return stored
+
+
+@dataclass
+class Case:
+    """One case read: a 2D image, or a volume whose slices are analysed."""
+
+    source: CaseSource
+    image: np.ndarray | None = None  # 2D inputs: (H, W) uint8
+    volume: Volume | None = None
+    spacing_mm: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def format(self) -> str:
+        return self.source.kind
+
+    def scan(self, k: int | None = None) -> Scan:
+        """The image given to the pipeline: the 2D image, or slice ``k`` of the volume."""
+        if self.volume is None:
+            return Scan(self.name, self.source.path, self.image, self.spacing_mm, self.format)
+        return Scan(self.name, self.source.path, self.volume.image(k), self.volume.spacing_mm, self.format,
+                    slice_index=int(k))
+
+
+def read_case(source: CaseSource) -> Case:
+    """Read a :class:`CaseSource`; :class:`ScanReadError` names the file when that fails, :class:`CaseSkipped`
+    says why a case is not analysed. Files of a DICOM series left out are added to ``source.errors``."""
+    path = source.path
     try:
-        if suffix in IMAGE_SUFFIXES:
-            return _read_image(path)
-        if suffix in VOLUME_SUFFIXES:
-            return _read_volume(path)
-        return _read_dicom(path)  # .dcm, or any other suffix: DICOM files often have none
-    except ScanReadError:
+        if source.kind == "image":
+            return _read_image(source)
+        if source.kind == "volume":
+            return _read_volume_file(source)
+        return _read_series(source)
+    except (ScanReadError, CaseSkipped):
         raise
     except Exception as error:  # noqa: BLE001 - any decoder failure is this file's problem, reported by name
         raise ScanReadError(f"{path}: cannot be read as a scan ({type(error).__name__}: {error})") from error
 
 
-def _read_image(path: Path) -> Scan:
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+def read_scan(path: str | Path) -> Scan:
+    """One file as a :class:`Scan` (a volume's or series' middle slice); :class:`ScanReadError` names the file
+    when it cannot be read or is not a sagittal scan."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ScanReadError(f"{path}: file not found")
+    found = collect([path])
+    if found.errors:
+        raise ScanReadError(found.errors[0]["error"])
+    if found.skipped:
+        raise ScanReadError(f"{path}: {found.skipped[0].reason}")
+    if not found.cases:
+        raise ScanReadError(f"{path}: not an image (a DICOM object without pixels?)")
+    try:
+        case = read_case(found.cases[0])
+    except CaseSkipped as error:
+        raise ScanReadError(f"{path}: {error}") from error
+    return case.scan(None if case.volume is None else case.volume.num_slices // 2)
+
+
+def _read_image(source: CaseSource) -> Case:
+    image = cv2.imread(str(source.path), cv2.IMREAD_GRAYSCALE)
     if image is None:
-        raise ScanReadError(f"{path}: cannot be decoded as an image (corrupt or truncated?)")
-    return Scan(scan_name(path), path, image, None, "image")
+        raise ScanReadError(f"{source.path}: cannot be decoded as an image (corrupt or truncated?)")
+    return Case(source, image=image)
 
 
-def _read_volume(path: Path) -> Scan:
+def _volume(source: CaseSource, stored) -> Case:
     import SimpleITK as sitk
 
-    from plid.datamodules.spider import ORIENTATION, central_slices, scale_to_uint8, square_pixels
+    from plid.datamodules.spider import ORIENTATION, scale_to_uint8
 
+    oriented = sitk.DICOMOrient(stored, ORIENTATION)
+    array = sitk.GetArrayFromImage(oriented)  # (left, inferior, posterior); GDCM has inverted MONOCHROME1
+    col_spacing, row_spacing, _ = oriented.GetSpacing()
+    volume = Volume(stored, oriented, scale_to_uint8(array), float(row_spacing), float(col_spacing))
+    return Case(source, volume=volume, spacing_mm=volume.spacing_mm, info=source.info)
+
+
+def volume_plane(image) -> str:
+    """sagittal, coronal or axial: where the slice axis of a volume runs (see the module docstring)."""
+    spacing = np.asarray(image.GetSpacing(), float)
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)  # columns: the index axes in LPS
+    coarsest = int(np.argmax(spacing))
+    others = np.delete(spacing, coarsest)
+    axis = coarsest if spacing[coarsest] > ISOTROPIC * others.max() else 2
+    return plane_of(direction[:, axis])
+
+
+def _read_volume_file(source: CaseSource) -> Case:
+    import SimpleITK as sitk
+
+    path = source.path
     try:
         stored = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -110,64 +224,67 @@ def _read_volume(path: Path) -> Scan:
         raise ScanReadError(f"{path}: expected a 2D image or 3D volume, got {stored.GetDimension()}D")
     if stored.GetNumberOfComponentsPerPixel() != 1:
         raise ScanReadError(f"{path}: {stored.GetNumberOfComponentsPerPixel()} components per voxel; expected one")
-    volume_image = sitk.DICOMOrient(stored, ORIENTATION)
-    volume = sitk.GetArrayFromImage(volume_image)  # (left, inferior, posterior)
-    k = central_slices(volume.shape[0], None, 1)[0]
-    col_spacing, row_spacing, _ = volume_image.GetSpacing()
-    image = square_pixels(scale_to_uint8(volume[k]), row_spacing, col_spacing, cv2.INTER_LINEAR)
-    return Scan(scan_name(path), path, image, float(min(row_spacing, col_spacing)), "volume", slice_index=k)
+    plane = volume_plane(stored)
+    source.info.setdefault("plane", plane)
+    if plane != "sagittal":
+        raise CaseSkipped(f"{plane} volume, not analysed (the models read sagittal slices)")
+    return _volume(source, stored)
 
 
-def _read_dicom(path: Path) -> Scan:
+# direction of a lone DICOM slice without ImageOrientationPatient, taken as stored (upright, anterior left)
+_AS_STORED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+
+
+def _read_series(source: CaseSource) -> Case:
     import pydicom
+    import SimpleITK as sitk
 
-    from plid.datamodules.spider import scale_to_uint8, square_pixels
+    first = pydicom.dcmread(str(source.files[0]), stop_before_pixels=True, force=True)
+    source.info["plane"] = "sagittal"
+    if int(first.get("NumberOfFrames", 1) or 1) > 1:  # one enhanced multi-frame file: a volume of its own
+        stored = sitk.ReadImage(str(source.files[0]))
+        plane = volume_plane(stored)
+        source.info["plane"] = plane
+        if plane != "sagittal":
+            raise CaseSkipped(f"{plane} series, not analysed (the models read sagittal slices)")
+        return _volume(source, stored)
+    files = list(source.files)
+    try:
+        stored = _read_files(files)
+    except RuntimeError:
+        bad = [f for f in files if not _readable(f)]
+        if not bad:
+            raise
+        for f in bad:
+            source.errors.append({"file": str(f), "error": f"{f}: slice of {source.name} cannot be read "
+                                                         "(truncated or corrupt?); the series is read without it"})
+        files = [f for f in files if f not in bad]
+        reason = recheck(files) if files else "no readable slice"
+        if reason:
+            raise CaseSkipped(f"{reason}, once the unreadable file(s) {', '.join(f.name for f in bad)} are left out")
+        source.files = files
+        stored = _read_files(files)
+    source.info["slices"] = len(files)
+    if stored.GetDimension() == 2:
+        stored = sitk.JoinSeries(stored)
+    if first.get("ImageOrientationPatient") is None:
+        stored.SetDirection(_AS_STORED)
+    return _volume(source, stored)
+
+
+def _read_files(files: list[Path]):
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in files])  # already ordered along the slice normal
+    return reader.Execute()
+
+
+def _readable(path: Path) -> bool:
+    import SimpleITK as sitk
 
     try:
-        ds = pydicom.dcmread(str(path))
-    except Exception as error:  # noqa: BLE001 - pydicom raises several types for a bad file
-        raise ScanReadError(f"{path}: not a readable DICOM file ({error})") from error
-    if "PixelData" not in ds:
-        raise ScanReadError(f"{path}: DICOM file without pixel data")
-    pixels = ds.pixel_array.astype(np.float32)
-    if pixels.ndim == 3 and int(getattr(ds, "NumberOfFrames", 1)) > 1:
-        pixels = pixels[pixels.shape[0] // 2]
-    if pixels.ndim != 2:
-        raise ScanReadError(f"{path}: pixel data of shape {pixels.shape}; expected one grayscale image")
-    pixels = pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
-    if getattr(ds, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        pixels = pixels.max() - pixels
-    pixels = _upright(pixels, getattr(ds, "ImageOrientationPatient", None))
-    spacing = getattr(ds, "PixelSpacing", None)
-    row_spacing, col_spacing = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
-    if _transposed(getattr(ds, "ImageOrientationPatient", None)):
-        row_spacing, col_spacing = col_spacing, row_spacing
-    image = square_pixels(scale_to_uint8(pixels), row_spacing, col_spacing, cv2.INTER_LINEAR)
-    return Scan(scan_name(path), path, image, float(min(row_spacing, col_spacing)) if spacing else None, "dicom")
-
-
-def _transposed(orientation) -> bool:
-    """Whether the stored rows run head-foot (so the image must be transposed to stand upright)."""
-    if orientation is None or len(orientation) != 6:
+        sitk.ReadImage(str(path))
+        return True
+    except RuntimeError:
         return False
-    row = np.abs(np.asarray(orientation[:3], dtype=float))
-    return bool(row[2] > row[1])
-
-
-def _upright(pixels: np.ndarray, orientation) -> np.ndarray:
-    """A sagittal DICOM slice turned so that columns run to posterior and rows to inferior (anterior left, head up).
-
-    ``ImageOrientationPatient`` gives, in the patient's LPS frame, the direction of increasing column index
-    (first three values) and of increasing row index (last three); posterior is +y, inferior is -z.
-    Without the tag the image is taken as stored.
-    """
-    if orientation is None or len(orientation) != 6:
-        return pixels
-    along_row, along_col = np.asarray(orientation[:3], dtype=float), np.asarray(orientation[3:], dtype=float)
-    if _transposed(orientation):
-        pixels, along_row, along_col = pixels.T, along_col, along_row
-    if along_row[1] < 0:  # columns run to anterior: flip left-right
-        pixels = pixels[:, ::-1]
-    if along_col[2] > 0:  # rows run to superior: flip upside down
-        pixels = pixels[::-1, :]
-    return np.ascontiguousarray(pixels)

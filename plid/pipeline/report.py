@@ -1,4 +1,9 @@
-"""What predict writes: the overlay PNG of one image and the HTML page of a folder."""
+"""What predict writes: the overlay PNG and mask of each case, and the HTML page of a run.
+
+The page opens with a summary table (one row per disc: case, level, the classifier's probability and flags),
+then the cases grouped by study and series (images and volume files without a study last), the series that were
+skipped with their reasons, and the files that could not be read.
+"""
 
 from __future__ import annotations
 
@@ -84,6 +89,72 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
     return Path(path)
 
 
+def write_label_map(path: str | Path, label_map) -> Path:
+    """A SimpleITK label map (NIfTI by the suffix of ``path``), compressed, written atomically."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name[: -len(''.join(path.suffixes))]}.partial{''.join(path.suffixes)}")
+    sitk.WriteImage(label_map, str(partial), True)
+    os.replace(partial, path)
+    return path
+
+
+def _flags(report: dict[str, Any], disc: dict[str, Any] | None) -> list[str]:
+    flags = list(report.get("warnings") or [])
+    if disc is None:
+        return [report.get("message") or report["status"], *flags]
+    threshold = (report.get("classifier") or {}).get("threshold", 0.5)
+    p = _probability(disc)
+    if p is not None and p >= threshold:
+        flags.insert(0, f"probability ≥ {threshold:g}")
+    if disc.get("flag"):
+        flags.append(disc["flag"].replace("_", " "))
+    elif disc.get("name") is None:
+        flags.append("level not named: " + (report.get("levels_uncertain_reason") or "too many discs found"))
+    elif report.get("levels_uncertain"):
+        flags.append("level uncertain: " + (report.get("levels_uncertain_reason") or ""))
+    values = [s for s in disc.get("slices", []) if _probability(s) is not None]
+    if disc.get("slices") and len(values) < len(disc["slices"]):
+        flags.append(f"found in {len(values)} of {len(disc['slices'])} slices")
+    return flags
+
+
+def _per_slice(disc: dict[str, Any]) -> str:
+    if not disc.get("slices"):
+        return ""
+    return " / ".join("–" if _probability(s) is None else f"{_probability(s):.3f}" for s in disc["slices"])
+
+
+def _summary(reports: list[dict[str, Any]]) -> str:
+    rows = []
+    multi = any(d.get("slices") for r in reports for d in r.get("discs", []))
+    for report in reports:
+        anchor = html.escape(_anchor(report))
+        name = f"<a href='#{anchor}'>{html.escape(report['name'])}</a>"
+        if not report.get("discs"):
+            rows.append(f"<tr class='warn'><td>{name}</td><td>–</td><td></td>{'<td></td>' if multi else ''}"
+                        f"<td>{html.escape('; '.join(_flags(report, None)))}</td></tr>")
+            continue
+        for disc in report["discs"]:
+            p = _probability(disc)
+            flags = _flags(report, disc)
+            cls = " class='flag'" if flags and flags[0].startswith("probability") else ""
+            level = _level_label(disc, report)
+            rows.append(f"<tr{cls}><td>{name}</td><td>{html.escape(level)}</td>"
+                        f"<td>{'' if p is None else f'{p:.3f}'}</td>"
+                        f"{f'<td>{_per_slice(disc)}</td>' if multi else ''}"
+                        f"<td>{html.escape('; '.join(flags))}</td></tr>")
+    head = "<tr><th>case</th><th>level</th><th>probability</th>" + ("<th>per slice</th>" if multi else "") + \
+        "<th>flags</th></tr>"
+    return f"<table class='summary'>{head}{''.join(rows)}</table>"
+
+
+def _anchor(report: dict[str, Any]) -> str:
+    return "case-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in report["name"])
+
+
 def _disc_rows(report: dict[str, Any]) -> str:
     """One row per disc, bottom-up, the suspected missed discs among them; uncertain names marked ``?``."""
     discs = [*report.get("discs", []), *({**d, "flag": "missed_disc_suspected"} for d in
@@ -96,7 +167,7 @@ def _disc_rows(report: dict[str, Any]) -> str:
         rows.append(f"<tr><td>{'' if disc['level'] is None else disc['level']}</td>"
                     f"<td>{html.escape(_level_label(disc, report))}</td>"
                     f"<td>{'' if confidence is None else f'{confidence:.2f}'}</td>"
-                    f"<td>{'' if p is None else f'{p:.3f}'}</td>"
+                    f"<td>{'' if p is None else f'{p:.3f}'}</td><td>{_per_slice(disc)}</td>"
                     f"<td>{'' if score is None else f'{score:.2f}'}</td>"
                     f"<td class='warn'>{html.escape(flag)}</td></tr>")
     return "".join(rows)
@@ -118,29 +189,87 @@ def _target(reports: list[dict[str, Any]]) -> str:
     return (described or {}).get("target") or "no classifier"
 
 
-def write_html(path: str | Path, reports: list[dict[str, Any]], errors: list[dict[str, str]], title: str) -> Path:
-    """One page with every case: its overlay, its discs, the segmented areas; and the files that failed."""
+def _series_line(report: dict[str, Any]) -> str:
+    series = report.get("series") or {}
+    parts = []
+    if series:
+        parts.append(f"series {series.get('number')} {series.get('description') or ''}".strip())
+    if report.get("modality"):
+        parts.append(report["modality"])
+    if report.get("slices_analysed") is not None:
+        choice = report.get("slice_choice") or {}
+        parts.append(f"slice {report.get('slice_index')} of {report.get('num_slices')} ({choice.get('method')})")
+        if len(report["slices_analysed"]) > 1:
+            parts.append(f"slices {report['slices_analysed']} aggregated by {report.get('slice_aggregation')}")
+    return " · ".join(html.escape(str(p)) for p in parts)
+
+
+def _case(report: dict[str, Any], page: Path) -> str:
+    overlay_src = os.path.relpath(report["overlay"], page.parent) if report.get("overlay") else ""
+    status = "" if report["status"] == "ok" else f"<p class='warn'>{html.escape(report.get('message', ''))}</p>"
+    if report.get("levels_uncertain"):
+        status += f"<p class='warn'>Levels uncertain: {html.escape(report.get('levels_uncertain_reason') or '')}</p>"
+    warnings = "".join(f"<p class='warn'>{html.escape(w)}</p>" for w in report.get("warnings") or [])
+    table = ("<table><tr><th>#</th><th>level</th><th>level confidence</th><th>probability</th><th>per slice</th>"
+             "<th>detector score</th><th>flag</th></tr>"
+             f"{_disc_rows(report)}</table>") if report.get("discs") else "<p>No disc found.</p>"
+    mask = ""
+    if report.get("mask"):
+        mask_src = os.path.relpath(report["mask"], page.parent)
+        mask = f"<p>Mask: <a href='{html.escape(mask_src)}'>{html.escape(mask_src)}</a></p>"
+    return (f"<section id='{html.escape(_anchor(report))}'><div><h3>{html.escape(report['name'])}</h3>"
+            f"<img src='{html.escape(overlay_src)}'></div><div><p>{_series_line(report)}</p>{warnings}{status}"
+            f"<p class='file'>{html.escape(report['file'])}</p>{table}{_areas(report)}{mask}</div></section>")
+
+
+def _study_title(study: dict[str, Any] | None, patient: str | None) -> str:
+    if not study:
+        return "Images and volume files"
+    uid = study.get("uid") or ""
+    parts = [study.get("description") or "study", study.get("date") or "", f"patient {patient}" if patient else "",
+             f"study …{uid[-8:]}" if uid else ""]  # two studies of one day and description stay apart
+    return " · ".join(p for p in parts if p)
+
+
+def write_html(path: str | Path, reports: list[dict[str, Any]], errors: list[dict[str, str]], title: str,
+               skipped: list[dict[str, Any]] | None = None) -> Path:
+    """One page: the summary table, every case grouped by study and series (overlay, discs, areas, mask), the
+    series skipped with their reasons, and the files that failed."""
     path = Path(path)
-    cases = []
+    skipped = skipped or []
+    groups: dict[str, dict[str, Any]] = {}
+
+    def group(study, patient):
+        key = (study or {}).get("uid") or ""
+        return groups.setdefault(key, {"title": _study_title(study, patient), "cases": [], "skipped": []})
+
     for report in reports:
-        overlay_src = os.path.relpath(report["overlay"], path.parent) if report.get("overlay") else ""
-        status = "" if report["status"] == "ok" else f"<p class='warn'>{html.escape(report.get('message', ''))}</p>"
-        if report.get("levels_uncertain"):
-            status += f"<p class='warn'>Levels uncertain: {html.escape(report.get('levels_uncertain_reason') or '')}</p>"
-        table = ("<table><tr><th>#</th><th>level</th><th>level confidence</th><th>probability</th>"
-                 "<th>detector score</th><th>flag</th></tr>"
-                 f"{_disc_rows(report)}</table>") if report.get("discs") else "<p>No disc found.</p>"
-        cases.append(f"<section><h2>{html.escape(report['name'])}</h2><img src='{html.escape(overlay_src)}'>"
-                     f"<div>{status}<p>{html.escape(report['file'])}</p>{table}{_areas(report)}</div></section>")
+        group(report.get("study"), report.get("patient"))["cases"].append(report)
+    for entry in skipped:
+        group(entry.get("study"), entry.get("patient"))["skipped"].append(entry)
+    sections, in_order = [], []
+    for key in sorted(groups, key=lambda k: (k == "", groups[k]["title"])):
+        entry = groups[key]
+        cases = sorted(entry["cases"], key=lambda r: ((r.get("series") or {}).get("number") or 0, r["name"]))
+        in_order.extend(cases)
+        skipped_items = "".join(
+            f"<li><b>{html.escape(s['series'])}</b> ({html.escape(s['file'])}): {html.escape(s['reason'])}</li>"
+            for s in entry["skipped"])
+        sections.append(f"<h2>{html.escape(entry['title'])}</h2>{''.join(_case(r, path) for r in cases)}"
+                        + (f"<h4>Series not analysed</h4><ul class='skipped'>{skipped_items}</ul>"
+                           if skipped_items else ""))
     failed = "".join(f"<li><b>{html.escape(e['file'])}</b>: {html.escape(e['error'])}</li>" for e in errors)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
 body{{font-family:sans-serif;margin:2em}} section{{display:flex;gap:2em;margin-bottom:2em;align-items:flex-start}}
 img{{max-width:512px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px}}
-.warn{{color:#b00}}</style></head><body><h1>{html.escape(title)}</h1>
-<p>{len(reports)} images analysed, {len(errors)} failed. Disc levels are numbered from the lowest disc up and
-named from L5/S1 where the segmentation confirms it (a name marked ? is uncertain: the reason is given); probabilities
-are the classifier's ({html.escape(_target(reports))}).</p>
-{''.join(cases)}{f'<h2>Files that could not be read</h2><ul>{failed}</ul>' if errors else ''}</body></html>
+.warn{{color:#b00}} tr.flag td{{background:#fde2e2}} .file{{color:#666;font-size:90%}}
+h2{{border-bottom:2px solid #444;margin-top:1.5em}}</style></head><body><h1>{html.escape(title)}</h1>
+<p>Cases analysed: {len(reports)}; series not analysed: {len(skipped)}; files that could not be read:
+{len(errors)}. Disc levels are numbered from the lowest disc up and named from L5/S1 where the segmentation
+confirms it (a name marked ? is uncertain: the reason is given); probabilities are the classifier's
+({html.escape(_target(reports))}).</p>
+<h2>Summary</h2>{_summary(in_order)}
+{''.join(sections)}{f'<h2>Files that could not be read</h2><ul>{failed}</ul>' if errors else ''}</body></html>
 """
     with atomic_write(path) as handle:
         handle.write(page)

@@ -1,0 +1,145 @@
+"""Which sagittal slices of a volume the pipeline analyses, and each disc's probability over several slices.
+
+``slice=anatomical`` (the default) picks the mid-sagittal slice from the image content: among the central
+half of the slices (:data:`CANDIDATE_FRACTION`), the one where the lumbar detector (stage 1) is most confident,
+ties going to the slice nearest the geometric centre. That detector was trained on mid-sagittal renders and the
+central slices of SPIDER's SPACE series, where the whole lumbar column, canal and discs show; lateral slices
+(pedicles, foramina, psoas) lose it first. It costs one stage-1 forward per candidate, the cheapest network of
+the pipeline, and needs no model beyond those of a model_dir. A canal-width criterion would need the segmenter
+on every candidate (several times the cost) and is less stable where the canal is narrowed, the case of
+interest. Where an off-centre field of view or a scoliosis moves the spine away from the middle, the most
+confident slice follows it within the candidates; it never leaves the central half, so a slice through the
+psoas is never chosen. ``slice=center`` keeps the geometric centre.
+
+``slices=K`` analyses K neighbouring slices centred on that choice. Each disc of the chosen slice is matched in
+the others (greedily by box IoU, at least :data:`MIN_IOU`; a disc with no such overlap falls back to the nearest
+box centre within half its height), and its probability becomes the mean or the maximum over the slices where
+it was found (``slice_aggregation``), with each slice's value beside it: herniations are often paramedian, so a
+disc can look normal in the mid-sagittal slice and herniated one slice beside it. Boxes, levels and the
+segmentation of the report are those of the chosen slice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from plid.datamodules.spider import central_slices
+from plid.errors import UserInputError
+
+SLICE_MODES = ("anatomical", "center")
+AGGREGATIONS = ("mean", "max")
+CANDIDATE_FRACTION = 0.5
+MIN_IOU = 0.3
+
+
+@dataclass
+class SliceOptions:
+    """``slice=``, ``slices=`` and ``slice_aggregation=`` of ``python -m plid.predict``."""
+
+    slice: str = "anatomical"
+    slices: int = 1
+    aggregation: str = "mean"
+
+    def __post_init__(self):
+        if self.slice not in SLICE_MODES:
+            raise UserInputError(f"slice={self.slice}: choose one of {', '.join(SLICE_MODES)}")
+        if int(self.slices) < 1:
+            raise UserInputError(f"slices={self.slices}: give the number of slices to analyse (1 or more)")
+        self.slices = int(self.slices)
+        if self.aggregation not in AGGREGATIONS:
+            raise UserInputError(f"slice_aggregation={self.aggregation}: choose one of {', '.join(AGGREGATIONS)}")
+
+
+def candidates(num: int) -> list[int]:
+    """The central slices ``slice=anatomical`` chooses among."""
+    return central_slices(num, None, max(1, math.ceil(num * CANDIDATE_FRACTION)))
+
+
+def choose_slice(volume, lumbar_detector, mode: str) -> tuple[int, dict[str, Any]]:
+    """The slice index to analyse (counting to the patient's left) and how it was chosen, for the report."""
+    num = volume.num_slices
+    centre = central_slices(num, None, 1)[0]
+    if mode == "center" or num == 1:
+        return centre, {"method": "center"}
+    indices = candidates(num)
+    scores = []
+    for k in indices:
+        _, confidences = lumbar_detector(volume.image(k))
+        scores.append(float(np.max(confidences)) if len(confidences) else 0.0)
+    best = min(range(len(indices)), key=lambda i: (-scores[i], abs(indices[i] - (num - 1) / 2)))
+    detail = {"method": "anatomical", "candidates": indices, "lumbar_scores": [round(s, 4) for s in scores]}
+    if scores[best] == 0.0:
+        detail["note"] = "no lumbar region in any candidate slice: the geometric centre is kept"
+        return centre, detail
+    return indices[best], detail
+
+
+def analysed_slices(num: int, chosen: int, count: int) -> list[int]:
+    """``count`` neighbouring slices centred on ``chosen``, inside the volume."""
+    return _window(num, count, chosen)
+
+
+def _window(num: int, count: int, centre: int) -> list[int]:
+    if count >= num:
+        return list(range(num))
+    start = int(np.clip(centre - (count - 1) // 2, 0, num - count))
+    return list(range(start, start + count))
+
+
+def iou(a, b) -> float:
+    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_discs(reference: list[dict], other: list[dict]) -> dict[int, int]:
+    """Index in ``other`` of each disc of ``reference`` found there (one-to-one)."""
+    pairs = sorted(((iou(a["box"], b["box"]), i, j) for i, a in enumerate(reference) for j, b in enumerate(other)),
+                   reverse=True)
+    matched: dict[int, int] = {}
+    used: set[int] = set()
+    for overlap, i, j in pairs:
+        if overlap < MIN_IOU:
+            break
+        if i not in matched and j not in used:
+            matched[i] = j
+            used.add(j)
+    for i, a in enumerate(reference):
+        if i in matched:
+            continue
+        centre = np.array([(a["box"][0] + a["box"][2]) / 2, (a["box"][1] + a["box"][3]) / 2])
+        reach = (a["box"][3] - a["box"][1]) / 2
+        near = [(float(np.hypot(*(centre - [(b["box"][0] + b["box"][2]) / 2, (b["box"][1] + b["box"][3]) / 2]))), j)
+                for j, b in enumerate(other) if j not in used]
+        near = [(d, j) for d, j in near if d <= reach]
+        if near:
+            matched[i] = min(near)[1]
+            used.add(matched[i])
+    return matched
+
+
+def aggregate(reports: dict[int, dict[str, Any]], chosen: int, key: str, how: str) -> dict[str, Any]:
+    """The report of slice ``chosen`` with each disc's ``key`` aggregated over ``reports`` (slice index ->
+    per-slice report) and a ``slices`` list beside it: ``{"slice_index", key, "box"}`` per slice (``key`` and
+    ``box`` null where the disc was not found there)."""
+    report = reports[chosen]
+    for disc in report.get("discs", []):
+        disc["slices"] = []
+    for k in sorted(reports):
+        other = reports[k].get("discs", [])
+        matched = {i: i for i in range(len(other))} if k == chosen else match_discs(report.get("discs", []), other)
+        for i, disc in enumerate(report.get("discs", [])):
+            found = other[matched[i]] if i in matched else None
+            disc["slices"].append({"slice_index": k, key: found[key] if found else None,
+                                   "box": found["box"] if found else None})
+    for disc in report.get("discs", []):
+        values = [s[key] for s in disc["slices"] if s[key] is not None]
+        disc[f"{key}_chosen_slice"] = disc.get(key)
+        disc[key] = None if not values else round(float(np.mean(values) if how == "mean" else np.max(values)), 4)
+    report["slice_aggregation"] = how
+    return report
