@@ -250,4 +250,38 @@ def test_detect_command_on_real_slices_smoke(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["left_out"]["no_lumbar_box"] > 0 and summary["samples"]["train"] == 4
+    # the mid-sagittal renders with disc boxes train the detectors too, with a lumbar box derived from their discs
+    assert summary["left_out"]["lumbar_box_from_discs"] == 128
     assert set(summary["test"]) == {"map50", "map50_95", "precision", "recall"}
+
+
+def test_a_lumbar_box_derived_from_the_discs_follows_the_rule():
+    from plid.datamodules.contract import DERIVED_LUMBAR_MARGINS, derived_lumbar_box
+
+    discs = [(10, 100, 30, 110), (12, 80, 32, 90), (11, 60, 29, 70)]  # median width 20, height 10
+    m = DERIVED_LUMBAR_MARGINS
+    assert derived_lumbar_box(discs, 200, 100) == pytest.approx(
+        (10 - m["anterior"] * 20, 60 - m["above"] * 10, 32 + m["posterior"] * 20, 110 + m["below"] * 10))
+    assert derived_lumbar_box(discs, 105, 40)[2:] == (40.0, 105.0)  # clipped to the image
+
+
+@requires_spider2d
+def test_derived_lumbar_boxes_match_the_mask_boxes_on_real_slices():
+    """On the t2_SPACE slices, where the mask gives the lumbar box, the rule gives nearly the same box; every
+    mid-sagittal render with disc boxes gets one."""
+    import numpy as np
+    import torch
+    from torchvision.ops import box_iou
+
+    from plid.datamodules.contract import LUMBAR_BOX, derived_lumbar_box, load_dataset, with_lumbar_boxes
+
+    dataset = load_dataset(SPIDER2D)
+    boxed = with_lumbar_boxes(dataset).images
+    assert (boxed["lumbar_box_source"] == "discs").sum() == 128
+    assert boxed.loc[boxed["lumbar_box_source"] == "discs", "series"].isin(["t1", "t2"]).all()
+    masked = dataset.images[dataset.images["has_mask"] == 1]
+    discs = dict(tuple(dataset.discs.groupby("image")))
+    derived = np.array([derived_lumbar_box(discs[r.image][["x1", "y1", "x2", "y2"]].to_numpy(), r.height, r.width)
+                        for r in masked.itertuples()])
+    iou = box_iou(torch.tensor(derived), torch.tensor(masked[LUMBAR_BOX].to_numpy(float))).diagonal().numpy()
+    assert np.median(iou) > 0.85 and np.quantile(iou, 0.1) > 0.7

@@ -31,6 +31,16 @@ GRADING_COLUMNS = [
 DISC_COLUMNS = ["image", "patient", "ivd_label", *DISC_BOX, *GRADING_COLUMNS]
 
 
+# Where an image has disc boxes but no lumbar box (no mask: SPIDER's mid-sagittal T1/T2 renders), its lumbar box
+# is derived from the disc boxes so that every series type trains the detectors with one definition: the box of the
+# discs, grown by these multiples of the image's median disc width (anterior, posterior) and height (above, below).
+# Measured on the 53 t2_SPACE slices of ../shared/data/spider2d whose labelled region the top of the field of view
+# does not cut, as medians of (mask box - disc box) / disc size: the mask box starts at the discs' anterior edge,
+# reaches one disc width behind them (canal and posterior elements), 1.7 disc heights above the top disc (the
+# vertebra above it) and ends at the lowest disc (the sacrum is not labelled).
+DERIVED_LUMBAR_MARGINS = {"anterior": 0.0, "posterior": 1.03, "above": 1.73, "below": 0.0}
+
+
 class DataContractError(UserInputError):
     """The dataset on disk does not follow the data contract; the message names the file or row."""
 
@@ -155,3 +165,34 @@ def drop_problems(dataset: SpineDataset, problems: list[Problem]) -> SpineDatase
     bad = {p.image for p in problems}
     return SpineDataset(dataset.root, dataset.images[~dataset.images["image"].isin(bad)].reset_index(drop=True),
                         dataset.discs[~dataset.discs["image"].isin(bad)].reset_index(drop=True))
+
+
+def derived_lumbar_box(disc_boxes, height: int, width: int) -> tuple[float, float, float, float]:
+    """The lumbar box of an image without a mask, from its disc boxes (:data:`DERIVED_LUMBAR_MARGINS`), clipped."""
+    boxes = np.asarray(disc_boxes, dtype=np.float64).reshape(-1, 4)
+    disc_w, disc_h = np.median(boxes[:, 2] - boxes[:, 0]), np.median(boxes[:, 3] - boxes[:, 1])
+    m = DERIVED_LUMBAR_MARGINS
+    x1, y1 = boxes[:, 0].min() - m["anterior"] * disc_w, boxes[:, 1].min() - m["above"] * disc_h
+    x2, y2 = boxes[:, 2].max() + m["posterior"] * disc_w, boxes[:, 3].max() + m["below"] * disc_h
+    return (float(np.clip(x1, 0, width)), float(np.clip(y1, 0, height)), float(np.clip(x2, 0, width)),
+            float(np.clip(y2, 0, height)))
+
+
+def with_lumbar_boxes(dataset: SpineDataset) -> SpineDataset:
+    """The dataset with a lumbar box for every image that has one or has disc boxes: images.csv's where given (the
+    box of the mask), else derived from the discs (:func:`derived_lumbar_box`); ``lumbar_box_source`` says which
+    (``table``, ``discs``, or empty where there is neither)."""
+    images = dataset.images.copy()
+    for column in LUMBAR_BOX:
+        if column not in images.columns:
+            images[column] = np.nan
+    given = images[LUMBAR_BOX].notna().all(axis=1)
+    images["lumbar_box_source"] = np.where(given, "table", "")
+    discs = dict(tuple(dataset.discs.groupby("image"))) if len(dataset.discs) else {}
+    for k in np.flatnonzero(~given.to_numpy()):
+        row = images.iloc[k]
+        if row["image"] in discs and not pd.isna(row.get("height", np.nan)):
+            box = derived_lumbar_box(discs[row["image"]][DISC_BOX].to_numpy(), row["height"], row["width"])
+            images.loc[images.index[k], LUMBAR_BOX] = box
+            images.loc[images.index[k], "lumbar_box_source"] = "discs"
+    return SpineDataset(dataset.root, images, dataset.discs)

@@ -1,6 +1,7 @@
 """Export of a dataset in the spider2d layout to ultralytics' detection layout, per detection stage.
 
-Stage ``lumbar``: the whole image with its lumbar box (one class). Stage ``ivd``: the lumbar crop (the box
+Stage ``lumbar``: the whole image with its lumbar box (one class; where an image has no mask, the box is derived
+from its disc boxes, :func:`plid.datamodules.contract.derived_lumbar_box`, so that every series type trains it). Stage ``ivd``: the lumbar crop (the box
 enlarged by ``roi_margin``, the paper's 10 %, clipped to the image) with the disc boxes moved into crop
 coordinates (one class, ``disc``). Splits are the patient-grouped splits every task shares (the base
 DataModule's), so a detector never sees the test patients of a classifier or segmenter.
@@ -22,7 +23,7 @@ import pandas as pd
 
 from plid.boxes import clip_box, crop, enlarge_box, shift_box, to_yolo
 from plid.datamodules.base import SpineDataModule
-from plid.datamodules.contract import DISC_BOX, LUMBAR_BOX, DataContractError, SpineDataset
+from plid.datamodules.contract import DISC_BOX, LUMBAR_BOX, DataContractError, SpineDataset, with_lumbar_boxes
 from plid.errors import UserInputError
 from plid.utils.io import atomic_write
 
@@ -48,11 +49,15 @@ class DetectionDataModule(SpineDataModule):
         self.left_out: dict[str, int] = {}
 
     def _validated(self, dataset: SpineDataset) -> SpineDataset:
+        # every image with disc boxes gets a lumbar box (derived from its discs where no mask gives one), so every
+        # series type trains both stages
+        dataset = with_lumbar_boxes(dataset)
         images = dataset.images
         has_lumbar = images[LUMBAR_BOX].notna().all(axis=1)
         has_discs = images["image"].isin(dataset.discs["image"])
         keep = has_lumbar if self.hparams.stage == "lumbar" else has_lumbar & has_discs
-        self.left_out = {"no_lumbar_box": int((~has_lumbar).sum())}
+        self.left_out = {"no_lumbar_box": int((~has_lumbar).sum()),
+                         "lumbar_box_from_discs": int((images["lumbar_box_source"] == "discs").sum())}
         if self.hparams.stage == "ivd":
             self.left_out["no_disc_boxes"] = int((has_lumbar & ~has_discs).sum())
         log.info("Stage %s: %d of %d images have the boxes it needs; left out: %s",
