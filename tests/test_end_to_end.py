@@ -76,6 +76,11 @@ def test_missing_the_lowest_disc_costs_recall_and_shifts_every_level():
     flagged = {**_report(BOXES[1:], [2, 3, 4]), "missed_discs_suspected": [{"box": [12, 158, 50, 182], "level": 1}]}
     out = _figures([(flagged, _truth())])
     assert out["missed_discs_flagged"] == 1.0 and out["level_accuracy"] == 1.0 and out["disc_recall"] == 0.75
+    # an image whose report says its levels are uncertain leaves the "where certain" figure
+    uncertain = {**_report(BOXES[1:], [1, 2, 3]), "levels_uncertain": True}
+    out = _figures([(uncertain, _truth()), (_report(BOXES, [1, 2, 3, 4]), _truth("b", "p2"))])
+    assert out["level_accuracy"] == pytest.approx(4 / 7) and out["level_accuracy_where_certain"] == 1.0
+    assert out["images_levels_certain"] == 0.5
 
 
 def test_an_extra_box_lowers_precision_only():

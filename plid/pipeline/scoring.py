@@ -20,7 +20,8 @@ Definitions (also in the README's "Evaluating a model_dir end to end"):
 - Levels: on matched discs whose labelled disc has an ``ivd_label``, the share whose reported ``level``
   equals it; per image with at least one labelled level, whether every such disc was found with its right level.
   ``missed_discs_flagged``: the share of missed labelled discs where the report has a ``missed_discs_suspected``
-  entry (IoU at least 0.3).
+  entry (IoU at least 0.3); ``level_accuracy_where_certain``: level accuracy on the images whose report does not
+  say ``levels_uncertain``; ``images_levels_certain``: the share of such images.
 - Gradings: on matched discs with that grading labelled; the decision threshold is the model_dir's
   (``report["classifier"]["threshold"]``, 0.5 where a model_dir has none).
 - Segmentation: inside the crop the pipeline segmented (on images where no lumbar region was found, the
@@ -122,6 +123,7 @@ class ImageScore:
     levels_labelled: int  # matched discs whose reference has a level
     levels_right: int
     all_levels_right: float  # 1/0, NaN where no reference disc of the image has a level
+    levels_uncertain: bool = False  # the report's own flag
     gradings: dict[str, np.ndarray] = field(default_factory=dict)  # grading -> (matched discs, 2): probability, target
     confusion: np.ndarray | None = None  # (C, C) on the segmented crop; None where the image has no mask
     missed: list[dict[str, Any]] = field(default_factory=list)  # reference discs not found: box, level
@@ -158,7 +160,7 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
                                                                                                       np.nan)
     labelled = [j for j in range(len(reference)) if _level(levels[j]) is not None]
     score = ImageScore(truth.image, truth.patient, truth.series, found, lumbar_iou, len(reference), detections,
-                       0, 0, float("nan"))
+                       0, 0, float("nan"), bool(report.get("levels_uncertain")))
     right = set()
     for k, j in enumerate(matched):
         if j < 0:
@@ -326,6 +328,7 @@ class EndToEndScores:
         self.matched = np.array([x.matched for x in s], dtype=np.int64)
         self.levels_labelled = np.array([x.levels_labelled for x in s], dtype=np.int64)
         self.missed = np.array([len(x.missed) for x in s], dtype=np.int64)
+        self.certain = np.array([not x.levels_uncertain for x in s], dtype=np.float64)
         self.missed_flagged = np.array([sum(m["suspected"] for m in x.missed) for x in s], dtype=np.int64)
         self.levels_right = np.array([x.levels_right for x in s], dtype=np.int64)
         self.all_levels_right = np.array([x.all_levels_right for x in s], dtype=np.float64)
@@ -374,6 +377,10 @@ class EndToEndScores:
         out["disc_map50"] = weighted_average_precision(self.detections, w[:, self.detection_image], references)
         out["level_accuracy"] = _ratio(w @ self.levels_right, w @ self.levels_labelled)
         out["missed_discs_flagged"] = _ratio(w @ self.missed_flagged, w @ self.missed)
+        # the report's own flag: how right the levels are where it says they are certain, and how often it says so
+        out["level_accuracy_where_certain"] = _ratio(w @ (self.levels_right * self.certain),
+                                                     w @ (self.levels_labelled * self.certain))
+        out["images_levels_certain"] = _ratio(w @ self.certain, w.sum(1))
         levelled = ~np.isnan(self.all_levels_right)
         out["images_all_levels_right"] = _ratio(w[:, levelled] @ self.all_levels_right[levelled], w[:, levelled].sum(1))
         for grading, threshold in self.thresholds.items():
