@@ -209,11 +209,13 @@ def test_classification_ensemble_end_to_end_from_a_multirun_dir(tmp_path):
     rng = np.random.default_rng(7)
     _cls_runs(tmp_path, rng, strengths=(2.0, 0.5, 1.0))
     out = tmp_path / "ensemble"
-    result = run_module("plid.ensemble", "task=cls", "metric=auc", f"runs={tmp_path}/multirun", f"hydra.run.dir={out}",
+    # no metric given: classification weights maximise the validation ROC AUC (accuracy favours "all negative")
+    result = run_module("plid.ensemble", "task=cls", f"runs={tmp_path}/multirun", f"hydra.run.dir={out}",
                         "debug=smoke")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     weights = json.loads((out / "ensemble_weights.json").read_text())
+    assert summary["metric"] == weights["metric"] == "auc"
     assert summary["models"] == ["model0", "model1", "model2"] == list(weights["weights"])
     assert set(summary["val"]) == set(summary["test"]) == {"model0", "model1", "model2", "AEM", "WAE"}
     assert weights["val_score"] == summary["val"]["WAE"]["auc"] >= summary["val"]["AEM"]["auc"]
