@@ -224,7 +224,8 @@ def test_classification_ensemble_end_to_end_from_a_multirun_dir(tmp_path):
     mean = np.mean([p.probs.astype(np.float64) for p in preds], 0)
     target = torch.as_tensor(preds[0].targets)
     assert summary["test"]["AEM"]["auc"] == pytest.approx(float(binary_auroc(torch.as_tensor(mean[:, 1]), target)))
-    assert summary["test"]["AEM"]["accuracy"] == pytest.approx(float((mean.argmax(1) == preds[0].targets).mean()))
+    called = mean[:, 1] > summary["test"]["AEM"]["threshold"]  # AEM's own threshold, chosen on val
+    assert summary["test"]["AEM"]["accuracy"] == pytest.approx(float((called == preds[0].targets).mean()))
     # the saved weights, applied to the saved probabilities, give the reported WAE
     chosen = load_ensemble(out)
     wae = weighted_average([p.probs.astype(np.float64) for p in preds], list(chosen["weights"].values()))
@@ -233,6 +234,29 @@ def test_classification_ensemble_end_to_end_from_a_multirun_dir(tmp_path):
     csv = (out / "ensemble_table.csv").read_text().splitlines()
     assert csv[0].startswith("model,val_auc,accuracy") and [r.split(",")[0] for r in csv[1:]][-2:] == ["AEM", "WAE"]
     assert "| WAE |" in (out / "ensemble_table.md").read_text()
+
+
+def test_the_ensemble_decision_threshold_is_chosen_on_its_validation_probabilities(tmp_path):
+    from plid.evaluation import classification_metrics, youden_threshold
+
+    runs = _cls_runs(tmp_path, np.random.default_rng(9), strengths=(1.0, 0.5))
+    out = tmp_path / "ensemble"
+    result = run_module("plid.ensemble", "task=cls", f"runs={tmp_path}/multirun", f"hydra.run.dir={out}", "debug=smoke")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    chosen = json.loads((out / "ensemble_weights.json").read_text())
+    weights = list(chosen["weights"].values())
+
+    def wae(split):
+        preds = [load_predictions(run / "predictions" / f"{split}.npz") for run in runs]
+        return weighted_average([p.probs.astype(np.float64) for p in preds], weights)[:, 1], preds[0].targets
+
+    threshold = youden_threshold(*wae("val"))
+    assert chosen["threshold"] == summary["threshold"] == summary["val"]["WAE"]["threshold"] == pytest.approx(threshold)
+    assert summary["test"]["WAE"]["threshold"] == chosen["threshold"]  # test is scored at the val threshold
+    expected = classification_metrics(*wae("test"), chosen["threshold"])
+    for name in ("recall", "specificity", "f1", "balanced_accuracy"):
+        assert summary["test"]["WAE"][name] == pytest.approx(expected[name])
 
 
 def test_search_budget_is_per_task(tmp_path):

@@ -70,6 +70,11 @@ class ClassificationScorer:
             self.open_margin = self.margin[:, self.open].contiguous()
             self.open_labels = torch.stack([self.positive[self.open], torch.ones(int(self.open.sum()))], 1)
 
+    def positive_probs(self, vector) -> np.ndarray:
+        """The ensemble's class-1 probability per case, equation 1 (``sum_i w_i p_i / sum_i w_i``), in float64."""
+        w = _as_weights([vector])[0].double()
+        return ((w[:, None] * self.probs[..., 1].double()).sum(0) / w.sum()).numpy()
+
     def _has_both(self) -> bool:
         return self.binary and self.targets.unique().numel() == 2
 
