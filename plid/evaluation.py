@@ -16,11 +16,12 @@ import torch
 from scipy.stats import rankdata
 
 from plid.datamodules.contract import CLASS_NAMES
-from plid.models.metrics import segmentation_scores
+from plid.models.metrics import per_case_dice, segmentation_scores
 
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc")
-SEGMENTATION_METRICS = ("dice", "miou", "miou_fg", *(f"dice_{c}" for c in CLASS_NAMES[1:]),
-                        *(f"iou_{c}" for c in CLASS_NAMES[1:]))
+# dice / dice_<class>: pooled over the pixels of all cases (dice_pooled); dice_per_case: nnU-Net's per-case mean
+SEGMENTATION_METRICS = ("dice", "dice_per_case", "miou", "miou_fg", *(f"dice_{c}" for c in CLASS_NAMES[1:]),
+                        *(f"dice_per_case_{c}" for c in CLASS_NAMES[1:]), *(f"iou_{c}" for c in CLASS_NAMES[1:]))
 
 
 def _ratio(a: float, b: float) -> float:
@@ -96,8 +97,10 @@ def case_confusions(probs: np.ndarray, targets: np.ndarray, num_classes: int | N
 
 
 def segmentation_metrics(confusions: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> dict[str, float]:
-    """Dice and IoU of the summed confusion matrices of some cases (:func:`plid.models.metrics.segmentation_scores`)."""
-    return segmentation_scores(torch.from_numpy(np.asarray(confusions).sum(0)), class_names)
+    """Dice and IoU of the summed confusion matrices of some cases, and Dice per case averaged over them
+    (:func:`plid.models.metrics.segmentation_scores`: ``dice_pooled`` and ``dice_per_case``)."""
+    confusions = torch.from_numpy(np.asarray(confusions))
+    return segmentation_scores(confusions.sum(0), class_names, case_dice=per_case_dice(confusions))
 
 
 def patient_bootstrap(patients: Sequence[str], statistic: Callable[[np.ndarray], dict[str, float]],

@@ -17,7 +17,7 @@ from plid.ensemble.run import load_runs, resolve_runs
 from plid.ensemble.scoring import ClassificationScorer, SegmentationScorer, allocate
 from plid.ensemble.weights import count_unique, iter_unique, primitive, search_weights
 from plid.errors import UserInputError
-from plid.models.metrics import segmentation_scores
+from plid.models.metrics import dice_iou, segmentation_scores
 
 
 def _softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -85,6 +85,33 @@ def test_segmentation_confusion_equals_full_maps_for_every_candidate():
         pred = _equation_1(probs, vector).argmax(1)
         expected = np.bincount((targets * 4 + pred).ravel(), minlength=16).reshape(4, 4)
         np.testing.assert_array_equal(matrix, expected)
+
+
+def test_segmentation_ensemble_reports_dice_pooled_and_per_case():
+    from plid.evaluation import case_confusions
+    from plid.models.metrics import per_case_dice
+
+    rng = np.random.default_rng(4)
+    probs, targets = _seg_case(rng, n=5, strengths=(2.0, 1.0, 0.5))
+    targets[0][targets[0] == 3] = 0  # the canal absent from case 0's reference ...
+    for p in probs:
+        p[0, 3] = 0  # ... and from every model's prediction there: NaN for that case, left out of the mean
+    scorer = SegmentationScorer(probs, targets, sample_pixels=None)
+    for vector in ([1, 0, 0], [1, 2, 3], [0, 1, 1]):
+        scores = scorer.scores(vector)
+        confusions = case_confusions(_equation_1(probs, vector), targets)
+        np.testing.assert_array_equal(scorer.case_confusions(vector).numpy(), confusions)
+        case_dice = per_case_dice(torch.as_tensor(confusions))
+        assert np.isnan(dice_iou(torch.as_tensor(confusions[0]))[0][3])
+        assert scores["dice_per_case_canal"] == pytest.approx(float(case_dice[3]))
+        assert scores["dice_per_case"] == pytest.approx(float(case_dice[1:].mean()))
+        assert scores["dice_pooled"] == scores["dice"] == pytest.approx(_pooled_dice(confusions.sum(0)))
+        assert scores["dice_per_case"] != pytest.approx(scores["dice_pooled"])
+
+
+def _pooled_dice(confusion) -> float:
+    tp = np.diag(confusion)
+    return float((2 * tp / (confusion.sum(0) + confusion.sum(1)))[1:].mean())
 
 
 def test_deduplicated_search_equals_brute_force_segmentation():

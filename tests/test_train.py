@@ -150,3 +150,23 @@ def test_a_validation_split_with_one_class_is_refused_before_training(compose, t
     with pytest.raises(UserInputError, match=r"val split of fold 0 holds one class only: \d+ negative and 0 positive"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_summary_reports_dice_pooled_and_per_case_as_the_saved_predictions_give_them(compose):
+    from pathlib import Path
+
+    import numpy as np
+
+    from plid.ensemble.predictions import load_predictions
+    from plid.evaluation import case_confusions, segmentation_metrics
+    from plid.train import train
+
+    cfg = compose("debug=smoke", "trainer.limit_test_batches=1.0")
+    train(cfg)
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    saved = load_predictions(f"{cfg.paths.output_dir}/predictions/test.npz")
+    expected = segmentation_metrics(case_confusions(saved.probs, saved.targets))
+    for name in ("dice_pooled", "dice_per_case", "dice_per_case_disc", "dice_pooled_canal"):
+        assert summary["test"][name] == pytest.approx(expected[name], abs=1e-6), name
+    assert summary["test"]["dice"] == summary["test"]["dice_pooled"]  # the monitored key keeps its meaning
+    assert "val/dice_per_case" in summary["val"] and np.isfinite(summary["test"]["dice_per_case"])

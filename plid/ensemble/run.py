@@ -167,9 +167,10 @@ def _thresholds(scorer, rows: dict[str, np.ndarray]) -> dict[str, float] | None:
 def _table(summary: dict, split: str) -> pd.DataFrame:
     metric = summary["metric"]
     frame = pd.DataFrame(summary[split]).T
-    if summary["task"] == "seg":
-        columns = [c for c in frame.columns if c.startswith("dice_") and not c.endswith("background")]
-        columns += ["dice"] + [c for c in frame.columns if c.startswith("iou_")] + ["miou"]
+    if summary["task"] == "seg":  # Dice per class pooled over pixels (Table 4), then both foreground means
+        classes = [c[len("iou_"):] for c in frame.columns if c.startswith("iou_") and c != "iou_background"]
+        columns = [f"dice_{c}" for c in classes] + ["dice", "dice_per_case"]
+        columns += [f"iou_{c}" for c in classes] + ["miou"]
     else:
         columns = [c for c in ("accuracy", "precision", "recall", "specificity", "f1", "auc") if c in frame.columns]
     table = frame[columns].copy()
