@@ -75,9 +75,9 @@ def json_safe(obj: Any) -> Any:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented, strict JSON, atomically: NaN and infinities become ``null``
     (:func:`json_safe`), so an undefined score reads back as ``None``."""
-    text = json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
     with atomic_write(path) as handle:
-        handle.write(text + "\n")
+        json.dump(json_safe(obj), handle, indent=2, sort_keys=False, allow_nan=False)
+        handle.write("\n")
     return Path(path)
 
 
