@@ -5,6 +5,8 @@ Cases of one patient are not independent (several discs of one image, several sl
 bootstrap resamples patients with replacement and takes all their cases each time: the interval reflects
 how the score would move with another sample of patients, which is what a reader of the paper asks.
 Intervals are percentile intervals over ``samples`` seeded replicates.
+
+Undefined scores are NaN here and ``null`` in the JSON files written from them (:func:`plid.utils.io.write_json`).
 """
 
 from __future__ import annotations

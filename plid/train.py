@@ -1,5 +1,8 @@
 """Train a model, test its best checkpoint, and write ``summary.json`` into the run's output dir.
 
+``summary.json`` is strict JSON: a score that is undefined (NaN, e.g. an AUC on a split without positives, the
+Dice of a class absent from prediction and reference) is written ``null`` (:func:`plid.utils.io.write_json`).
+
     python -m plid.train model=unet_resnet34                         # synthetic default
     python -m plid.train model=unet_resnet34 data=spider2d_seg       # real SPIDER slices
     python -m plid.train -m model=unet_resnet34,linknet_resnet34     # a Hydra multirun

@@ -7,7 +7,8 @@
 Writes into its output dir ``ensemble_weights.json`` (the chosen weights, and for classifiers the decision
 threshold of the weighted ensemble chosen on its validation probabilities: what inference reuses),
 ``summary.json`` (WAE, plain averaging AEM and each single model on val and test, and the search's figures)
-and ``ensemble_table.{md,csv}`` (one row per model, AEM and WAE, as the paper's Tables 2 and 4).
+and ``ensemble_table.{md,csv}`` (one row per model, AEM and WAE, as the paper's Tables 2 and 4). Undefined
+scores (NaN) are ``null`` in the JSON files.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ def _table(summary: dict, split: str) -> pd.DataFrame:
         columns = [f"dice_{c}" for c in classes] + ["dice", "dice_per_case"]
         columns += [f"iou_{c}" for c in classes] + ["miou"]
     else:
-        columns = [c for c in ("accuracy", "precision", "recall", "specificity", "f1", "auc") if c in frame.columns]
+        columns = [c for c in ("accuracy", "precision", "recall", "specificity", "f1", "auc", "threshold")
+                   if c in frame.columns]
     table = frame[columns].copy()
     table.insert(0, f"val_{metric}", [summary["val"][row][metric] for row in table.index])
     table.index.name = "model"
