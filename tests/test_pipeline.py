@@ -219,13 +219,13 @@ def test_the_disc_stage_crop_margin_is_the_one_the_disc_detector_was_trained_wit
         (detector_runs["ivd"] / ".hydra").rmdir()
 
 
-def test_a_model_dir_loads_offline_after_the_initial_weights_are_gone(tmp_path, compose, detector_runs):
+def test_a_model_dir_loads_offline_after_the_initial_weights_are_gone(tmp_path, compose, detector_runs, caplog):
     import timm
 
     weights_file = tmp_path / "test_resnet.pth"
     torch.save(timm.create_model("test_resnet").state_dict(), weights_file)
     classifier = _fake_train_run(compose, tmp_path / "cls", "cls_resnet50", "model.net.name=test_resnet",
-                                 f"model.net.weights_file={weights_file}")
+                                 f"model.net.weights_file={weights_file}", "model.mode=fine_tune")
     seg = _fake_train_run(compose, tmp_path / "seg")
     config = seg / ".hydra" / "config.yaml"  # trained from ImageNet weights: rebuilding it would download them
     config.write_text(config.read_text().replace("encoder_weights: null", "encoder_weights: imagenet"))
@@ -237,7 +237,9 @@ def test_a_model_dir_loads_offline_after_the_initial_weights_are_gone(tmp_path, 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["segmenter"]["initial_weights"] == {"model.net.encoder_weights": "imagenet"}
     assert manifest["classifiers"]["cls_resnet50"]["initial_weights"] == {"model.net.weights_file": str(weights_file)}
-    loaded = load_model_dir(out)
+    with caplog.at_level("WARNING"):
+        loaded = load_model_dir(out)
+    assert "random weights" not in caplog.text  # training advice, moot when the checkpoint is loaded over them
     state = torch.load(classifier / "checkpoints" / "epoch_000.ckpt", weights_only=True)["state_dict"]
     for key, value in loaded.classifiers[0].net.state_dict().items():
         torch.testing.assert_close(value, state[key])

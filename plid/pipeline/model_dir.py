@@ -228,6 +228,10 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
             check_ensemble_names(weights.get("weights", {}), list(classifiers), path, "the classifiers given (cls_runs)")
             if weights.get("task", "cls") != "cls":
                 raise UserInputError(f"{path}: a task={weights.get('task')} ensemble; predict combines classifiers")
+            if "threshold" not in weights and len(classifiers) > 1:
+                log.warning("%s gives no decision threshold (written by an older plid?): predict uses %s on the "
+                            "combined probability; rerun python -m plid.ensemble to choose one", path,
+                            DEFAULT_THRESHOLD)
             shutil.copyfile(path, tmp / "ensemble_weights.json")
             manifest["ensemble"] = {"file": "ensemble_weights.json", "source": str(path.resolve())}
         elif len(classifiers) > 1:
@@ -300,7 +304,15 @@ def load_module(name: str, folder: Path, entry: dict[str, Any]) -> LoadedModule:
     import hydra
 
     cfg = OmegaConf.load(folder / "config.yaml")
-    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    # the network is built from random weights only to receive the checkpoint's: the classifier's training advice
+    # about freezing a backbone without initial weights (which the exported config no longer names) is moot here
+    training_advice = logging.getLogger("plid.models.classification")
+    level = training_advice.level
+    training_advice.setLevel(logging.ERROR)
+    try:
+        module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    finally:
+        training_advice.setLevel(level)
     state = torch.load(folder / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     return LoadedModule(name, module.eval(), int(entry["image_size"]), float(entry["roi_margin"]), entry.get("target"),
