@@ -59,7 +59,7 @@ def simulated_classifiers(rng, cases: int, models: int) -> tuple[list[np.ndarray
 
 
 def save_and_load(probs: list[np.ndarray], targets: np.ndarray, folder: Path) -> list[Predictions]:
-    """Through the run format, so both sides score what a run saves (float16 probabilities)."""
+    """Through the run format, so both sides score what a run saves (float32 probabilities)."""
     ids = np.array([f"case{k:05d}" for k in range(len(targets))])
     loaded = []
     for i, p in enumerate(probs):

@@ -51,6 +51,8 @@ def detect(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         "samples": datamodule.samples,
         "left_out": datamodule.left_out,
         "imgsz": settings.imgsz,
+        # the margin of the lumbar crop the disc stage (ivd) sees: plid.export carries it into the model_dir
+        "roi_margin": float(datamodule.hparams.roi_margin),
         "dataset_yaml": str(data_yaml),
     }
     metrics: dict[str, float] = {}

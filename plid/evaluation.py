@@ -5,6 +5,8 @@ Cases of one patient are not independent (several discs of one image, several sl
 bootstrap resamples patients with replacement and takes all their cases each time: the interval reflects
 how the score would move with another sample of patients, which is what a reader of the paper asks.
 Intervals are percentile intervals over ``samples`` seeded replicates.
+
+Undefined scores are NaN here and ``null`` in the JSON files written from them (:func:`plid.utils.io.write_json`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import torch
 from scipy.stats import rankdata
 
 from plid.datamodules.contract import CLASS_NAMES
-from plid.models.metrics import segmentation_scores
+from plid.models.metrics import per_case_dice, segmentation_scores
 
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc")
-SEGMENTATION_METRICS = ("dice", "miou", "miou_fg", *(f"dice_{c}" for c in CLASS_NAMES[1:]),
-                        *(f"iou_{c}" for c in CLASS_NAMES[1:]))
+# dice / dice_<class>: pooled over the pixels of all cases (dice_pooled); dice_per_case: nnU-Net's per-case mean
+SEGMENTATION_METRICS = ("dice", "dice_per_case", "miou", "miou_fg", *(f"dice_{c}" for c in CLASS_NAMES[1:]),
+                        *(f"dice_per_case_{c}" for c in CLASS_NAMES[1:]), *(f"iou_{c}" for c in CLASS_NAMES[1:]))
 
 
 def _ratio(a: float, b: float) -> float:
@@ -37,8 +40,37 @@ def auc(scores: np.ndarray, targets: np.ndarray) -> float:
     return float((ranks[targets].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
+def youden_threshold(positive_probs: np.ndarray, targets: np.ndarray, default: float = 0.5) -> float:
+    """The decision threshold that maximises Youden's J (sensitivity + specificity - 1) on these cases, as
+    ``predicted positive = probability > threshold``.
+
+    The candidate cuts are the distinct probabilities (a case at or above the cut is called positive); the
+    best cut is the one of highest J, the highest such cut on a tie (fewest positive calls). The threshold
+    returned is the highest probability below that cut (a value of the data, so the rule gives the same calls in
+    float32 and float64). ``default`` where J is undefined (one class only) or no cut beats chance (J <= 0).
+
+    Why Youden's J: with class weights and rare positives (herniation is about 5 % of real discs) 0.5 is an
+    arbitrary point of the ROC curve; J picks the point farthest above the chance diagonal, weighing missed
+    positives and false alarms by the class sizes, and needs no cost of either, which the paper does not give.
+    """
+    p = np.asarray(positive_probs, dtype=np.float64).ravel()
+    t = np.asarray(targets).astype(bool).ravel()
+    n_pos, n_neg = int(t.sum()), int((~t).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float(default)
+    cuts = np.unique(p)[::-1]  # descending
+    tp = n_pos - np.searchsorted(np.sort(p[t]), cuts, side="left")  # positives at or above each cut
+    fp = n_neg - np.searchsorted(np.sort(p[~t]), cuts, side="left")
+    j = tp * n_neg - fp * n_pos  # J * n_pos * n_neg, in integers: equal J are equal here
+    best = int(np.argmax(j))  # the first maximum: the highest cut among equals
+    if j[best] <= 0:  # the lowest cut calls every case positive (J = 0): a best cut above chance is never it
+        return float(default)
+    return float(cuts[best + 1])
+
+
 def classification_metrics(positive_probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """The paper's classification scores (positive class 1, decision at ``threshold``)."""
+    """The paper's classification scores (positive class 1, predicted positive where the probability is above
+    ``threshold``: the one chosen on validation, :func:`youden_threshold`, where there is one)."""
     targets = np.asarray(targets).astype(int)
     predicted = (np.asarray(positive_probs) > threshold).astype(int)
     tp = int(((predicted == 1) & (targets == 1)).sum())
@@ -67,8 +99,10 @@ def case_confusions(probs: np.ndarray, targets: np.ndarray, num_classes: int | N
 
 
 def segmentation_metrics(confusions: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> dict[str, float]:
-    """Dice and IoU of the summed confusion matrices of some cases (:func:`plid.models.metrics.segmentation_scores`)."""
-    return segmentation_scores(torch.from_numpy(np.asarray(confusions).sum(0)), class_names)
+    """Dice and IoU of the summed confusion matrices of some cases, and Dice per case averaged over them
+    (:func:`plid.models.metrics.segmentation_scores`: ``dice_pooled`` and ``dice_per_case``)."""
+    confusions = torch.from_numpy(np.asarray(confusions))
+    return segmentation_scores(confusions.sum(0), class_names, case_dice=per_case_dice(confusions))
 
 
 def patient_bootstrap(patients: Sequence[str], statistic: Callable[[np.ndarray], dict[str, float]],

@@ -1,5 +1,8 @@
 """Train a model, test its best checkpoint, and write ``summary.json`` into the run's output dir.
 
+``summary.json`` is strict JSON: a score that is undefined (NaN, e.g. an AUC on a split without positives, the
+Dice of a class absent from prediction and reference) is written ``null`` (:func:`plid.utils.io.write_json`).
+
     python -m plid.train model=unet_resnet34                         # synthetic default
     python -m plid.train model=unet_resnet34 data=spider2d_seg       # real SPIDER slices
     python -m plid.train -m model=unet_resnet34,linknet_resnet34     # a Hydra multirun
@@ -42,6 +45,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")  # validates the data and the splits before any model is built
+    if cfg.get("train") and hasattr(datamodule, "check_validation_classes"):
+        datamodule.check_validation_classes()  # a one-class val split leaves the monitored AUC undefined
     log.info("Model <%s>", cfg.model._target_)
     model: L.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="all")
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
@@ -72,6 +77,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             best_val = trainer.validate(model=model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
             metrics.update({k: float(v) for k, v in best_val.items()})
         summary["val"] = {k: v for k, v in metrics.items() if k.startswith("val/")}
+        if hasattr(model, "threshold"):  # a classifier: the decision threshold chosen on val (Youden's J), tested
+            summary["threshold"] = float(model.threshold)
 
         if cfg.get("test"):
             if not best:
@@ -96,9 +103,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
     """The checkpoint to resume from; refuses to start a new run over another run's outputs.
 
-    ``last`` means ``<output_dir>/checkpoints/last.ckpt``: rerun with the same ``hydra.run.dir`` to resume.
+    ``last`` means ``<output_dir>/checkpoints/last.ckpt``: rerun with the same ``hydra.run.dir`` to resume an
+    interrupted run. A finished run (it wrote its ``summary.json``) is never resumed: training it again would
+    replace the outputs it was tested with.
     """
     last = output_dir / "checkpoints" / "last.ckpt"
+    if (output_dir / "summary.json").is_file() and (ckpt_path == "last" or last.exists()):
+        raise UserInputError(f"{output_dir} holds a finished run (its summary.json is written): it is not resumed, "
+                             f"so that its outputs stay those it was tested with; train into a new hydra.run.dir")
     if ckpt_path == "last":
         if not last.is_file():
             raise UserInputError(f"ckpt_path=last but {last} does not exist; pass hydra.run.dir=<the run to resume>")

@@ -220,3 +220,61 @@ def test_spider2d_datamodule_yields_positives_and_negatives_without_patient_leak
         seen[split] = {patient_of[i.split(":")[0]] for i in data.ids}
         assert seen[split] <= set(dm.patient_splits()[split])
     assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
+
+
+@pytest.fixture(scope="module")
+def trained_classifier(tmp_path_factory):
+    """A tiny classifier trained for one epoch, scored on every val and test disc; its run folder."""
+    import json
+
+    from conftest import run_module
+
+    tmp = tmp_path_factory.mktemp("cls_run")
+    run = tmp / "run"
+    result = run_module("plid.train", "debug=smoke", "model=cls_resnet50", "model.net.name=test_resnet",
+                        "data.image_size=32", "trainer.limit_val_batches=1.0", "trainer.limit_test_batches=1.0",
+                        f"hydra.run.dir={run}", f"paths.data_dir={tmp}/data", f"paths.log_dir={tmp}/logs")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run, json.loads((run / "summary.json").read_text())
+
+
+def test_saved_probabilities_give_the_scores_of_the_summary(trained_classifier):
+    from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+    from plid.ensemble.predictions import load_predictions
+
+    run, summary = trained_classifier
+    test = load_predictions(run / "predictions" / "test.npz")
+    probs, targets = torch.from_numpy(test.probs[:, 1].astype(np.float32)), torch.from_numpy(test.targets)
+    assert float(binary_auroc(probs, targets)) == pytest.approx(summary["test"]["auc"], abs=1e-7)
+    assert float(binary_average_precision(probs, targets)) == pytest.approx(summary["test"]["pr_auc"], abs=1e-7)
+    assert test.probs.dtype == np.float32
+    called = test.probs[:, 1] > summary.get("threshold", 0.5)
+    assert [int((called & (test.targets == 1)).sum()), int((called & (test.targets == 0)).sum())] == \
+        [summary["test"]["tp"], summary["test"]["fp"]]
+
+
+def test_the_decision_threshold_is_chosen_on_validation_and_applied_to_test(trained_classifier):
+    from plid.ensemble.predictions import load_predictions
+    from plid.evaluation import classification_metrics, youden_threshold
+
+    run, summary = trained_classifier
+    val = load_predictions(run / "predictions" / "val.npz")
+    test = load_predictions(run / "predictions" / "test.npz")
+    assert summary["threshold"] == youden_threshold(val.probs[:, 1], val.targets)
+    assert summary["val"]["val/threshold"] == summary["test"]["threshold"] == summary["threshold"]
+    expected = classification_metrics(test.probs[:, 1], test.targets, summary["threshold"])
+    for name in ("accuracy", "recall", "specificity", "balanced_accuracy"):
+        assert summary["test"][name] == pytest.approx(expected[name], abs=1e-6)
+
+
+def test_youden_threshold_by_hand():
+    from plid.evaluation import youden_threshold
+
+    probs = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7])
+    # cut at 0.3 (positive from 0.3 up): sensitivity 1, specificity 2/3 -> J = 2/3, the best
+    assert youden_threshold(probs, np.array([0, 0, 1, 1, 0, 1])) == 0.2
+    # cuts at 0.6 and 0.3 both give J = 2/3: the higher one
+    assert youden_threshold(probs, np.array([0, 0, 1, 0, 1, 1])) == 0.4
+    assert youden_threshold(probs, np.array([1, 1, 1, 1, 1, 1])) == 0.5  # one class: undefined
+    assert youden_threshold(probs, np.array([1, 1, 0, 0, 0, 0])) == 0.5  # no cut beats chance

@@ -17,7 +17,7 @@ from plid.ensemble.run import load_runs, resolve_runs
 from plid.ensemble.scoring import ClassificationScorer, SegmentationScorer, allocate
 from plid.ensemble.weights import count_unique, iter_unique, primitive, search_weights
 from plid.errors import UserInputError
-from plid.models.metrics import segmentation_scores
+from plid.models.metrics import dice_iou, segmentation_scores
 
 
 def _softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -85,6 +85,33 @@ def test_segmentation_confusion_equals_full_maps_for_every_candidate():
         pred = _equation_1(probs, vector).argmax(1)
         expected = np.bincount((targets * 4 + pred).ravel(), minlength=16).reshape(4, 4)
         np.testing.assert_array_equal(matrix, expected)
+
+
+def test_segmentation_ensemble_reports_dice_pooled_and_per_case():
+    from plid.evaluation import case_confusions
+    from plid.models.metrics import per_case_dice
+
+    rng = np.random.default_rng(4)
+    probs, targets = _seg_case(rng, n=5, strengths=(2.0, 1.0, 0.5))
+    targets[0][targets[0] == 3] = 0  # the canal absent from case 0's reference ...
+    for p in probs:
+        p[0, 3] = 0  # ... and from every model's prediction there: NaN for that case, left out of the mean
+    scorer = SegmentationScorer(probs, targets, sample_pixels=None)
+    for vector in ([1, 0, 0], [1, 2, 3], [0, 1, 1]):
+        scores = scorer.scores(vector)
+        confusions = case_confusions(_equation_1(probs, vector), targets)
+        np.testing.assert_array_equal(scorer.case_confusions(vector).numpy(), confusions)
+        case_dice = per_case_dice(torch.as_tensor(confusions))
+        assert np.isnan(dice_iou(torch.as_tensor(confusions[0]))[0][3])
+        assert scores["dice_per_case_canal"] == pytest.approx(float(case_dice[3]))
+        assert scores["dice_per_case"] == pytest.approx(float(case_dice[1:].mean()))
+        assert scores["dice_pooled"] == scores["dice"] == pytest.approx(_pooled_dice(confusions.sum(0)))
+        assert scores["dice_per_case"] != pytest.approx(scores["dice_pooled"])
+
+
+def _pooled_dice(confusion) -> float:
+    tp = np.diag(confusion)
+    return float((2 * tp / (confusion.sum(0) + confusion.sum(1)))[1:].mean())
 
 
 def test_deduplicated_search_equals_brute_force_segmentation():
@@ -226,7 +253,8 @@ def test_classification_ensemble_end_to_end_from_a_multirun_dir(tmp_path):
     mean = np.mean([p.probs.astype(np.float64) for p in preds], 0)
     target = torch.as_tensor(preds[0].targets)
     assert summary["test"]["AEM"]["auc"] == pytest.approx(float(binary_auroc(torch.as_tensor(mean[:, 1]), target)))
-    assert summary["test"]["AEM"]["accuracy"] == pytest.approx(float((mean.argmax(1) == preds[0].targets).mean()))
+    called = mean[:, 1] > summary["test"]["AEM"]["threshold"]  # AEM's own threshold, chosen on val
+    assert summary["test"]["AEM"]["accuracy"] == pytest.approx(float((called == preds[0].targets).mean()))
     # the saved weights, applied to the saved probabilities, give the reported WAE
     chosen = load_ensemble(out)
     wae = weighted_average([p.probs.astype(np.float64) for p in preds], list(chosen["weights"].values()))
@@ -235,6 +263,29 @@ def test_classification_ensemble_end_to_end_from_a_multirun_dir(tmp_path):
     csv = (out / "ensemble_table.csv").read_text().splitlines()
     assert csv[0].startswith("model,val_auc,accuracy") and [r.split(",")[0] for r in csv[1:]][-2:] == ["AEM", "WAE"]
     assert "| WAE |" in (out / "ensemble_table.md").read_text()
+
+
+def test_the_ensemble_decision_threshold_is_chosen_on_its_validation_probabilities(tmp_path):
+    from plid.evaluation import classification_metrics, youden_threshold
+
+    runs = _cls_runs(tmp_path, np.random.default_rng(9), strengths=(1.0, 0.5))
+    out = tmp_path / "ensemble"
+    result = run_module("plid.ensemble", "task=cls", f"runs={tmp_path}/multirun", f"hydra.run.dir={out}", "debug=smoke")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    chosen = json.loads((out / "ensemble_weights.json").read_text())
+    weights = list(chosen["weights"].values())
+
+    def wae(split):
+        preds = [load_predictions(run / "predictions" / f"{split}.npz") for run in runs]
+        return weighted_average([p.probs.astype(np.float64) for p in preds], weights)[:, 1], preds[0].targets
+
+    threshold = youden_threshold(*wae("val"))
+    assert chosen["threshold"] == summary["threshold"] == summary["val"]["WAE"]["threshold"] == pytest.approx(threshold)
+    assert summary["test"]["WAE"]["threshold"] == chosen["threshold"]  # test is scored at the val threshold
+    expected = classification_metrics(*wae("test"), chosen["threshold"])
+    for name in ("recall", "specificity", "f1", "balanced_accuracy"):
+        assert summary["test"]["WAE"][name] == pytest.approx(expected[name])
 
 
 def test_search_budget_is_per_task(tmp_path):

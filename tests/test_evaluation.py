@@ -134,3 +134,18 @@ def test_evaluate_smoke_command(tmp_path, data_dir):
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert evaluation["task"] == "seg" and "dice" in evaluation["folds"][0]["val"]["metrics"]
     assert Path(evaluation["figures"]["segmentation_grid"]).is_file()
+
+
+def test_dice_is_reported_pooled_over_pixels_and_per_case_as_nnunet():
+    from plid.evaluation import segmentation_metrics
+
+    # two cases, classes background, vertebra, disc, canal; rows true class, columns predicted
+    big = np.diag([100, 0, 90, 0])  # a large disc found whole; no canal in reference or prediction
+    small = np.array([[100, 0, 0, 0], [0, 0, 0, 0], [10, 0, 0, 0], [0, 0, 0, 20]])  # a small disc missed
+    scores = segmentation_metrics(np.stack([big, small]))
+    assert scores["dice_disc"] == scores["dice_pooled_disc"] == pytest.approx(180 / 190)  # pixels pooled
+    assert scores["dice_per_case_disc"] == pytest.approx((1.0 + 0.0) / 2)  # each case counts the same
+    assert scores["dice_per_case_canal"] == 1.0  # case 1 has no canal anywhere: NaN, left out of the mean
+    assert np.isnan(scores["dice_per_case_vertebra"])  # absent from every case
+    assert scores["dice_per_case"] == pytest.approx((0.5 + 1.0) / 2)  # nanmean over the foreground classes
+    assert scores["dice"] == scores["dice_pooled"] == pytest.approx((180 / 190 + 1.0) / 2)

@@ -168,19 +168,130 @@ def test_folder_with_a_broken_file_reports_the_others(tmp_path, compose, case):
     assert "d.png" in page and "overlays/a.png" in page
 
 
-def _fake_train_run(compose, folder: Path, model: str = "unet_resnet34") -> Path:
+def _fake_train_run(compose, folder: Path, model: str = "unet_resnet34", *overrides: str, **summary) -> Path:
     """A run folder as plid.train leaves it (config, a weights-only checkpoint, summary.json), untrained."""
     import hydra
 
-    cfg = compose("debug=smoke", f"model={model}")
+    cfg = compose("debug=smoke", f"model={model}", *overrides)
     module = hydra.utils.instantiate(cfg.model, _convert_="all")
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     (folder / "checkpoints").mkdir()
     torch.save({"state_dict": module.state_dict(), "epoch": 0}, folder / "checkpoints" / "epoch_000.ckpt")
     (folder / "summary.json").write_text(json.dumps({"best_checkpoint": str(folder / "checkpoints" / "epoch_000.ckpt"),
-                                                     "choices": {"model": model}}))
+                                                     "choices": {"model": model}, **summary}))
     return folder
+
+
+@pytest.fixture(scope="module")
+def detector_runs(tmp_path_factory):
+    """Untrained YOLOv8n weights in detect-run folders (``<run>/yolo/weights/best.pt``), the disc detector's run
+    trained, its summary says, with a crop margin of 0.25."""
+    from plid.models.detection import load_yolo
+
+    root = tmp_path_factory.mktemp("detectors")
+    runs = {}
+    for stage, margin in (("lumbar", 0.1), ("ivd", 0.25)):
+        yolo = load_yolo("yolov8n.yaml", root / "ultralytics")
+        yolo.ckpt = {"train_args": {"imgsz": 64}}
+        runs[stage] = root / stage
+        (runs[stage] / "yolo" / "weights").mkdir(parents=True)
+        yolo.save(runs[stage] / "yolo" / "weights" / "best.pt")
+        (runs[stage] / "summary.json").write_text(json.dumps({"task": f"detection_{stage}", "roi_margin": margin}))
+    return runs
+
+
+def test_the_disc_stage_crop_margin_is_the_one_the_disc_detector_was_trained_with(tmp_path, compose, detector_runs):
+    seg = _fake_train_run(compose, tmp_path / "seg")
+    out = export_model_dir(tmp_path / "model_dir", detector_runs["lumbar"], detector_runs["ivd"], seg)
+    loaded = load_model_dir(out)
+    assert loaded.manifest["detection"]["margin"] == 0.25
+    assert Pipeline(loaded).cropper.margin == 0.25
+    # without a summary, the run's config says it
+    (detector_runs["ivd"] / "summary.json").rename(tmp_path / "moved.json")
+    try:
+        (detector_runs["ivd"] / ".hydra").mkdir()
+        (detector_runs["ivd"] / ".hydra" / "config.yaml").write_text("data:\n  roi_margin: 0.3\n")
+        again = export_model_dir(tmp_path / "again", detector_runs["lumbar"], detector_runs["ivd"], seg)
+        assert json.loads((again / "manifest.json").read_text())["detection"]["margin"] == 0.3
+    finally:
+        (tmp_path / "moved.json").rename(detector_runs["ivd"] / "summary.json")
+        (detector_runs["ivd"] / ".hydra" / "config.yaml").unlink()
+        (detector_runs["ivd"] / ".hydra").rmdir()
+
+
+def test_a_model_dir_loads_offline_after_the_initial_weights_are_gone(tmp_path, compose, detector_runs, caplog):
+    import timm
+
+    weights_file = tmp_path / "test_resnet.pth"
+    torch.save(timm.create_model("test_resnet").state_dict(), weights_file)
+    classifier = _fake_train_run(compose, tmp_path / "cls", "cls_resnet50", "model.net.name=test_resnet",
+                                 f"model.net.weights_file={weights_file}", "model.mode=fine_tune")
+    seg = _fake_train_run(compose, tmp_path / "seg")
+    config = seg / ".hydra" / "config.yaml"  # trained from ImageNet weights: rebuilding it would download them
+    config.write_text(config.read_text().replace("encoder_weights: null", "encoder_weights: imagenet"))
+    out = export_model_dir(tmp_path / "model_dir", detector_runs["lumbar"], detector_runs["ivd"], seg, [classifier])
+    weights_file.unlink()  # another machine: the file the classifier started from is not there
+    assert OmegaConf.load(out / "segmenter" / "config.yaml").model.net.encoder_weights is None
+    exported = OmegaConf.load(out / "classifiers" / "cls_resnet50" / "config.yaml").model.net
+    assert exported.weights_file is None and exported.pretrained is False
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["segmenter"]["initial_weights"] == {"model.net.encoder_weights": "imagenet"}
+    assert manifest["classifiers"]["cls_resnet50"]["initial_weights"] == {"model.net.weights_file": str(weights_file)}
+    with caplog.at_level("WARNING"):
+        loaded = load_model_dir(out)
+    assert "random weights" not in caplog.text  # training advice, moot when the checkpoint is loaded over them
+    state = torch.load(classifier / "checkpoints" / "epoch_000.ckpt", weights_only=True)["state_dict"]
+    for key, value in loaded.classifiers[0].net.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+
+
+def _two_classifiers(compose, tmp_path) -> list[Path]:
+    return [_fake_train_run(compose, tmp_path / name, name, "data.image_size=32", threshold=threshold)
+            for name, threshold in (("cls_resnet50", 0.3), ("cls_vgg16", 0.6))]
+
+
+def test_ensemble_and_classifier_names_must_match_both_ways(tmp_path, compose, detector_runs):
+    from plid.errors import UserInputError
+
+    seg = _fake_train_run(compose, tmp_path / "seg")
+    classifiers = _two_classifiers(compose, tmp_path)
+    ensemble = tmp_path / "ensemble_weights.json"
+    ensemble.write_text(json.dumps({"task": "cls", "weights": {"cls_resnet50": 0.7}}))  # no weight for cls_vgg16
+    with pytest.raises(UserInputError, match=r"no weight for \['cls_vgg16'\]"):
+        export_model_dir(tmp_path / "a", detector_runs["lumbar"], detector_runs["ivd"], seg, classifiers, ensemble)
+    ensemble.write_text(json.dumps({"task": "cls", "weights": {"cls_resnet50": 0.7, "cls_vgg16": 0.0}}))
+    out = export_model_dir(tmp_path / "b", detector_runs["lumbar"], detector_runs["ivd"], seg, classifiers, ensemble)
+    assert load_model_dir(out).weights == [0.7, 0.0]  # a weight of 0 the ensemble chose is kept
+    # a model_dir whose ensemble file lost a name is refused at load, not run with a weight of 0
+    (out / "ensemble_weights.json").write_text(json.dumps({"task": "cls", "weights": {"cls_vgg16": 1.0}}))
+    with pytest.raises(UserInputError, match=r"no weight for \['cls_resnet50'\]"):
+        load_model_dir(out)
+
+
+def test_predict_applies_the_thresholds_chosen_on_validation(tmp_path, compose, case, detector_runs):
+    seg = _fake_train_run(compose, tmp_path / "seg")
+    classifiers = _two_classifiers(compose, tmp_path)
+    ensemble = tmp_path / "ensemble_weights.json"
+    ensemble.write_text(json.dumps({"task": "cls", "weights": {"cls_resnet50": 0.5, "cls_vgg16": 1.0},
+                                    "threshold": 0.42}))
+    out = export_model_dir(tmp_path / "two", detector_runs["lumbar"], detector_runs["ivd"], seg, classifiers, ensemble)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [manifest["classifiers"][n]["threshold"] for n in ("cls_resnet50", "cls_vgg16")] == [0.3, 0.6]
+    assert Pipeline(load_model_dir(out)).classifier_description()["threshold"] == 0.42
+    one = export_model_dir(tmp_path / "one", detector_runs["lumbar"], detector_runs["ivd"], seg, classifiers[1:])
+    pipeline = Pipeline(load_model_dir(one), cropper=_truth_cropper(case))
+    assert pipeline.classifier_description()["threshold"] == 0.6
+    from plid.datamodules.io import Scan
+
+    discs = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report["discs"]
+    assert discs and all(d["herniation_positive"] == (d["herniation_probability"] > 0.6) for d in discs)
+    # a version-1 model_dir (no thresholds) loads, with 0.5
+    manifest = json.loads((one / "manifest.json").read_text())
+    manifest["version"] = 1
+    del manifest["classifiers"]["cls_vgg16"]["threshold"]
+    (one / "manifest.json").write_text(json.dumps(manifest))
+    assert Pipeline(load_model_dir(one)).classifier_description()["threshold"] == 0.5
 
 
 def test_model_dir_round_trip_loads_weights_only(tmp_path, compose, case, monkeypatch):
@@ -201,7 +312,8 @@ def test_model_dir_round_trip_loads_weights_only(tmp_path, compose, case, monkey
     for path in [*out.glob("*.pt"), *out.glob("*/**/model.ckpt")]:
         torch.load(path, weights_only=True)
     loaded = load_model_dir(out)
-    assert loaded.manifest["detection"] == {"conf": 0.25, "iou": 0.45, "margin": 0.1}
+    # bare .pt files: the disc detector's run (and its crop margin) is not known, data.roi_margin's default is used
+    assert loaded.manifest["detection"] == {"conf": 0.25, "iou": 0.45, "margin": 0.1, "margin_source": "default"}
     # predict's detectors take the exported thresholds unless told otherwise
     assert [(d.conf, d.iou) for d in (Pipeline(loaded).cropper.lumbar, Pipeline(loaded, iou=0.6).cropper.ivd)] \
         == [(0.25, 0.45), (0.25, 0.6)]

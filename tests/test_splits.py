@@ -57,7 +57,8 @@ def test_written_once_then_reused(tmp_path):
 def test_user_nnunet_splits_are_honoured(tmp_path):
     path = tmp_path / "splits_final.json"
     path.write_text(json.dumps([{"train": ["a", "b"], "val": ["c"]}, {"train": ["a", "c"], "val": ["b"]}]))
-    splits = resolve_splits(path, {p: "x" for p in "abcd"}, 5, 0.1, seed=0)
+    # d is in no split: refused by default (see below), left out when asked
+    splits = resolve_splits(path, {p: "x" for p in "abcd"}, 5, 0.1, seed=0, unsplit="warn")
     assert fold_patients(splits, 1) == {"train": ["a", "c"], "val": ["b"], "test": []}
     assert load_splits(path)["folds"][0]["val"] == ["c"]
 
@@ -72,3 +73,16 @@ def test_bad_splits_are_rejected(tmp_path):
         resolve_splits(path, {p: "x" for p in "abc"}, 2, 0.1, 0)
     with pytest.raises(ValueError, match="out of range"):
         fold_patients(load_splits(path), 3)
+
+
+def test_patients_added_after_the_splits_file_was_written_are_refused_by_name(tmp_path, caplog):
+    path = tmp_path / "splits.json"
+    strata = _strata(30)
+    resolve_splits(path, strata, 3, 0.1, seed=0)
+    grown = {**strata, "new1": "neg", "new2": "pos"}
+    with pytest.raises(ValueError, match=r"2 patients of the dataset are in no split .*new1, new2\. Delete the file"):
+        resolve_splits(path, grown, 3, 0.1, seed=0)
+    with caplog.at_level("WARNING", logger="plid.datamodules.splits"):
+        splits = resolve_splits(path, grown, 3, 0.1, seed=0, unsplit="warn")
+    assert "new1, new2" in caplog.text and "left out" in caplog.text
+    assert splits == json.loads(path.read_text())  # the file is kept as it is

@@ -94,3 +94,79 @@ def test_unknown_names_are_errors_listing_the_valid_ones(tmp_path, override, exp
     result = run_module("plid.train", "debug=smoke", *override.split(), f"hydra.run.dir={tmp_path}/run",
                         *_common(tmp_path))
     assert result.returncode != 0 and expected in result.stderr and a_valid_name in result.stderr
+
+
+def test_a_finished_run_is_refused_for_resuming_and_the_message_says_it_finished(tmp_path):
+    from plid.errors import UserInputError
+    from plid.train import resolve_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "summary.json").write_text("{}")
+    for ckpt_path in ("last", None):  # resuming it, or training into it again
+        with pytest.raises(UserInputError, match="holds a finished run") as error:
+            resolve_checkpoint(ckpt_path, run)
+        assert "interrupted" not in str(error.value)
+    (run / "summary.json").unlink()  # an interrupted run (no summary yet) is still resumed
+    assert resolve_checkpoint("last", run) == str(run / "checkpoints" / "last.ckpt")
+
+
+def test_reports_are_strict_json_with_null_for_undefined_scores(tmp_path):
+    import numpy as np
+
+    from plid.utils.io import write_json
+
+    path = write_json(tmp_path / "summary.json", {"test": {"auc": float("nan"), "f1": np.float32(0.5)},
+                                                  "curve": [1.0, float("inf"), np.nan], "ok": np.bool_(True)})
+
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"test": {"auc": None, "f1": 0.5},
+                                                                  "curve": [1.0, None, None], "ok": True}
+
+
+def _one_class_val_splits(compose, tmp_path):
+    """A splits file of the synthetic disc data whose val patients have no herniated disc."""
+    import hydra
+
+    cfg = compose("debug=smoke", "model=cls_resnet50", "data.image_size=32")
+    discs = hydra.utils.instantiate(cfg.data, _convert_="all").dataset.discs
+    herniated = discs.groupby("patient")["disc_herniation"].max()
+    negative = sorted(herniated[herniated == 0].index)[:4]
+    path = tmp_path / "one_class_val.json"
+    path.write_text(json.dumps({"test": [], "folds": [{"train": sorted(set(herniated.index) - set(negative)),
+                                                       "val": negative}]}))
+    return path
+
+
+def test_a_validation_split_with_one_class_is_refused_before_training(compose, tmp_path):
+    from plid.errors import UserInputError
+    from plid.train import train
+
+    splits = _one_class_val_splits(compose, tmp_path)
+    cfg = compose("debug=smoke", "model=cls_resnet50", "data.image_size=32", f"data.splits_file={splits}")
+    with pytest.raises(UserInputError, match=r"val split of fold 0 holds one class only: \d+ negative and 0 positive"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_summary_reports_dice_pooled_and_per_case_as_the_saved_predictions_give_them(compose):
+    from pathlib import Path
+
+    import numpy as np
+
+    from plid.ensemble.predictions import load_predictions
+    from plid.evaluation import case_confusions, segmentation_metrics
+    from plid.train import train
+
+    cfg = compose("debug=smoke", "trainer.limit_test_batches=1.0")
+    train(cfg)
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    saved = load_predictions(f"{cfg.paths.output_dir}/predictions/test.npz")
+    expected = segmentation_metrics(case_confusions(saved.probs, saved.targets))
+    for name in ("dice_pooled", "dice_per_case", "dice_per_case_disc", "dice_pooled_canal"):
+        assert summary["test"][name] == pytest.approx(expected[name], abs=1e-6), name
+    assert summary["test"]["dice"] == summary["test"]["dice_pooled"]  # the monitored key keeps its meaning
+    assert "val/dice_per_case" in summary["val"] and np.isfinite(summary["test"]["dice_per_case"])

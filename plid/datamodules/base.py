@@ -43,6 +43,8 @@ class SpineDataModule(L.LightningDataModule):
         series: keep only these series (``t1``, ``t2``, ``t2_SPACE``); None keeps all.
         on_error: ``raise`` stops at the first bad row with a message naming it (before training starts);
             ``skip`` leaves bad rows out with a warning and a count.
+        unsplit_patients: patients of the dataset that an existing splits file puts in no split (added after it
+            was written): ``raise`` (default) refuses with their ids; ``warn`` leaves them out with a warning.
         cache_dir: where decoded, cropped and resized arrays are kept between runs (None: no disk cache).
         detector: for ``roi='detected'``: ``lumbar`` and ``ivd`` weights (local ``.pt``), ``conf``, ``device``
             and ``cache_dir``; see :mod:`plid.datamodules.detected`.
@@ -70,6 +72,7 @@ class SpineDataModule(L.LightningDataModule):
         on_error: str = "raise",
         cache_dir: str | None = None,
         detector: dict | None = None,
+        unsplit_patients: str = "raise",
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise UserInputError(f"data.on_error={on_error!r} must be 'raise' or 'skip'")
@@ -195,7 +198,8 @@ class SpineDataModule(L.LightningDataModule):
             self.dataset  # noqa: B018 - loads the folder
             h = self.hparams
             self.splits = splits_lib.resolve_splits(
-                self.splits_path(), patient_strata(self._all_data), h.num_folds, h.test_fraction, h.split_seed
+                self.splits_path(), patient_strata(self._all_data), h.num_folds, h.test_fraction, h.split_seed,
+                unsplit=h.unsplit_patients,
             )
         return splits_lib.fold_patients(self.splits, self.hparams.fold)
 

@@ -155,6 +155,19 @@ class ClassificationDataModule(SpineDataModule):
                  np.int64(getattr(d, target)))
                 for d in row.discs]
 
+    def check_validation_classes(self) -> None:
+        """Refuse a validation split that holds one class only, before any training: its ROC AUC (the default
+        monitor, ``val/auc``) and PR AUC are undefined (NaN) and no decision threshold can be chosen on it, so
+        checkpointing and early stopping would follow nothing and end training after the first epoch."""
+        self.setup("fit")
+        negatives, positives = self.datasets["val"].class_counts()
+        if min(negatives, positives) == 0:
+            raise UserInputError(
+                f"the val split of fold {self.hparams.fold} holds one class only: {negatives} negative and {positives} "
+                f"positive for {self.hparams.target} (splits file {self.splits_path()}); its AUC, the monitored "
+                f"metric, is undefined and no decision threshold can be chosen on it. Choose another fold "
+                f"(data.fold), other splits (data.num_folds, data.split_seed, data.splits_file) or another data.target")
+
     def class_weights(self) -> list[float]:
         """Loss weights of class 0 and 1 from the training split: ``n / (2 n_c)``."""
         self.setup("fit")

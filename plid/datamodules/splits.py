@@ -13,12 +13,16 @@ then empty unless the file names one. With the defaults (10 % test, 6 folds) a f
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from plid.errors import UserInputError
 from plid.utils.io import write_json
+
+log = logging.getLogger(__name__)
+UNSPLIT_MODES = ("raise", "warn")
 
 
 def make_splits(strata: dict[str, str], num_folds: int, test_fraction: float, seed: int) -> dict:
@@ -65,14 +69,19 @@ def load_splits(path: str | Path) -> dict:
     return data
 
 
-def resolve_splits(path: Path, strata: dict[str, str], num_folds: int, test_fraction: float, seed: int) -> dict:
-    """The splits stored at ``path``, made and written there first if the file does not exist yet."""
+def resolve_splits(path: Path, strata: dict[str, str], num_folds: int, test_fraction: float, seed: int,
+                   unsplit: str = "raise") -> dict:
+    """The splits stored at ``path``, made and written there first if the file does not exist yet.
+
+    ``unsplit``: what to do with patients of the dataset that a stored file puts in no split (patients added
+    after it was written): ``raise`` (default) refuses, naming them; ``warn`` leaves them out with a warning.
+    """
     if path.is_file():
         splits = load_splits(path)
     else:
         splits = make_splits(strata, num_folds, test_fraction, seed)
         write_json(path, splits)
-    check_splits(splits, set(strata), source=path)
+    check_splits(splits, set(strata), source=path, unsplit=unsplit)
     return splits
 
 
@@ -84,8 +93,11 @@ def fold_patients(splits: dict, fold: int) -> dict[str, list[str]]:
     return {"train": folds[fold]["train"], "val": folds[fold]["val"], "test": splits["test"]}
 
 
-def check_splits(splits: dict, patients: set[str], source: Path | str = "splits") -> None:
-    """No patient in two parts of a fold, and every split patient present in the dataset."""
+def check_splits(splits: dict, patients: set[str], source: Path | str = "splits", unsplit: str = "raise") -> None:
+    """No patient in two parts of a fold, every split patient present in the dataset, and every patient of the
+    dataset in some split (``unsplit``: see :func:`resolve_splits`)."""
+    if unsplit not in UNSPLIT_MODES:
+        raise UserInputError(f"data.unsplit_patients={unsplit!r} must be one of {UNSPLIT_MODES}")
     test = set(splits["test"])
     for k, fold in enumerate(splits["folds"]):
         train, val = set(fold["train"]), set(fold["val"])
@@ -98,3 +110,14 @@ def check_splits(splits: dict, patients: set[str], source: Path | str = "splits"
                 f"{source}: fold {k} names patients not in the dataset: {sorted(unknown)[:5]}; "
                 f"delete the file to make new splits, or fix it"
             )
+    placed = test.union(*(set(fold["train"]) | set(fold["val"]) for fold in splits["folds"]))
+    missing = sorted(patients - placed)
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        message = (f"{source}: {len(missing)} patients of the dataset are in no split (added after the file was "
+                   f"written?): {shown}")
+        if unsplit == "raise":
+            raise UserInputError(f"{message}. Delete the file to make new splits over every patient (new splits "
+                                 f"change every fold and the test set: retrain and re-evaluate), or pass "
+                                 f"data.unsplit_patients=warn to leave them out")
+        log.warning("%s; they are left out of training, validation and test (data.unsplit_patients=warn)", message)

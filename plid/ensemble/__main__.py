@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="ensemble")
 def main(cfg: DictConfig) -> float | None:
     summary = run_task(ensemble, cfg)
-    return summary["val"]["WAE"][summary["metric"]]
+    return summary["val_score"]  # the searched metric of the chosen weights on val
 
 
 if __name__ == "__main__":

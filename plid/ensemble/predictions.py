@@ -4,8 +4,12 @@ After testing, a run writes ``predictions/val.npz`` and ``predictions/test.npz``
 file per split, with the best checkpoint's outputs on every case of that split:
 
     ids      (N,) str       case ids: the image name (segmentation) or ``<image>:<ivd_label>`` (classification)
-    probs    (N, C, ...)    float16 class probabilities (softmax), C classes; (N, C, H, W) for segmentation
+    probs    (N, C, ...)    float32 class probabilities (softmax), C classes; (N, C, H, W) for segmentation
     targets  (N, ...)       int64 reference labels (class indices), aligned with probs
+
+The probabilities are those the run's metrics saw, in the float32 they were computed in: AUCs and argmax
+predictions from the file are the ones in ``summary.json``. (Files of older runs hold float16, which rounds
+probabilities near 0 and 1 into ties; they still load.)
 
 Cases are in a stable order (the split's loader order); ``load_predictions`` sorts by id so that runs of
 different models over the same split line up.
@@ -38,7 +42,7 @@ class Predictions:
 def save_predictions(path: str | Path, predictions: Predictions) -> Path:
     path = Path(path)
     with atomic_write(path, "wb") as handle:
-        np.savez(handle, ids=predictions.ids.astype(str), probs=predictions.probs.astype(np.float16),
+        np.savez(handle, ids=predictions.ids.astype(str), probs=predictions.probs.astype(np.float32),
                  targets=predictions.targets.astype(np.int64))
     return path
 

@@ -4,9 +4,11 @@
     python -m plid.ensemble task=seg runs='logs/train/multiruns/2026-01-01_00-00-00/*'
     python -m plid.ensemble task=cls metric=f1 runs=logs/train/multiruns/2026-01-01_00-00-00
 
-Writes into its output dir ``ensemble_weights.json`` (the chosen weights, which inference reuses),
+Writes into its output dir ``ensemble_weights.json`` (the chosen weights, and for classifiers the decision
+threshold of the weighted ensemble chosen on its validation probabilities: what inference reuses),
 ``summary.json`` (WAE, plain averaging AEM and each single model on val and test, and the search's figures)
-and ``ensemble_table.{md,csv}`` (one row per model, AEM and WAE, as the paper's Tables 2 and 4).
+and ``ensemble_table.{md,csv}`` (one row per model, AEM and WAE, as the paper's Tables 2 and 4). Undefined
+scores (NaN) are ``null`` in the JSON files.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from plid.ensemble.predictions import SPLITS, Predictions, load_predictions
 from plid.ensemble.scoring import ClassificationScorer, SegmentationScorer
 from plid.ensemble.weights import search_weights
 from plid.errors import UserInputError
+from plid.evaluation import classification_metrics, youden_threshold
 from plid.utils.io import atomic_write, claim_output_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -137,22 +140,42 @@ def _scorer(task: str, pred: list[Predictions], metric: str, search: DictConfig 
                               seed=search.get("seed", 0))
 
 
-def _report(task: str, scorer, rows: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def _report(task: str, scorer, rows: dict[str, np.ndarray],
+            thresholds: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """Every score of each row (weight vector). Binary classification: accuracy, balanced accuracy, precision,
+    recall, specificity and F1 at the row's decision threshold (``thresholds``, chosen on val), AUC as searched."""
     if task == "seg":
         c = scorer.num_classes
         names = CLASS_NAMES if c == len(CLASS_NAMES) else [f"class{k}" for k in range(c)]
         return {row: scorer.scores(vector, names) for row, vector in rows.items()}
-    return {row: scorer.scores(vector) for row, vector in rows.items()}
+    report = {}
+    for row, vector in rows.items():
+        scores = scorer.scores(vector)
+        if thresholds is not None and scorer.binary:
+            at = classification_metrics(scorer.positive_probs(vector), scorer.targets.numpy(), thresholds[row])
+            scores.update({k: v for k, v in at.items() if k != "auc"}, threshold=thresholds[row])
+        report[row] = scores
+    return report
+
+
+def _thresholds(scorer, rows: dict[str, np.ndarray]) -> dict[str, float] | None:
+    """Each row's decision threshold on the class-1 probability, Youden's J on val (binary classification)."""
+    if not getattr(scorer, "binary", False):
+        return None
+    targets = scorer.targets.numpy()
+    return {row: youden_threshold(scorer.positive_probs(vector), targets) for row, vector in rows.items()}
 
 
 def _table(summary: dict, split: str) -> pd.DataFrame:
     metric = summary["metric"]
     frame = pd.DataFrame(summary[split]).T
-    if summary["task"] == "seg":
-        columns = [c for c in frame.columns if c.startswith("dice_") and not c.endswith("background")]
-        columns += ["dice"] + [c for c in frame.columns if c.startswith("iou_")] + ["miou"]
+    if summary["task"] == "seg":  # Dice per class pooled over pixels (Table 4), then both foreground means
+        classes = [c[len("iou_"):] for c in frame.columns if c.startswith("iou_") and c != "iou_background"]
+        columns = [f"dice_{c}" for c in classes] + ["dice", "dice_per_case"]
+        columns += [f"iou_{c}" for c in classes] + ["miou"]
     else:
-        columns = [c for c in ("accuracy", "precision", "recall", "specificity", "f1", "auc") if c in frame.columns]
+        columns = [c for c in ("accuracy", "precision", "recall", "specificity", "f1", "auc", "threshold")
+                   if c in frame.columns]
     table = frame[columns].copy()
     table.insert(0, f"val_{metric}", [summary["val"][row][metric] for row in table.index])
     table.index.name = "model"
@@ -198,6 +221,7 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
     rows = {name: np.eye(len(runs), dtype=np.int64)[i] for i, name in enumerate(names)}
     rows["AEM"] = np.ones(len(runs), dtype=np.int64)
     rows["WAE"] = result.best
+    thresholds = _thresholds(val, rows) if task == "cls" else None
     summary: dict[str, Any] = {
         "task": task, "metric": metric, "models": names,
         "weights": dict(zip(names, weights.tolist())),
@@ -213,8 +237,11 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
             # the best candidates of the search, re-scored exactly on val (seg: every pixel)
             "finalists": [{"weights": v, "score": score} for v, score in result.finalists[:5]],
         },
-        "val": _report(task, val, rows),
+        "val_score": result.score,
+        "val": _report(task, val, rows, thresholds),
     }
+    if thresholds is not None:  # the WAE's decision threshold, chosen on its validation probabilities
+        summary["threshold"] = thresholds["WAE"]
     if task == "seg":
         summary["search"]["pixels"] = {"total": val.total_pixels, "disagreement": val.disagreement_pixels,
                                        "two_class": val.pixels.pair_size, "sampled": val.sampled_pixels,
@@ -223,7 +250,7 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
         summary["search"]["cases"] = {"total": val.num_cases, "disagreement": int(val.open.sum()) if val.binary else None}
     if "test" in runs[0].splits:
         test = _scorer(task, [r.splits["test"] for r in runs], metric, {"sample_pixels": None})
-        summary["test"] = _report(task, test, rows)
+        summary["test"] = _report(task, test, rows, thresholds)
 
     write_json(output_dir / "ensemble_weights.json", {
         "task": task, "metric": metric, "step": search.step,
@@ -231,6 +258,7 @@ def ensemble(cfg: DictConfig) -> dict[str, Any]:
         "weights": summary["weights"],
         "normalized_weights": dict(zip(names, (weights / weights.sum()).tolist())),
         "val_score": result.score,
+        **({"threshold": summary["threshold"]} if "threshold" in summary else {}),
         "samples": summary["samples"],
         "runs": summary["runs"],
         "checkpoints": {r.name: r.summary.get("best_checkpoint") for r in runs},

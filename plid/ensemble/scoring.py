@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from plid.errors import UserInputError
-from plid.models.metrics import SEGMENTATION_METRICS, segmentation_metric, segmentation_scores
+from plid.models.metrics import SEGMENTATION_METRICS, per_case_dice, segmentation_metric, segmentation_scores
 
 CLASSIFICATION_METRICS = ("accuracy", "f1", "auc")
 # elements of the largest (B, cases, classes) block built at once: bounds memory to ~64 MB of float32
@@ -69,6 +69,11 @@ class ClassificationScorer:
             self.fixed_pp = float(always.sum())
             self.open_margin = self.margin[:, self.open].contiguous()
             self.open_labels = torch.stack([self.positive[self.open], torch.ones(int(self.open.sum()))], 1)
+
+    def positive_probs(self, vector) -> np.ndarray:
+        """The ensemble's class-1 probability per case, equation 1 (``sum_i w_i p_i / sum_i w_i``), in float64."""
+        w = _as_weights([vector])[0].double()
+        return ((w[:, None] * self.probs[..., 1].double()).sum(0) / w.sum()).numpy()
 
     def _has_both(self) -> bool:
         return self.binary and self.targets.unique().numel() == 2
@@ -164,7 +169,9 @@ class _Pixels:
         pair = contenders.sum(1) == 2
         lo = contenders.int().argmax(1)
         hi = c - 1 - contenders.flip(1).int().argmax(1)
+        self.pair, self.targets = pair, targets
         lo, hi, t, w = lo[pair], hi[pair], targets[pair], weights[pair]
+        self.lo, self.hi = lo, hi
         pair_probs = probs[:, pair]
         self.diff = (pair_probs.gather(2, hi.view(1, -1, 1).expand(m, -1, 1))
                      - pair_probs.gather(2, lo.view(1, -1, 1).expand(m, -1, 1))).squeeze(2)  # (M, D2)
@@ -179,6 +186,15 @@ class _Pixels:
         self.multi_probs = probs[:, ~pair].reshape(m, -1)  # (M, D3 * C)
         self.multi_targets, self.multi_weights = targets[~pair], weights[~pair]
         self.size, self.pair_size = d, int(pair.sum())
+
+    def predicted(self, weights: torch.Tensor) -> torch.Tensor:
+        """(D,) class each pixel is predicted under one weighting (M,), by the same rules as :meth:`confusion`."""
+        out = torch.empty(len(self.targets), dtype=torch.long)
+        out[self.pair] = torch.where((weights @ self.diff) > 0, self.hi, self.lo)
+        d3 = len(self.multi_targets)
+        if d3:
+            out[~self.pair] = (weights @ self.multi_probs).reshape(d3, self.num_classes).argmax(-1)
+        return out
 
     def confusion(self, weights: torch.Tensor) -> torch.Tensor:
         """(B, C * C) weighted counts of (target, prediction) over these pixels."""
@@ -230,6 +246,12 @@ class SegmentationScorer:
                                      .astype(np.float64))
         where = np.flatnonzero(~agree)
         case, pixel = np.divmod(where, flat[0].shape[2])
+        # per case: the fixed counts of the agreeing pixels, and the case of each disagreement pixel (Dice per case)
+        self.num_cases = n = len(targets)
+        agree_case = np.flatnonzero(agree) // flat[0].shape[2]
+        self.case_fixed = torch.as_tensor(np.bincount(
+            agree_case * c * c + target[agree] * c + labels[0][agree], minlength=n * c * c).reshape(n, c * c))
+        self.case_of_pixel = torch.as_tensor(case)
         # (M, D, C) probabilities at the D disagreement pixels
         probs_d = torch.as_tensor(np.stack([p[case, :, pixel].astype(np.float32) for p in flat]))
         targets_d = torch.as_tensor(target[where])
@@ -268,7 +290,21 @@ class SegmentationScorer:
         confusion = (self.sample.confusion(_as_weights(vectors)) + self.fixed).reshape(-1, c, c)
         return segmentation_metric(confusion, self.metric).numpy()
 
+    def case_confusions(self, vector) -> torch.Tensor:
+        """(N, C, C) confusion matrix of each case under one weighting, exactly."""
+        c, n = self.num_classes, self.num_cases
+        pixels = self.pixels
+        w = _as_weights([vector])[0]
+        predicted = pixels.predicted(w)
+        cells = self.case_of_pixel * c * c + pixels.targets * c + predicted
+        counts = torch.bincount(cells, minlength=n * c * c).reshape(n, c * c)
+        return (counts + self.case_fixed).reshape(n, c, c)
+
     def scores(self, vector, class_names: Sequence[str] | None = None) -> dict[str, float]:
-        """Every score of one weighting (per-class Dice and IoU, dice, miou, miou_fg), exactly."""
+        """Every score of one weighting (per-class Dice and IoU pooled over pixels, dice, miou, miou_fg, and Dice
+        per case, ``dice_per_case``), exactly."""
         confusion = self.confusion([vector])[0]
-        return segmentation_scores(confusion, class_names) if class_names else segmentation_scores(confusion)
+        case_dice = per_case_dice(self.case_confusions(vector))
+        if class_names:
+            return segmentation_scores(confusion, class_names, case_dice=case_dice)
+        return segmentation_scores(confusion, case_dice=case_dice)

@@ -12,12 +12,14 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from plid.datamodules.contract import CLASS_NAMES
 from plid.errors import UserInputError
 from plid.models.base import SpineModule
-from plid.models.metrics import predicted_classes, segmentation_scores
+from plid.models.metrics import CaseDice, predicted_classes, segmentation_scores
 
 
 class SegmentationModule(SpineModule):
     """Trains ``net`` (any smp model) with ``loss``; logs per-class Dice and IoU, mIoU and the best value
-    of ``monitor`` under ``val/...`` and ``test/...``.
+    of ``monitor`` under ``val/...`` and ``test/...``. Dice comes pooled over the split's pixels (``dice``,
+    ``dice_<class>``, also as ``dice_pooled``, ``dice_pooled_<class>``) and per case, nnU-Net's way
+    (``dice_per_case``, ``dice_per_case_<class>``): see :mod:`plid.models.metrics`.
 
     Args:
         net: the network, logits of shape (N, classes, H, W).
@@ -41,6 +43,7 @@ class SegmentationModule(SpineModule):
         self.confusion = nn.ModuleDict({
             stage: MulticlassConfusionMatrix(len(self.class_names)) for stage in ("val", "test")
         })
+        self.case_dice = nn.ModuleDict({stage: CaseDice(len(self.class_names)) for stage in ("val", "test")})
         self.monitor_best = MaxMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,11 +60,15 @@ class SegmentationModule(SpineModule):
                              f"multiple of {divisor}; try {max(divisor, round(size / divisor) * divisor)}")
 
     def update_metrics(self, logits: torch.Tensor, batch: dict, stage: str) -> None:
-        self.confusion[stage].update(predicted_classes(logits), batch["target"])
+        predicted = predicted_classes(logits)
+        self.confusion[stage].update(predicted, batch["target"])
+        self.case_dice[stage].update(predicted, batch["target"])
 
     def _log_scores(self, stage: str) -> dict[str, float]:
-        scores = segmentation_scores(self.confusion[stage].compute(), self.class_names)
+        scores = segmentation_scores(self.confusion[stage].compute(), self.class_names,
+                                     case_dice=self.case_dice[stage].compute())
         self.confusion[stage].reset()
+        self.case_dice[stage].reset()
         self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=False)
         return scores
 

@@ -2,7 +2,9 @@
 
 Per image: the lumbar region (stage-1 detector), the discs inside it (stage-2 detector) numbered bottom-up,
 a herniation probability per disc (one classifier, or the weighted average of several with the ensemble's
-weights), and the 4-class segmentation of the lumbar crop with the area of each class.
+weights) and the call it gives at the decision threshold chosen on validation (``herniation_positive``:
+probability above the threshold; the classifier's own threshold, or the ensemble's with several), and the
+4-class segmentation of the lumbar crop with the area of each class.
 
 Levels (:mod:`plid.pipeline.levels`): by default from the anatomy, the detector's discs checked against the
 segmentation (boxes on vertebral bodies, discs the detector missed, gaps, duplicates, the L5/S1 anchor), numbered
@@ -72,9 +74,12 @@ class Pipeline:
                                self.max_named_levels)
         probabilities = self.herniation(image, [d.box for d in roi.discs])
         key = self.probability_key()
+        call = key.removesuffix("_probability") + "_positive"
+        threshold = self.decision_threshold()
         report["discs"] = [
             {"level": disc.level, "name": disc.name, "level_confidence": disc.level_confidence,
              "box": _box(disc.box), "score": round(disc.score, 4), key: None if p is None else round(float(p), 4),
+             call: None if p is None else bool(p > threshold),
              **({"flag": disc.flag, "flag_reason": disc.reason} if disc.flag else {})}
             for disc, p in zip(levels.detected(), probabilities)
         ]
@@ -91,12 +96,22 @@ class Pipeline:
         target = self.models.classifiers[0].target if self.models.classifiers else None
         return "herniation_probability" if target in (None, "disc_herniation") else f"{target}_probability"
 
+    def decision_threshold(self) -> float:
+        """The threshold applied to the combined per-disc probability (positive above it): the classifier's own
+        (chosen on its validation split) with one classifier, the ensemble's (chosen on the ensemble's
+        validation probabilities) with several; 0.5 for a model_dir written before thresholds were chosen."""
+        classifiers = self.models.classifiers
+        if len(classifiers) == 1:
+            return float(classifiers[0].threshold)
+        return float(self.models.ensemble_threshold)
+
     def classifier_description(self) -> dict[str, Any] | None:
         classifiers = self.models.classifiers
         if not classifiers:
             return None
         return {"target": classifiers[0].target, "models": [c.name for c in classifiers], "weights": self.models.weights,
-                "combination": "weighted average" if len(classifiers) > 1 else "single model"}
+                "combination": "weighted average" if len(classifiers) > 1 else "single model",
+                "threshold": self.decision_threshold()}
 
     def herniation(self, image: np.ndarray, boxes: list) -> list[float | None]:
         """Probability of herniation per disc box: one classifier, or the weighted average of several."""

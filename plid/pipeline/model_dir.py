@@ -1,7 +1,7 @@
 """``model_dir``: one folder with everything ``python -m plid.predict`` needs, written from trained runs.
 
     model_dir/
-      manifest.json                  what is here: files, image sizes, margins, level rule, the runs it came from
+      manifest.json                  what is here: files, image sizes, margins, decision thresholds, the runs it came from
       detector_lumbar.pt             stage-1 YOLOv8: {"yaml", "state_dict", "names", "imgsz"}
       detector_ivd.pt                stage-2 YOLOv8, same format
       segmenter/config.yaml          the segmentation run's composed Hydra config (rebuilds the network)
@@ -14,11 +14,20 @@ Every ``.pt`` / ``.ckpt`` here holds only tensors and plain values and is read w
 ``torch.load(weights_only=True)``: nothing in a model_dir is unpickled. Detectors are rebuilt from their
 architecture yaml (a plain dict) and state dict, so the ultralytics checkpoint (a pickle) is read only once, by
 the export, from the user's own training run.
+
+A model_dir loads offline on any machine: the exported configs name no initial weights (``encoder_weights``
+and ``weights_file`` are null, ``pretrained`` false; what the run started from is kept in the manifest as
+``initial_weights``), since the checkpoint holds every weight.
+
+Manifest version 2 adds, per classifier, the decision ``threshold`` chosen on its validation split (its
+run's ``summary.json``), the disc detector's training crop margin as ``detection.margin``, and the
+ensemble's threshold in ``ensemble_weights.json``. Version 1 model_dirs load, with threshold 0.5.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -27,13 +36,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from plid.errors import UserInputError
 from plid.models.detection import NMS_IOU
 from plid.utils.io import atomic_dir, atomic_write, write_json
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+DEFAULT_THRESHOLD = 0.5  # models of a version-1 model_dir, or runs that chose no threshold
+DEFAULT_MARGIN = 0.1  # data.roi_margin's default: the disc detector's crop margin when its run cannot be read
+# model config keys that name initial weights (downloaded or read from a local file when the network is built)
+_INITIAL_WEIGHTS = {"encoder_weights": None, "weights_file": None, "pretrained": False}
+log = logging.getLogger(__name__)
 
 
 def _run_config(run: Path) -> DictConfig:
@@ -63,6 +78,28 @@ def _detector_weights(run: str | Path) -> Path:
     return path
 
 
+def detector_margin(run: str | Path) -> tuple[float, str]:
+    """The crop margin (``data.roi_margin``) a disc detector was trained with, and where it was read: the run's
+    ``summary.json`` (``roi_margin``), else its ``.hydra/config.yaml``; :data:`DEFAULT_MARGIN` with a warning
+    where neither is found (a bare ``.pt`` outside its run folder)."""
+    path = Path(run).expanduser().resolve()
+    if path.suffix == ".pt":  # <run>/yolo/weights/best.pt; a .pt elsewhere has no run to read
+        path = path.parents[2] if path.parent.name == "weights" and path.parent.parent.name == "yolo" else None
+    summary = path / "summary.json" if path else Path()
+    config = path / ".hydra" / "config.yaml" if path else Path()
+    if summary.is_file():
+        margin = json.loads(summary.read_text()).get("roi_margin")
+        if margin is not None:
+            return float(margin), str(summary)
+    if config.is_file():
+        margin = OmegaConf.load(config).get("data", {}).get("roi_margin")
+        return float(DEFAULT_MARGIN if margin is None else margin), str(config)
+    log.warning("%s: no summary.json or .hydra/config.yaml of the disc detector's run; its crop margin is taken to "
+                "be %s (data.roi_margin's default): give the run folder to carry the trained value", run,
+                DEFAULT_MARGIN)
+    return DEFAULT_MARGIN, "default"
+
+
 def export_detector(weights: Path, out: Path) -> dict[str, Any]:
     """An ultralytics checkpoint (the user's own training output) as a weights-only file."""
     from plid.models.detection import load_yolo
@@ -86,6 +123,7 @@ def export_module(run: str | Path, out: Path) -> dict[str, Any]:
     """A training run's config and best weights into ``out/{config.yaml, model.ckpt}``."""
     run = Path(run).expanduser().resolve()
     cfg = _run_config(run)
+    initial = portable_config(cfg)
     checkpoint = _best_checkpoint(run)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     out.mkdir(parents=True, exist_ok=True)
@@ -100,8 +138,39 @@ def export_module(run: str | Path, out: Path) -> dict[str, Any]:
             raise UserInputError(f"{run}: a whole-image classifier (data.roi=none); predict needs one trained on disc "
                                  f"crops (data.roi=gt or detected) to give a probability per disc")
         extra["target"] = str(data.target)
+        summary = run / "summary.json"
+        threshold = json.loads(summary.read_text()).get("threshold") if summary.is_file() else None
+        if threshold is None:
+            log.warning("%s: summary.json gives no decision threshold (a run of an older plid?): %s is used", run,
+                        DEFAULT_THRESHOLD)
+        extra["threshold"] = float(DEFAULT_THRESHOLD if threshold is None else threshold)
+    if initial:
+        extra["initial_weights"] = initial
     return {**extra, "model": str(cfg.model._target_), "image_size": int(data.get("image_size")),
             "roi_margin": float(data.get("roi_margin", 0.1)), "source": str(checkpoint)}
+
+
+def portable_config(cfg: DictConfig) -> dict[str, Any]:
+    """Clear, in place, every key of ``cfg.model`` that names initial weights (``encoder_weights``,
+    ``weights_file`` -> null, ``pretrained`` -> false), so that rebuilding the network downloads nothing and
+    reads no file: the checkpoint loaded over it holds every weight. Returns what was cleared, by dotted key."""
+    cleared: dict[str, Any] = {}
+
+    def visit(node, prefix: str) -> None:
+        if isinstance(node, DictConfig):
+            for key in list(node.keys()):
+                value = node.get(key)
+                if key in _INITIAL_WEIGHTS and value not in (None, False):
+                    cleared[f"{prefix}.{key}"] = value if isinstance(value, (bool, int, float)) else str(value)
+                    node[key] = _INITIAL_WEIGHTS[key]
+                else:
+                    visit(value, f"{prefix}.{key}")
+        elif isinstance(node, ListConfig):
+            for k, item in enumerate(node):
+                visit(item, f"{prefix}[{k}]")
+
+    visit(cfg.model, "model")
+    return cleared
 
 
 def run_name(run: str | Path) -> str:
@@ -125,8 +194,10 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
         if not overwrite:
             raise UserInputError(f"out={out} exists and is not empty; pass overwrite=true to replace it")
     with atomic_dir(out) as tmp:
+        margin, margin_source = detector_margin(ivd_run)
         manifest: dict[str, Any] = {"version": MANIFEST_VERSION,
-                                    "detection": {"conf": conf, "iou": iou, "margin": 0.1}}
+                                    "detection": {"conf": conf, "iou": iou, "margin": margin,
+                                                  "margin_source": margin_source}}
         manifest["detectors"] = {
             "lumbar": export_detector(_detector_weights(lumbar_run), tmp / "detector_lumbar.pt"),
             "ivd": export_detector(_detector_weights(ivd_run), tmp / "detector_ivd.pt"),
@@ -154,12 +225,13 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
             if not path.is_file():
                 raise UserInputError(f"ensemble={ensemble}: no ensemble_weights.json there")
             weights = json.loads(path.read_text())
-            unknown = sorted(set(weights.get("weights", {})) - set(classifiers))
-            if unknown or not classifiers:
-                raise UserInputError(f"{path}: weights for {unknown or list(weights.get('weights', {}))} but the "
-                                     f"classifiers given (cls_runs) are {sorted(classifiers)}; export the same runs")
+            check_ensemble_names(weights.get("weights", {}), list(classifiers), path, "the classifiers given (cls_runs)")
             if weights.get("task", "cls") != "cls":
                 raise UserInputError(f"{path}: a task={weights.get('task')} ensemble; predict combines classifiers")
+            if "threshold" not in weights and len(classifiers) > 1:
+                log.warning("%s gives no decision threshold (written by an older plid?): predict uses %s on the "
+                            "combined probability; rerun python -m plid.ensemble to choose one", path,
+                            DEFAULT_THRESHOLD)
             shutil.copyfile(path, tmp / "ensemble_weights.json")
             manifest["ensemble"] = {"file": "ensemble_weights.json", "source": str(path.resolve())}
         elif len(classifiers) > 1:
@@ -169,6 +241,24 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
     return out
 
 
+def check_ensemble_names(weights: dict[str, float], classifiers: list[str], source, given: str) -> None:
+    """The names of ``ensemble_weights.json`` and the classifiers are the same, both ways: a classifier without a
+    weight would silently count 0, and a weight without its classifier would be lost."""
+    unknown = sorted(set(weights) - set(classifiers))
+    unweighted = sorted(set(classifiers) - set(weights))
+    if unknown or unweighted or not classifiers:
+        problems = []
+        if unknown:
+            problems.append(f"weights for {unknown} that are not among {given}")
+        if unweighted:
+            problems.append(f"no weight for {unweighted}")
+        if not classifiers:
+            problems.append(f"weights for {sorted(weights)} but no classifier")
+        raise UserInputError(f"{source}: {'; '.join(problems)}; {given} are {sorted(classifiers)}, the ensemble's "
+                             f"models {sorted(weights)}: export the runs the ensemble combined (plid.ensemble names "
+                             f"them by their model choice)")
+
+
 @dataclass
 class LoadedModule:
     name: str
@@ -176,6 +266,7 @@ class LoadedModule:
     image_size: int
     roi_margin: float
     target: str | None = None  # what a classifier predicts (a discs.csv grading, e.g. disc_herniation)
+    threshold: float = DEFAULT_THRESHOLD  # a classifier's decision threshold, chosen on its validation split
 
 
 @dataclass
@@ -187,6 +278,7 @@ class LoadedModels:
     segmenter: LoadedModule
     classifiers: list[LoadedModule] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)  # per classifier; one classifier: [1.0]
+    ensemble_threshold: float = DEFAULT_THRESHOLD  # on the combined probability of several classifiers
 
 
 def load_detector(path: Path):
@@ -212,10 +304,19 @@ def load_module(name: str, folder: Path, entry: dict[str, Any]) -> LoadedModule:
     import hydra
 
     cfg = OmegaConf.load(folder / "config.yaml")
-    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    # the network is built from random weights only to receive the checkpoint's: the classifier's training advice
+    # about freezing a backbone without initial weights (which the exported config no longer names) is moot here
+    training_advice = logging.getLogger("plid.models.classification")
+    level = training_advice.level
+    training_advice.setLevel(logging.ERROR)
+    try:
+        module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    finally:
+        training_advice.setLevel(level)
     state = torch.load(folder / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
-    return LoadedModule(name, module.eval(), int(entry["image_size"]), float(entry["roi_margin"]), entry.get("target"))
+    return LoadedModule(name, module.eval(), int(entry["image_size"]), float(entry["roi_margin"]), entry.get("target"),
+                        float(entry.get("threshold", DEFAULT_THRESHOLD)))
 
 
 def load_model_dir(path: str | Path) -> LoadedModels:
@@ -224,14 +325,18 @@ def load_model_dir(path: str | Path) -> LoadedModels:
     if not manifest_path.is_file():
         raise UserInputError(f"model_dir={root}: no manifest.json; write one with python -m plid.export")
     manifest = json.loads(manifest_path.read_text())
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise UserInputError(f"{manifest_path}: version {manifest.get('version')}, this plid reads {MANIFEST_VERSION}")
+    if manifest.get("version") not in READABLE_VERSIONS:
+        raise UserInputError(f"{manifest_path}: version {manifest.get('version')}, this plid reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}")
     detectors = manifest["detectors"]
     segmenter = load_module("segmenter", root / manifest["segmenter"]["dir"], manifest["segmenter"])
     classifiers = [load_module(name, root / entry["dir"], entry) for name, entry in manifest["classifiers"].items()]
-    weights = [1.0] * len(classifiers)
+    weights, threshold = [1.0] * len(classifiers), DEFAULT_THRESHOLD
     if manifest.get("ensemble"):
-        chosen = json.loads((root / manifest["ensemble"]["file"]).read_text())["weights"]
-        weights = [float(chosen.get(c.name, 0.0)) for c in classifiers]
+        path = root / manifest["ensemble"]["file"]
+        ensemble = json.loads(path.read_text())
+        check_ensemble_names(ensemble["weights"], [c.name for c in classifiers], path, "the model_dir's classifiers")
+        weights = [float(ensemble["weights"][c.name]) for c in classifiers]
+        threshold = float(ensemble.get("threshold", DEFAULT_THRESHOLD))
     return LoadedModels(root, manifest, load_detector(root / detectors["lumbar"]["file"]),
-                        load_detector(root / detectors["ivd"]["file"]), segmenter, classifiers, weights)
+                        load_detector(root / detectors["ivd"]["file"]), segmenter, classifiers, weights, threshold)

@@ -245,7 +245,7 @@ def _group_sums(weights: np.ndarray, groups: np.ndarray, count: int) -> np.ndarr
 def weighted_binary_scores(probability: np.ndarray, target: np.ndarray, weights: np.ndarray, threshold: float
                            ) -> dict[str, np.ndarray]:
     """ROC AUC, PR AUC, balanced accuracy, sensitivity, specificity at ``threshold`` (positive when the probability
-    is at least it) and Brier score of discs counted ``weights`` (R, n) times in each of R samples.
+    is above it, as predict calls a disc positive) and Brier score of discs counted ``weights`` (R, n) times in each of R samples.
 
     With all weights 1 these are the usual figures (ROC AUC as the Mann-Whitney statistic with ties counting one
     half, PR AUC as average precision, as torchmetrics and scikit-learn compute them; ``tests/test_end_to_end.py``
@@ -254,7 +254,7 @@ def weighted_binary_scores(probability: np.ndarray, target: np.ndarray, weights:
     target = target.astype(bool)
     weights = np.asarray(weights, dtype=np.float64)
     positive_w, negative_w = weights[:, target].sum(1), weights[:, ~target].sum(1)
-    called = probability >= threshold
+    called = probability > threshold
     sensitivity = _ratio(weights[:, target & called].sum(1), positive_w)
     specificity = _ratio(weights[:, ~target & ~called].sum(1), negative_w)
     both = (positive_w > 0) & (negative_w > 0)

@@ -50,10 +50,33 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN and infinity replaced by ``None`` (at any depth), numpy scalars and arrays as
+    plain values: what strict JSON can hold. An undefined score (an AUC without positives, a Dice of a class
+    absent from prediction and reference) is then ``null`` in the file, which every JSON reader accepts, where
+    Python's default ``NaN`` token is rejected by strict readers (JavaScript's ``JSON.parse``, jq, most others)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(value) for value in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically. NaN is written as ``null``-free ``NaN`` (Python's JSON)."""
+    """Write ``obj`` as indented, strict JSON, atomically: NaN and infinities become ``null``
+    (:func:`json_safe`), so an undefined score reads back as ``None``."""
     with atomic_write(path) as handle:
-        json.dump(obj, handle, indent=2, sort_keys=False)
+        json.dump(json_safe(obj), handle, indent=2, sort_keys=False, allow_nan=False)
         handle.write("\n")
     return Path(path)
 
