@@ -124,8 +124,10 @@ def _task(summary: dict) -> str:
     raise UserInputError(f"task {task!r}: evaluate reads segmentation and classification runs")
 
 
-def split_scores(task: str, predictions: Predictions, patient_of: dict[str, str], bootstrap: dict) -> dict:
-    """Every metric of one split with its patient-level bootstrap interval."""
+def split_scores(task: str, predictions: Predictions, patient_of: dict[str, str], bootstrap: dict,
+                 threshold: float | np.ndarray = 0.5) -> dict:
+    """Every metric of one split with its patient-level bootstrap interval; a classifier's cases are called positive
+    above ``threshold`` (its run's, chosen on validation; one per case for pooled folds)."""
     images = [str(i).split(":")[0] for i in predictions.ids]
     missing = sorted({i for i in images if i not in patient_of})
     if missing:
@@ -133,9 +135,10 @@ def split_scores(task: str, predictions: Predictions, patient_of: dict[str, str]
     patients = [patient_of[i] for i in images]
     if task == "cls":
         positive, targets = predictions.probs[:, 1].astype(np.float64), predictions.targets
+        thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), positive.shape)
 
         def statistic(index):
-            return classification_metrics(positive[index], targets[index])
+            return classification_metrics(positive[index], targets[index], thresholds[index])
     else:
         confusions = case_confusions(predictions.probs.astype(np.float32), predictions.targets)
 
@@ -157,14 +160,16 @@ def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bo
         raise UserInputError(f"runs were trained on different datasets: {sorted(map(str, roots))}")
     dataset = load_dataset(roots.pop())
     patient_of = dict(zip(dataset.images["image"].astype(str), dataset.images["patient"].astype(str)))
-    folds, val_sets = [], {}
+    folds, val_sets, thresholds = [], {}, {}
     for run, summary in zip(runs, summaries):
         entry: dict[str, Any] = {"fold": summary.get("fold"), "run": str(run)}
+        if task == "cls":  # each fold's classifier at its own threshold, chosen on its validation split
+            entry["threshold"] = thresholds[entry["fold"]] = float(summary.get("threshold") or 0.5)
         for split in ("val", "test"):
             path = run / "predictions" / f"{split}.npz"
             if path.is_file():
                 predictions = load_predictions(path)
-                entry[split] = split_scores(task, predictions, patient_of, bootstrap)
+                entry[split] = split_scores(task, predictions, patient_of, bootstrap, entry.get("threshold", 0.5))
                 if split == "val":
                     val_sets[entry["fold"]] = predictions
         folds.append(entry)
@@ -185,7 +190,8 @@ def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bo
         pooled = Predictions(np.concatenate([p.ids for p in val_sets.values()]),
                              np.concatenate([p.probs for p in val_sets.values()]),
                              np.concatenate([p.targets for p in val_sets.values()]))
-        overall["val_pooled"] = split_scores(task, pooled, patient_of, bootstrap)
+        per_case = np.concatenate([np.full(len(p.ids), thresholds.get(k, 0.5)) for k, p in val_sets.items()])
+        overall["val_pooled"] = split_scores(task, pooled, patient_of, bootstrap, per_case)
     result["overall"] = overall
     write_json(output_dir / "evaluation.json", result)
     with atomic_write(output_dir / "evaluation.md") as handle:

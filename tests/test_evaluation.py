@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plid.ensemble.predictions import Predictions, save_predictions
+from plid.ensemble.predictions import Predictions, load_predictions, save_predictions
 from plid.errors import UserInputError
 from plid.evaluate import check_disjoint_folds, evaluate_runs, fold_plan
 from plid.evaluation import auc, case_confusions, classification_metrics, patient_bootstrap, segmentation_metrics
@@ -98,7 +98,8 @@ def test_collects_fold_runs_into_tables_and_figures(tmp_path):
         pd.DataFrame({"epoch": [0, 1], "train/loss": [0.7, 0.6], "val/auc": [0.6, 0.7]}).to_csv(
             run / "csv" / "metrics.csv", index=False)
         (run / "summary.json").write_text(json.dumps({"task": "ClassificationModule", "fold": fold,
-                                                      "data_root": str(root), "choices": {"model": "cls_resnet50"}}))
+                                                      "data_root": str(root), "choices": {"model": "cls_resnet50"},
+                                                      "threshold": (0.35, 0.5, 0.65)[fold]}))
         runs.append(run)
     out = tmp_path / "eval"
     result = evaluate_runs(runs, out, {"samples": 100, "seed": 0, "confidence": 0.95})
@@ -109,6 +110,17 @@ def test_collects_fold_runs_into_tables_and_figures(tmp_path):
     fold_aucs = [f["val"]["metrics"]["auc"]["value"] for f in result["folds"]]
     assert auc_summary["mean"] == pytest.approx(np.mean(fold_aucs))
     assert auc_summary["std"] == pytest.approx(np.std(fold_aucs, ddof=1))
+    # each fold's calls at its own validation threshold; pooled: each case at its fold's
+    calls, truths = [], []
+    for fold, threshold in enumerate((0.35, 0.5, 0.65)):
+        saved = load_predictions(runs[fold] / "predictions" / "val.npz")
+        called = saved.probs[:, 1] > threshold
+        recall = called[saved.targets == 1].mean()
+        assert result["folds"][fold]["val"]["metrics"]["recall"]["value"] == pytest.approx(recall)
+        calls.append(called)
+        truths.append(saved.targets)
+    calls, truths = np.concatenate(calls), np.concatenate(truths)
+    assert pooled["metrics"]["specificity"]["value"] == pytest.approx((~calls[truths == 0]).mean())
     table = (out / "evaluation.md").read_text()
     assert "| fold 2 |" in table and "mean ± std" in table and "pooled out-of-fold" in table
     for name in ("evaluation.json", "roc_val.png", "confusion_val.png", "training_curves.png"):
