@@ -270,16 +270,10 @@ def test_evaluate_command_on_an_exported_model_dir_writes_every_file(tmp_path, d
     """python -m plid.evaluate model_dir=... as a user runs it (in-process), on a model_dir of untrained tiny
     models: whatever they find, every file is written and every interval holds its estimate."""
     from plid.evaluate import evaluate
-    from plid.models.detection import load_yolo
     from plid.pipeline.model_dir import export_model_dir
-    from tests.test_pipeline import _fake_train_run
+    from tests.test_pipeline import _fake_train_run, _untrained_detectors
 
-    weights = {}
-    for stage in ("lumbar", "ivd"):
-        yolo = load_yolo("yolov8n.yaml", tmp_path / "ultralytics")
-        yolo.ckpt = {"train_args": {"imgsz": 64}}
-        weights[stage] = tmp_path / f"{stage}.pt"
-        yolo.save(weights[stage])
+    weights = _untrained_detectors(tmp_path)
     seg = _fake_train_run(compose, tmp_path / "seg")
     classifier = _fake_train_run(compose, tmp_path / "cls", "cls_resnet50")
     model_dir = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [classifier])

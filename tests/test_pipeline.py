@@ -294,15 +294,23 @@ def test_predict_applies_the_thresholds_chosen_on_validation(tmp_path, compose, 
     assert Pipeline(load_model_dir(one)).classifier_description()["threshold"] == 0.5
 
 
-def test_model_dir_round_trip_loads_weights_only(tmp_path, compose, case, monkeypatch):
+def _untrained_detectors(folder: Path, imgsz: int = 64) -> dict[str, Path]:
+    """``{lumbar, ivd}``: untrained YOLOv8n checkpoints as ultralytics saves them, to export."""
     from plid.models.detection import load_yolo
 
     weights = {}
     for stage in ("lumbar", "ivd"):
-        yolo = load_yolo("yolov8n.yaml", tmp_path / "ultralytics")
-        yolo.ckpt = {"train_args": {"imgsz": 64}}
-        weights[stage] = tmp_path / f"{stage}.pt"
+        yolo = load_yolo("yolov8n.yaml", folder / "ultralytics")
+        yolo.ckpt = {"train_args": {"imgsz": imgsz}}
+        weights[stage] = folder / f"{stage}.pt"
         yolo.save(weights[stage])
+    return weights
+
+
+def test_model_dir_round_trip_loads_weights_only(tmp_path, compose, case, monkeypatch):
+    from plid.models.detection import load_yolo
+
+    weights = _untrained_detectors(tmp_path)
     seg = _fake_train_run(compose, tmp_path / "seg")
     classifier = _fake_train_run(compose, tmp_path / "cls", "cls_resnet50")
     out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [classifier], iou=0.45)

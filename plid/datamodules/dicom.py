@@ -238,7 +238,6 @@ def _series(headers: list[tuple[Path, Any]]) -> tuple[list[CaseSource], list[Ski
 
 def _check(members: list[tuple[Path, Any]]) -> tuple[str | None, list[Path]]:
     """Why a series cannot be analysed (None when it can), and its files ordered along the slice normal."""
-    first = members[0][1]
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in members):
         if len(members) == 1:
             return None, [members[0][0]]  # an enhanced multi-frame file: read whole, its plane checked then

@@ -31,7 +31,14 @@ import cv2
 import numpy as np
 
 from plid.datamodules.dicom import (  # noqa: F401 - re-exported: the suffixes predict reads
-    DICOM_SUFFIXES, IMAGE_SUFFIXES, VOLUME_SUFFIXES, CaseSource, collect, plane_of, recheck, scan_suffix,
+    DICOM_SUFFIXES,
+    IMAGE_SUFFIXES,
+    VOLUME_SUFFIXES,
+    CaseSource,
+    collect,
+    plane_of,
+    recheck,
+    scan_suffix,
 )
 from plid.errors import UserInputError
 
@@ -261,7 +268,7 @@ def _read_series(source: CaseSource) -> Case:
         files = [f for f in files if f not in bad]
         reason = recheck(files) if files else "no readable slice"
         if reason:
-            raise CaseSkipped(f"{reason}, once the unreadable file(s) {', '.join(f.name for f in bad)} are left out")
+            raise CaseSkipped(f"{reason}, once the unreadable file(s) {', '.join(f.name for f in bad)} are left out") from None
         source.files = files
         stored = _read_files(files)
     source.info["slices"] = len(files)

@@ -15,10 +15,9 @@ from plid.utils.io import atomic_write
 SAGITTAL_ORIENTATION = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 
 
-def write_dicom(image: np.ndarray, path: str | Path, spacing_mm: float = 0.5, slope: float = 2.0,
-                intercept: float = -100.0) -> Path:
-    """A single-frame MR DICOM file of ``image``: stored values (image - intercept) / slope, 16-bit, with the
-    rescale tags, pixel spacing and a sagittal ImageOrientationPatient."""
+def _mr_slice(image: np.ndarray, spacing_mm: float, orientation, slope: float, intercept: float):
+    """One MR image slice as a pydicom dataset: stored values (image - intercept) / slope, 16-bit, with the
+    rescale tags, pixel spacing and ``orientation`` (ImageOrientationPatient); identity tags are the caller's."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -30,15 +29,25 @@ def write_dicom(image: np.ndarray, path: str | Path, spacing_mm: float = 0.5, sl
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "MR", "sample"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelSpacing = [spacing_mm, spacing_mm]
-    ds.ImageOrientationPatient = list(SAGITTAL_ORIENTATION)
+    ds.ImageOrientationPatient = list(orientation)
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     ds.PixelData = stored.tobytes()
+    return ds
+
+
+def write_dicom(image: np.ndarray, path: str | Path, spacing_mm: float = 0.5, slope: float = 2.0,
+                intercept: float = -100.0) -> Path:
+    """A single-frame MR DICOM file of ``image``: stored values (image - intercept) / slope, 16-bit, with the
+    rescale tags, pixel spacing and a sagittal ImageOrientationPatient."""
+    from pydicom.uid import generate_uid
+
+    ds = _mr_slice(image, spacing_mm, SAGITTAL_ORIENTATION, slope, intercept)
+    ds.Modality, ds.PatientID = "MR", "sample"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     path = Path(path)
     with atomic_write(path, "wb") as handle:
         ds.save_as(handle, enforce_file_format=True)
@@ -90,8 +99,7 @@ def write_dicom_series(slices: np.ndarray, folder: str | Path, plane: str = "sag
     instead of the right. ``names``: the file names, relative to ``folder`` (sub-folders allowed; default
     ``IM0001``... in instance order, no suffix). Returns the paths in instance order.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import generate_uid
 
     row_dir, col_dir = (np.asarray(v) for v in PLANES[plane])
     normal = np.cross(row_dir, col_dir)
@@ -110,27 +118,13 @@ def write_dicom_series(slices: np.ndarray, folder: str | Path, plane: str = "sag
         if plane == "sagittal_anterior":
             image = image[:, ::-1]
             first = first + np.array([0.0, 1.0, 0.0]) * spacing_mm * (cols - 1)  # its first pixel is the posterior one
-        stored = np.rint((image.astype(np.float64) - intercept) / slope).astype(np.uint16)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds = _mr_slice(image, spacing_mm, [*row_dir.tolist(), *col_dir.tolist()], slope, intercept)
         ds.Modality, ds.PatientID, ds.PatientName = modality, patient, patient
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.StudyDescription, ds.StudyDate = "LUMBAR SPINE", "20240101"
         ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = series_number, description, instance
-        ds.Rows, ds.Columns = rows, cols
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelSpacing = [spacing_mm, spacing_mm]
         ds.SliceThickness, ds.SpacingBetweenSlices = slice_mm, slice_mm
-        ds.ImageOrientationPatient = [*row_dir.tolist(), *col_dir.tolist()]
         ds.ImagePositionPatient = [round(float(v), 4) for v in first]
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        ds.PixelData = stored.tobytes()
         path = folder / names[instance - 1]
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, "wb") as handle:
