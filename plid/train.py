@@ -81,6 +81,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             metrics.update(test_metrics)
             summary["test"] = {k.split("/", 1)[1]: v for k, v in test_metrics.items()}
             # the tested (best) weights are loaded now: save their outputs for the ensemble
+            if hasattr(model, "summary"):  # what the model adds (a multi-task classifier: targets, thresholds)
+                summary.update(model.summary())
             summary["predictions"] = export_predictions(trainer, model, datamodule, output_dir)
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):

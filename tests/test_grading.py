@@ -1,0 +1,172 @@
+"""The multi-task grading classifier: configs, masked losses, ordinal heads, metrics, a smoke run."""
+
+import json
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytest
+import torch
+
+from plid.gradings import ALL_GRADINGS, MISSING, grading
+from plid.utils.hydra import PROJECT_ROOT
+
+GRADERS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("grade_*.yaml"))
+
+
+def test_every_paper_backbone_has_a_grading_config(compose):
+    assert {g.replace("grade_", "cls_") for g in GRADERS} == {p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("cls_*.yaml")}
+    for name in GRADERS:
+        cfg = compose(f"model={name}")
+        assert cfg.data._target_.endswith("ClassificationDataModule")
+        assert list(cfg.data.targets) == list(ALL_GRADINGS) == list(cfg.model.targets)
+    cfg = compose("model=grade_resnet50", "data=spider2d_cls", "data.targets=[disc_bulging,pfirrman_grade]")
+    assert list(cfg.model.net.targets) == ["disc_bulging", "pfirrman_grade"] and "spider2d" in cfg.data.root
+
+
+def _module(compose, *overrides):
+    cfg = compose("model=grade_resnet50", "model.net.name=test_resnet", *overrides)
+    return hydra.utils.instantiate(cfg.model, _convert_="all")
+
+
+@pytest.mark.parametrize("mode", ["feature_extraction", "fine_tune", "full"])
+def test_modes_freeze_the_backbone_as_the_single_task_classifiers(compose, mode):
+    module = _module(compose, f"model.mode={mode}", "model.fine_tune_modules=[layer4]")
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    head = {n for n, _ in module.named_parameters() if n.startswith("net.head.")}
+    assert head <= trainable
+    assert {n.split(".")[3] for n in head if n.startswith("net.head.heads.")} == set(ALL_GRADINGS)
+    backbone = trainable - head
+    assert {"feature_extraction": not backbone, "fine_tune": backbone and all(".layer4." in n for n in backbone),
+            "full": backbone and any(".layer1." in n for n in backbone)}[mode]
+
+
+def test_a_missing_grading_does_not_enter_that_heads_loss(compose):
+    module = _module(compose, "data.targets=[disc_herniation,pfirrman_grade]")
+    torch.manual_seed(0)
+    logits = {"disc_herniation": torch.randn(3, 2, requires_grad=True),
+              "pfirrman_grade": torch.randn(3, 4, requires_grad=True)}
+    # disc 0 has both gradings, disc 1 only Pfirrmann, disc 2 only herniation
+    target = torch.tensor([[1, 2], [MISSING, 4], [0, MISSING]])
+    loss = module.loss(logits, target)
+    loss.backward()
+    loss = loss.detach()
+    # no gradient reaches the outputs of a head for a disc missing its grading; the disc still trains the other
+    assert logits["disc_herniation"].grad[1].abs().sum() == 0 and logits["pfirrman_grade"].grad[2].abs().sum() == 0
+    assert logits["disc_herniation"].grad[[0, 2]].abs().sum() > 0 and logits["pfirrman_grade"].grad[[0, 1]].abs().sum() > 0
+    # the missing entries' logits are irrelevant: changing them changes nothing
+    changed = {k: v.detach().clone() for k, v in logits.items()}
+    changed["disc_herniation"][1] += 100
+    changed["pfirrman_grade"][2] -= 100
+    assert float(module.loss(changed, target)) == pytest.approx(float(loss))
+    # by hand: each head's mean over its labelled discs
+    from torch.nn import functional as F
+
+    from plid.models.grading import coral_loss
+
+    expected = F.cross_entropy(logits["disc_herniation"][[0, 2]], torch.tensor([1, 0])) + \
+        coral_loss(logits["pfirrman_grade"][[0, 1]], torch.tensor([2, 4]))
+    assert float(loss) == pytest.approx(float(expected))
+    # a batch where no disc carries any grading still gives a (zero) loss that back-propagates
+    empty = module.loss(logits, torch.full((3, 2), MISSING))
+    empty.backward()
+    assert float(empty) == 0
+
+
+def test_ordinal_head_gives_grades_in_range_and_monotone_cumulative_probabilities():
+    from plid.models.grading import CoralHead, grade_distribution, predicted_grade
+
+    torch.manual_seed(0)
+    head = CoralHead(8, 5)
+    with torch.no_grad():
+        head.gaps.copy_(torch.randn(3) * 3)  # whatever the learnt gaps, the biases stay ordered
+        head.first_bias.fill_(2.0)
+    h = torch.randn(200, 8) * 5
+    logits = head(h)
+    assert logits.shape == (200, 4)
+    cumulative = torch.sigmoid(logits)
+    assert (cumulative[:, 1:] <= cumulative[:, :-1] + 1e-7).all()
+    distribution = grade_distribution(logits)
+    assert distribution.shape == (200, 5) and (distribution >= 0).all()
+    torch.testing.assert_close(distribution.sum(1), torch.ones(200))
+    grades = predicted_grade(logits)
+    assert grades.min() >= 0 and grades.max() <= 4
+    # grades written as discs.csv does: Pfirrmann 1-5
+    assert {grading("pfirrman_grade").grade(int(g)) for g in grades} <= {1, 2, 3, 4, 5}
+
+
+def test_youden_threshold_and_scores_by_hand():
+    from plid.models.grading import binary_scores, ordinal_scores, youden_threshold
+
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.35, 0.6, 0.8, 0.9])
+    target = torch.tensor([0, 0, 0, 1, 0, 1, 1])
+    threshold = youden_threshold(probs, target)
+    assert threshold == pytest.approx(0.35)  # sensitivity 1, specificity 3/4: J = 0.75 (0.8 gives 2/3)
+    scores = binary_scores(probs, target, threshold)
+    assert scores["sensitivity"] == 1 and scores["specificity"] == pytest.approx(3 / 4)
+    assert scores["balanced_accuracy"] == pytest.approx(7 / 8) and scores["auc"] == pytest.approx(11 / 12)
+    assert youden_threshold(probs, torch.zeros(7, dtype=torch.long)) == 0.5
+    pred, truth = torch.tensor([0, 1, 2, 4, 2]), torch.tensor([0, 1, 1, 2, 2])
+    scores = ordinal_scores(pred, truth, 5)
+    assert scores["balanced_accuracy"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert scores["within_one"] == pytest.approx(4 / 5) and scores["accuracy"] == pytest.approx(3 / 5)
+    # quadratic-weighted kappa by its definition: 1 - sum(w O) / sum(w E), w_ij = (i - j)^2
+    observed = np.zeros((5, 5))
+    np.add.at(observed, (truth.numpy(), pred.numpy()), 1)
+    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
+    w = (np.arange(5)[:, None] - np.arange(5)[None]) ** 2
+    assert scores["kappa"] == pytest.approx(1 - (w * observed).sum() / (w * expected).sum(), abs=1e-5)
+
+
+def test_multi_task_datamodule_keeps_discs_missing_a_grading(compose, tmp_path):
+    import pandas as pd
+
+    cfg = compose("model=grade_resnet50", "debug=smoke", "data.targets=[disc_bulging,pfirrman_grade]")
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    discs = datamodule.dataset.discs
+    # blank one grading of some discs in a copy of the folder: they stay, with -1 for that grading
+    root = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(datamodule.dataset.root, root)
+    edited = pd.read_csv(root / "discs.csv")
+    edited.loc[::3, "disc_bulging"] = np.nan
+    edited.to_csv(root / "discs.csv", index=False)
+    cfg = compose("model=grade_resnet50", "debug=smoke", "data.targets=[disc_bulging,pfirrman_grade]",
+                  f"data.root={root}", "data.synthetic=null")
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    assert len(datamodule.dataset.discs) == len(discs)
+    datamodule.setup("fit")
+    targets = np.concatenate([np.asarray(d.targets) for d in datamodule.datasets.values()])
+    assert targets.shape[1] == 2 and (targets[:, 0] == MISSING).sum() == len(edited[::3])
+    assert set(np.unique(targets[:, 1])) <= {0, 1, 2, 3, 4}
+    item = datamodule.datasets["train"][0]
+    assert item["target"].shape == (2,) and item["target"].dtype == torch.long
+
+
+def test_grading_run_writes_scores_thresholds_and_predictions_per_grading(compose):
+    from plid.ensemble.predictions import load_predictions
+    from plid.train import train
+
+    cfg = compose("model=grade_resnet50", "model.net.name=test_resnet", "debug=smoke")
+    metrics, objects = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["targets"] == list(ALL_GRADINGS)
+    binary = [g for g in ALL_GRADINGS if not grading(g).ordinal]
+    assert set(summary["thresholds"]) == set(binary)
+    assert all(0 <= t <= 1 for t in summary["thresholds"].values())
+    for name in binary:
+        assert {f"{name}/{k}" for k in ("auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity")} \
+            <= set(summary["test"])
+    for name in ("pfirrman_grade", "modic"):
+        assert {f"{name}/{k}" for k in ("balanced_accuracy", "kappa", "within_one")} <= set(summary["test"])
+    assert (out / "confusion_matrix_pfirrman_grade_test.png").is_file()
+    assert metrics["test/score"] == metrics["test/score"] or np.isnan(metrics["test/score"])
+    for split in ("val", "test"):
+        files = summary["predictions"][split]
+        assert set(files) == set(ALL_GRADINGS)
+        pfirrmann = load_predictions(files["pfirrman_grade"])
+        assert pfirrmann.probs.shape[1] == 5 and set(pfirrmann.targets) <= set(range(5))
+        np.testing.assert_allclose(pfirrmann.probs.astype(float).sum(1), 1, atol=1e-2)
+        assert load_predictions(files["disc_herniation"]).probs.shape[1] == 2
