@@ -170,3 +170,80 @@ def test_grading_run_writes_scores_thresholds_and_predictions_per_grading(compos
         assert pfirrmann.probs.shape[1] == 5 and set(pfirrmann.targets) <= set(range(5))
         np.testing.assert_allclose(pfirrmann.probs.astype(float).sum(1), 1, atol=1e-2)
         assert load_predictions(files["disc_herniation"]).probs.shape[1] == 2
+
+
+def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(tmp_path, compose):
+    from omegaconf import OmegaConf
+
+    from plid.datamodules.io import Scan
+    from plid.datamodules.synthetic import generate_case
+    from plid.errors import UserInputError
+    from plid.pipeline.batch import predict_files
+    from plid.pipeline.core import Pipeline
+    from plid.pipeline.model_dir import export_model_dir, load_model_dir
+    from tests.test_pipeline import _fake_train_run, _truth_cropper
+
+    case = generate_case(np.random.default_rng(3), size=128)
+    weights = {}
+    from plid.models.detection import load_yolo
+
+    for stage in ("lumbar", "ivd"):
+        yolo = load_yolo("yolov8n.yaml", tmp_path / "ultralytics")
+        yolo.ckpt = {"train_args": {"imgsz": 64}}
+        weights[stage] = tmp_path / f"{stage}.pt"
+        yolo.save(weights[stage])
+    seg = _fake_train_run(compose, tmp_path / "seg")
+    # a multi-task run (tiny backbone) whose checkpoint carries thresholds chosen on validation
+    run = tmp_path / "grade"
+    cfg = compose("debug=smoke", "model=grade_resnet50", "model.net.name=test_resnet")
+    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    chosen = torch.linspace(0.2, 0.9, len(ALL_GRADINGS))
+    module.thresholds.copy_(chosen)
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (run / "checkpoints").mkdir()
+    torch.save({"state_dict": module.state_dict()}, run / "checkpoints" / "epoch_000.ckpt")
+    (run / "summary.json").write_text(json.dumps({"best_checkpoint": str(run / "checkpoints" / "epoch_000.ckpt"),
+                                                  "choices": {"model": "grade_resnet50"}}))
+    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [run])
+    entry = json.loads((out / "manifest.json").read_text())["classifiers"]["grade_resnet50"]
+    binary = [g for g in ALL_GRADINGS if not grading(g).ordinal]
+    assert entry["targets"] == list(ALL_GRADINGS) and "target" not in entry
+    assert entry["thresholds"] == pytest.approx({g: float(chosen[list(ALL_GRADINGS).index(g)]) for g in binary})
+    loaded = load_model_dir(out)
+    state = torch.load(run / "checkpoints" / "epoch_000.ckpt", weights_only=True)["state_dict"]
+    for key, value in loaded.classifiers[0].net.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+
+    pipeline = Pipeline(loaded, cropper=_truth_cropper(case), levels="count")
+    described = pipeline.classifier_description()
+    assert described["targets"] == list(ALL_GRADINGS) and set(described["thresholds"]) == set(binary)
+    report = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report
+    assert len(report["discs"]) == len(case.discs)
+    for disc in report["discs"]:
+        assert 0 <= disc["herniation_probability"] <= 1  # the paper's key, kept
+        for g in binary:
+            key = "herniation_probability" if g == "disc_herniation" else f"{g}_probability"
+            assert 0 <= disc[key] <= 1
+        assert disc["pfirrman_grade_grade"] in range(1, 6) and disc["modic_grade"] in range(0, 4)
+        assert len(disc["pfirrman_grade_distribution"]) == 5 and len(disc["modic_distribution"]) == 4
+        assert sum(disc["pfirrman_grade_distribution"]) == pytest.approx(1, abs=1e-3)
+    # the page and report.json list them too
+    image_path = tmp_path / "scans" / "a.png"
+    image_path.parent.mkdir()
+    import cv2
+
+    cv2.imwrite(str(image_path), case.image)
+    summary = predict_files([image_path], pipeline, tmp_path / "out", progress=False)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["cases"][0]["discs"][0]["pfirrman_grade_distribution"] == summary["cases"][0]["discs"][0][
+        "pfirrman_grade_distribution"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<th>gradings</th>" in page and "Pf " in page and "Modic " in page and "bulg " in page
+    # an ensemble of multi-task classifiers is refused, with the reason
+    other = tmp_path / "grade2"
+    import shutil
+
+    shutil.copytree(run, other)
+    with pytest.raises(UserInputError, match="not supported"):
+        export_model_dir(tmp_path / "two", weights["lumbar"], weights["ivd"], seg, [run, other])

@@ -4,6 +4,11 @@ Per image: the lumbar region (stage-1 detector), the discs inside it (stage-2 de
 a herniation probability per disc (one classifier, or the weighted average of several with the ensemble's
 weights), and the 4-class segmentation of the lumbar crop with the area of each class.
 
+A multi-task classifier (``model=grade_*``) gives every grading it learnt per disc instead: a binary grading as
+``<grading>_probability`` (``herniation_probability`` for ``disc_herniation``), an ordinal one as
+``<grading>_grade`` (the grade as discs.csv writes it, e.g. Pfirrmann 1-5) and ``<grading>_distribution`` (the
+probability of each grade, lowest first).
+
 Levels (:mod:`plid.pipeline.levels`): by default from the anatomy, the detector's discs checked against the
 segmentation (boxes on vertebral bodies, discs the detector missed, gaps, duplicates, the L5/S1 anchor), numbered
 from 1, the lowest (as SPIDER's ``ivd_label``), and named from L5/S1 up only where the anchor is confirmed;
@@ -25,6 +30,7 @@ from plid.datamodules.contract import CLASS_NAMES
 from plid.datamodules.io import Scan
 from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
+from plid.gradings import grading, probability_key
 from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
 from plid.models.metrics import predicted_classes
 from plid.pipeline.levels import LEVEL_NAMES, assign_levels, level_names  # noqa: F401
@@ -70,13 +76,11 @@ class Pipeline:
         mask, segmentation = self.segment(image, roi.lumbar_box, scan.spacing_mm)
         levels = assign_levels([d.box for d in roi.discs], [d.score for d in roi.discs], mask, self.levels,
                                self.max_named_levels)
-        probabilities = self.herniation(image, [d.box for d in roi.discs])
-        key = self.probability_key()
         report["discs"] = [
             {"level": disc.level, "name": disc.name, "level_confidence": disc.level_confidence,
-             "box": _box(disc.box), "score": round(disc.score, 4), key: None if p is None else round(float(p), 4),
+             "box": _box(disc.box), "score": round(disc.score, 4), **fields,
              **({"flag": disc.flag, "flag_reason": disc.reason} if disc.flag else {})}
-            for disc, p in zip(levels.detected(), probabilities)
+            for disc, fields in zip(levels.detected(), self.disc_gradings(image, [d.box for d in roi.discs]))
         ]
         report["missed_discs_suspected"] = [
             {"level": d.level, "name": d.name, "level_confidence": d.level_confidence, "box": _box(d.box),
@@ -87,16 +91,63 @@ class Pipeline:
         return ImageResult(report, mask)
 
     def probability_key(self) -> str:
-        """``herniation_probability`` for herniation classifiers (the paper's), else ``<grading>_probability``."""
+        """``herniation_probability`` for herniation classifiers (the paper's), else ``<grading>_probability``;
+        for a multi-task classifier, herniation's key where it grades herniation, else its first binary grading's."""
+        targets = self.gradings()
+        if targets:
+            binary = [t for t in targets if not grading(t).ordinal]
+            return probability_key("disc_herniation" if "disc_herniation" in binary or not binary else binary[0])
         target = self.models.classifiers[0].target if self.models.classifiers else None
         return "herniation_probability" if target in (None, "disc_herniation") else f"{target}_probability"
+
+    def gradings(self) -> list[str] | None:
+        """A multi-task classifier's gradings; None for a single-target classifier or none."""
+        classifiers = self.models.classifiers
+        return list(classifiers[0].targets) if classifiers and classifiers[0].targets else None
 
     def classifier_description(self) -> dict[str, Any] | None:
         classifiers = self.models.classifiers
         if not classifiers:
             return None
-        return {"target": classifiers[0].target, "models": [c.name for c in classifiers], "weights": self.models.weights,
-                "combination": "weighted average" if len(classifiers) > 1 else "single model"}
+        described = {"target": classifiers[0].target, "models": [c.name for c in classifiers],
+                     "weights": self.models.weights,
+                     "combination": "weighted average" if len(classifiers) > 1 else "single model"}
+        if self.gradings():
+            described["targets"] = self.gradings()
+            described["thresholds"] = {t: float(v) for t, v in (classifiers[0].thresholds or {}).items()}
+        return described
+
+    def disc_gradings(self, image: np.ndarray, boxes: list) -> list[dict[str, Any]]:
+        """The report's grading fields of each disc box: ``{probability_key: p}`` for a single-target classifier
+        (or the ensemble), every grading of a multi-task classifier (see the module docstring)."""
+        if not self.gradings():
+            key = self.probability_key()
+            return [{key: None if p is None else round(float(p), 4)} for p in self.herniation(image, boxes)]
+        if not boxes:
+            return []
+        classifier = self.models.classifiers[0]
+        from plid.models.grading import grade_distribution, predicted_grade
+
+        logits = classifier.net(self._crops(classifier, image, boxes))
+        fields: list[dict[str, Any]] = [{} for _ in boxes]
+        for name in self.gradings():
+            spec = grading(name)
+            if spec.ordinal:
+                grades, distribution = predicted_grade(logits[name]), grade_distribution(logits[name])
+                for i, row in enumerate(fields):
+                    row[f"{name}_grade"] = spec.grade(int(grades[i]))
+                    row[f"{name}_distribution"] = [round(float(v), 4) for v in distribution[i]]
+            else:
+                for i, p in enumerate(logits[name].softmax(1)[:, 1].tolist()):
+                    fields[i][probability_key(name)] = round(float(p), 4)
+        return fields
+
+    @staticmethod
+    def _crops(classifier, image: np.ndarray, boxes: list) -> torch.Tensor:
+        crops = [cv2.resize(crop(image, enlarge_box(box, classifier.roi_margin, *image.shape)),
+                            (classifier.image_size, classifier.image_size), interpolation=cv2.INTER_AREA)
+                 for box in boxes]
+        return torch.stack([to_tensor(c) for c in crops])
 
     def herniation(self, image: np.ndarray, boxes: list) -> list[float | None]:
         """Probability of herniation per disc box: one classifier, or the weighted average of several."""
@@ -107,11 +158,7 @@ class Pipeline:
             if weight == 0:  # the ensemble left it out: no need to run it
                 continue
             weights.append(weight)
-            crops = [cv2.resize(crop(image, enlarge_box(box, classifier.roi_margin, *image.shape)),
-                                (classifier.image_size, classifier.image_size), interpolation=cv2.INTER_AREA)
-                     for box in boxes]
-            batch = torch.stack([to_tensor(c) for c in crops])
-            probs.append(classifier.net(batch).softmax(1)[:, 1])
+            probs.append(classifier.net(self._crops(classifier, image, boxes)).softmax(1)[:, 1])
         return weighted_average(probs, weights).tolist()
 
     def segment(self, image: np.ndarray, lumbar_box, spacing_mm: float | None) -> tuple[np.ndarray, dict[str, Any]]:

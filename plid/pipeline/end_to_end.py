@@ -96,7 +96,10 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
     for grading, reason in skipped.items():
         log.warning("grading %s skipped: %s", grading, reason)
     threshold = _threshold(summary["cases"])
-    thresholds = {g: threshold for g in predicted if g not in skipped}
+    # a multi-task classifier states a threshold per grading (chosen on validation); the others one for all
+    described = next((c["classifier"] for c in summary["cases"] if c.get("classifier")), None) or {}
+    per_grading = described.get("thresholds") or {}
+    thresholds = {g: float(per_grading.get(g, threshold)) for g in predicted if g not in skipped}
     scores = []
     for image in images:
         score = score_image(reports[image], truths[image], list(thresholds))
