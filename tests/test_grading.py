@@ -228,6 +228,8 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
         assert disc["pfirrman_grade_grade"] in range(1, 6) and disc["modic_grade"] in range(0, 4)
         assert len(disc["pfirrman_grade_distribution"]) == 5 and len(disc["modic_distribution"]) == 4
         assert sum(disc["pfirrman_grade_distribution"]) == pytest.approx(1, abs=1e-3)
+        assert "measurements" in disc  # null where the (untrained) segmenter left no disc pixels in the box
+        assert disc["measurements"] is None or disc["measurements"]["unit"] == "mm"
     # the page and report.json list them too
     image_path = tmp_path / "scans" / "a.png"
     image_path.parent.mkdir()

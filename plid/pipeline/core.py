@@ -9,6 +9,10 @@ A multi-task classifier (``model=grade_*``) gives every grading it learnt per di
 ``<grading>_grade`` (the grade as discs.csv writes it, e.g. Pfirrmann 1-5) and ``<grading>_distribution`` (the
 probability of each grade, lowest first).
 
+Every disc also carries ``measurements`` from the segmentation (:mod:`plid.pipeline.measurements`: disc heights,
+height index, posterior protrusion, disc-to-canal signal ratio; in mm where the spacing is known), or null where
+the mask has no disc pixels in its box.
+
 Levels (:mod:`plid.pipeline.levels`): by default from the anatomy, the detector's discs checked against the
 segmentation (boxes on vertebral bodies, discs the detector missed, gaps, duplicates, the L5/S1 anchor), numbered
 from 1, the lowest (as SPIDER's ``ivd_label``), and named from L5/S1 up only where the anchor is confirmed;
@@ -34,6 +38,7 @@ from plid.gradings import grading, probability_key
 from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
 from plid.models.metrics import predicted_classes
 from plid.pipeline.levels import LEVEL_NAMES, assign_levels, level_names  # noqa: F401
+from plid.pipeline.measurements import measure_discs
 from plid.pipeline.model_dir import LoadedModels
 
 
@@ -76,11 +81,14 @@ class Pipeline:
         mask, segmentation = self.segment(image, roi.lumbar_box, scan.spacing_mm)
         levels = assign_levels([d.box for d in roi.discs], [d.score for d in roi.discs], mask, self.levels,
                                self.max_named_levels)
+        detected = levels.detected()
+        measurements = measure_discs(mask, [d.box for d in detected], image, scan.spacing_mm)
         report["discs"] = [
             {"level": disc.level, "name": disc.name, "level_confidence": disc.level_confidence,
              "box": _box(disc.box), "score": round(disc.score, 4), **fields,
-             **({"flag": disc.flag, "flag_reason": disc.reason} if disc.flag else {})}
-            for disc, fields in zip(levels.detected(), self.disc_gradings(image, [d.box for d in roi.discs]))
+             **({"flag": disc.flag, "flag_reason": disc.reason} if disc.flag else {}), "measurements": measured}
+            for disc, fields, measured in zip(detected, self.disc_gradings(image, [d.box for d in roi.discs]),
+                                              measurements)
         ]
         report["missed_discs_suspected"] = [
             {"level": d.level, "name": d.name, "level_confidence": d.level_confidence, "box": _box(d.box),
