@@ -249,3 +249,34 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
     shutil.copytree(run, other)
     with pytest.raises(UserInputError, match="not supported"):
         export_model_dir(tmp_path / "two", weights["lumbar"], weights["ivd"], seg, [run, other])
+
+
+def test_ordinal_gradings_are_scored_end_to_end_on_matched_discs_with_the_patient_bootstrap_weights():
+    import pandas as pd
+
+    from plid.models.grading import ordinal_scores
+    from plid.pipeline.scoring import EndToEndScores, ImageTruth, score_image, weighted_ordinal_scores
+
+    boxes = [[10, 10, 50, 20], [10, 30, 50, 40], [10, 50, 50, 60]]
+    truth = ImageTruth("a", "p1", "t2", (0, 0, 100, 100),
+                       pd.DataFrame({"x1": [b[0] for b in boxes], "y1": [b[1] for b in boxes],
+                                     "x2": [b[2] for b in boxes], "y2": [b[3] for b in boxes],
+                                     "ivd_label": [3, 2, 1], "pfirrman_grade": [2, 4, np.nan]}), False)
+    # the report finds the three discs; the third has no reference grade, an extra box matches nothing
+    report = {"status": "ok", "lumbar": {"box": [0, 0, 100, 100]},
+              "discs": [{"box": b, "score": 0.9, "level": 3 - i, "pfirrman_grade_grade": g}
+                        for i, (b, g) in enumerate(zip(boxes, [2, 3, 5]))] +
+                       [{"box": [60, 80, 90, 95], "score": 0.5, "level": None, "pfirrman_grade_grade": 1}]}
+    score = score_image(report, truth, (), ["pfirrman_grade"])
+    np.testing.assert_array_equal(score.ordinal["pfirrman_grade"], [[2, 2], [3, 4]])
+    # weighted figures equal those of the discs repeated, and torchmetrics' on the plain set
+    rng = np.random.default_rng(0)
+    grade, target = rng.integers(1, 6, 40), rng.integers(1, 6, 40)
+    counts = rng.integers(0, 3, 40)
+    weighted = weighted_ordinal_scores(grade, target, counts[None], 5, first=1)
+    repeated = ordinal_scores(torch.tensor(np.repeat(grade, counts) - 1), torch.tensor(np.repeat(target, counts) - 1), 5)
+    for key in ("balanced_accuracy", "kappa", "within_one", "accuracy"):
+        assert weighted[key][0] == pytest.approx(repeated[key], abs=1e-5), key
+    figures = EndToEndScores([score, score], {}, ["pfirrman_grade"])(np.array([0, 1]))
+    assert figures["pfirrman_grade/accuracy"] == pytest.approx(0.5)
+    assert figures["pfirrman_grade/within_one"] == pytest.approx(1.0)
