@@ -35,8 +35,10 @@ _NOT_TARGETS = {"image", "patient", "ivd_label", *DISC_BOX}
 class ClassificationDataset(Dataset):
     """Decoded, cropped and resized images and their 0/1 targets held in memory; augmentation runs per item."""
 
-    def __init__(self, ids: list[str], images: np.ndarray, targets: np.ndarray, transform=None):
+    def __init__(self, ids: list[str], images: np.ndarray, targets: np.ndarray, transform=None,
+                 features: np.ndarray | None = None):
         self.ids, self.images, self.targets, self.transform = ids, images, targets, transform
+        self.features = features  # (N, F) measurements of each disc from its image's mask, or None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -47,7 +49,10 @@ class ClassificationDataset(Dataset):
             image = augment(self.transform, image=image)["image"]
         target = self.targets[index]
         target = torch.tensor(int(target)) if np.ndim(target) == 0 else torch.as_tensor(target, dtype=torch.long)
-        return {"image": to_tensor(image), "target": target, "id": self.ids[index]}
+        item = {"image": to_tensor(image), "target": target, "id": self.ids[index]}
+        if self.features is not None:
+            item["features"] = torch.as_tensor(self.features[index], dtype=torch.float32)
+        return item
 
     def class_counts(self, column: int | None = None, num_classes: int = 2) -> np.ndarray:
         """Samples of class 0 and class 1; with ``column``, of each class of that grading (missing ones left out)."""
@@ -107,10 +112,13 @@ class ClassificationDataModule(SpineDataModule):
         **kwargs: see :class:`SpineDataModule`; ``image_size`` is the side of the square crop.
     """
 
-    def __init__(self, *args, target: str = "disc_herniation", targets: list[str] | None = None, **kwargs) -> None:
+    def __init__(self, *args, target: str = "disc_herniation", targets: list[str] | None = None,
+                 measurements: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(logger=False)
         self.gradings = gradings(targets) if targets is not None else None
+        if measurements and self.gradings is None:
+            raise UserInputError("data.measurements=true feeds a multi-task classifier (model=grade_*, data.targets)")
 
     def _validated(self, dataset: SpineDataset) -> SpineDataset:
         if self.gradings is not None:
@@ -171,15 +179,22 @@ class ClassificationDataModule(SpineDataModule):
         discs = self.dataset.discs[self.dataset.discs["patient"].isin(patients)]
         rows = [_ImageDiscs(image, tuple(group.itertuples(index=False))) for image, group in discs.groupby("image")]
         if rows:
-            ids, (images, targets) = self.decode_cached(
+            ids, arrays = self.decode_cached(
                 rows, self._image_samples,
                 key={"target": h.target, "targets": h.get("targets"), "roi": h.roi, "margin": h.roi_margin,
-                     "size": h.image_size})
+                     "size": h.image_size, "measurements": bool(h.get("measurements"))})
+            images, targets = arrays[:2]
+            features = arrays[2] if h.get("measurements") else None
         else:
+            from plid.pipeline.measurements import FEATURES
+
             shape = (0,) if self.gradings is None else (0, len(self.gradings))
             ids, images, targets = [], np.zeros((0, h.image_size, h.image_size), np.uint8), np.zeros(shape, np.int64)
+            features = np.zeros((0, len(FEATURES)), np.float32) if h.get("measurements") else None
         transform = paper_augmentation(**self.augmentation_kwargs()) if split == "train" and h.augment else None
-        data = ClassificationDataset(ids, images, targets, transform)
+        data = ClassificationDataset(ids, images, targets, transform, features)
+        if features is not None:
+            log.info("%s split: %d of %d discs measured from a mask", split, int(features[:, -1].sum()), len(features))
         if self.gradings is not None:
             for k, g in enumerate(self.gradings):
                 log.info("%s split: %s per class %s", split, g.name, data.class_counts(k, g.num_classes).tolist())
@@ -198,10 +213,18 @@ class ClassificationDataModule(SpineDataModule):
         if h.roi == "none":
             whole = cv2.resize(image, (h.image_size, h.image_size), interpolation=cv2.INTER_AREA)
             return [(row.image, whole, np.int64(max(getattr(d, target) for d in row.discs)))]
-        return [(f"{row.image}:{_level(d.ivd_label)}",
-                 load_disc_crop(image, [getattr(d, c) for c in DISC_BOX], h.image_size, h.roi_margin),
-                 self._target_of(d))
-                for d in row.discs]
+        samples = [(f"{row.image}:{_level(d.ivd_label)}",
+                    load_disc_crop(image, [getattr(d, c) for c in DISC_BOX], h.image_size, h.roi_margin),
+                    self._target_of(d))
+                   for d in row.discs]
+        if not h.get("measurements"):
+            return samples
+        from plid.pipeline.measurements import measure_discs, measurement_features
+
+        has_mask = self.dataset.images.set_index("image").get("has_mask", {}).get(row.image, 0) == 1
+        mask = self.dataset.read_mask(row.image) if has_mask else None
+        measured = measure_discs(mask, [[getattr(d, c) for c in DISC_BOX] for d in row.discs], image)
+        return [(*sample, measurement_features(m)) for sample, m in zip(samples, measured)]
 
     def _target_of(self, disc) -> np.ndarray:
         if self.gradings is None:

@@ -83,24 +83,35 @@ class GradingHeads(nn.Module):
     """The paper's dense layer (``hidden`` units, ReLU, dropout) shared by every grading, then one head each:
     two logits for a binary grading, a :class:`CoralHead` for an ordinal one. Returns ``{grading: logits}``."""
 
-    def __init__(self, num_features: int, specs: Sequence[Grading], hidden: int = 256, dropout: float = 0.2) -> None:
+    def __init__(self, num_features: int, specs: Sequence[Grading], hidden: int = 256, dropout: float = 0.2,
+                 extra_inputs: int = 0) -> None:
         super().__init__()
-        self.shared = nn.Sequential(nn.Linear(num_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.extra_inputs = extra_inputs
+        self.shared = nn.Sequential(nn.Linear(num_features + extra_inputs, hidden), nn.ReLU(inplace=True),
+                                    nn.Dropout(dropout))
         self.heads = nn.ModuleDict({g.name: CoralHead(hidden, g.num_classes) if g.ordinal else nn.Linear(hidden, 2)
                                     for g in specs})
 
-    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, features: torch.Tensor, extra: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.extra_inputs:  # the disc's measurements beside the image features (zeros: not measured)
+            extra = features.new_zeros(len(features), self.extra_inputs) if extra is None else extra.to(features)
+            features = torch.cat([features, extra], 1)
         h = self.shared(features)
         return {name: head(h) for name, head in self.heads.items()}
 
 
 def build_grader(name: str, targets: Sequence[str], pretrained: bool = False, weights_file: str | None = None,
                  in_chans: int = 1, hidden: int = 256, dropout: float = 0.2,
-                 num_classes: int | None = None) -> DiscClassifier:
+                 num_classes: int | None = None, measurements: bool = False) -> DiscClassifier:
     """:func:`plid.models.nets.build_classifier`'s network with :class:`GradingHeads` as its head
-    (``num_classes`` is ignored: each head has its grading's classes; it is there for the shared config)."""
+    (``num_classes`` is ignored: each head has its grading's classes; it is there for the shared config). With
+    ``measurements`` the heads also take the disc's measurement features
+    (:data:`plid.pipeline.measurements.FEATURES`)."""
+    from plid.pipeline.measurements import FEATURES
+
     net = build_classifier(name, pretrained, weights_file, in_chans, hidden, dropout)
-    net.head = GradingHeads(net.head[0].in_features, gradings(targets), hidden, dropout)
+    net.head = GradingHeads(net.head[0].in_features, gradings(targets), hidden, dropout,
+                            len(FEATURES) if measurements else 0)
     return net
 
 
@@ -169,11 +180,14 @@ class GradingModule(SpineModule):
             (equal weights, with a warning, where a class is absent); null weighs equally. Ordinal heads are not
             weighted.
         monitor: the validation metric that selects checkpoints.
+        use_measurements: the heads also take each disc's measurements from the mask (``features`` of the batch,
+            :func:`plid.pipeline.measurements.measurement_features`); the network must be built with
+            ``measurements=True`` (the grade_* configs tie the two, and ``data.measurements``, to it).
     """
 
     def __init__(self, net: DiscClassifier, targets: Sequence[str], optimizer: Callable,
                  scheduler: Callable | None = None, mode: str = "full", fine_tune_modules: Sequence[str] | None = None,
-                 class_weights: str | None = "auto", monitor: str = "val/score") -> None:
+                 class_weights: str | None = "auto", monitor: str = "val/score", use_measurements: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         if class_weights not in (None, "auto"):
@@ -181,6 +195,9 @@ class GradingModule(SpineModule):
         self.gradings = gradings(targets)
         if list(net.head.heads) != [g.name for g in self.gradings]:
             raise UserInputError(f"model.targets={list(targets)} but the network has heads {list(net.head.heads)}")
+        if bool(net.head.extra_inputs) != use_measurements:
+            raise UserInputError(f"model.use_measurements={use_measurements} but the network was built with "
+                                 f"measurements={bool(net.head.extra_inputs)}: give model.net.measurements the same")
         set_trainable(net, mode, list(fine_tune_modules or []))
         if mode != "full" and not getattr(net, "pretrained", True):
             log.warning("model.mode=%s freezes a backbone that starts from random weights: only the unfrozen part "
@@ -196,12 +213,18 @@ class GradingModule(SpineModule):
     def targets(self) -> list[str]:
         return [g.name for g in self.gradings]
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.net(x, features) if self.hparams.use_measurements else self.net(x)
+
+    def batch_logits(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self(batch["image"], batch.get("features"))
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         data_targets = getattr(getattr(datamodule, "hparams", {}), "get", lambda k: None)("targets")
+        if datamodule is not None and self.hparams.use_measurements and not datamodule.hparams.get("measurements"):
+            raise UserInputError("model.use_measurements=true needs data.measurements=true (the grade_* configs set "
+                                 "it from model.use_measurements)")
         if datamodule is not None and list(data_targets or []) != self.targets:
             raise UserInputError(f"model.targets={self.targets} but data.targets={data_targets}: they must agree "
                                  f"(model.targets follows data.targets in the grade_* configs)")
@@ -318,7 +341,7 @@ class GradingModule(SpineModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Per grading probabilities (see :mod:`plid.ensemble.predictions`): ``probs`` is ``{grading: (N, C)}``,
         two classes for a binary grading, K grades for an ordinal one; ``target`` is (N, gradings), -1 missing."""
-        probs = self.probabilities(self(batch["image"]))
+        probs = self.probabilities(self.batch_logits(batch))
         probs = {name: p if p.ndim == 2 else torch.stack([1 - p, p], 1) for name, p in probs.items()}
         return {"id": batch["id"], "probs": probs, "target": batch["target"], "targets": self.targets}
 

@@ -87,8 +87,8 @@ class Pipeline:
             {"level": disc.level, "name": disc.name, "level_confidence": disc.level_confidence,
              "box": _box(disc.box), "score": round(disc.score, 4), **fields,
              **({"flag": disc.flag, "flag_reason": disc.reason} if disc.flag else {}), "measurements": measured}
-            for disc, fields, measured in zip(detected, self.disc_gradings(image, [d.box for d in roi.discs]),
-                                              measurements)
+            for disc, fields, measured in zip(detected, self.disc_gradings(image, [d.box for d in detected],
+                                                                           measurements), measurements)
         ]
         report["missed_discs_suspected"] = [
             {"level": d.level, "name": d.name, "level_confidence": d.level_confidence, "box": _box(d.box),
@@ -125,9 +125,10 @@ class Pipeline:
             described["thresholds"] = {t: float(v) for t, v in (classifiers[0].thresholds or {}).items()}
         return described
 
-    def disc_gradings(self, image: np.ndarray, boxes: list) -> list[dict[str, Any]]:
+    def disc_gradings(self, image: np.ndarray, boxes: list, measurements: list | None = None) -> list[dict[str, Any]]:
         """The report's grading fields of each disc box: ``{probability_key: p}`` for a single-target classifier
-        (or the ensemble), every grading of a multi-task classifier (see the module docstring)."""
+        (or the ensemble), every grading of a multi-task classifier (see the module docstring), which takes the
+        discs' ``measurements`` too where it was trained with them (``model.use_measurements``)."""
         if not self.gradings():
             key = self.probability_key()
             return [{key: None if p is None else round(float(p), 4)} for p in self.herniation(image, boxes)]
@@ -136,7 +137,14 @@ class Pipeline:
         classifier = self.models.classifiers[0]
         from plid.models.grading import grade_distribution, predicted_grade
 
-        logits = classifier.net(self._crops(classifier, image, boxes))
+        crops = self._crops(classifier, image, boxes)
+        if getattr(getattr(classifier.net, "hparams", {}), "get", lambda k: False)("use_measurements"):
+            from plid.pipeline.measurements import measurement_features
+
+            features = np.stack([measurement_features(m) for m in (measurements or [None] * len(boxes))])
+            logits = classifier.net(crops, torch.from_numpy(features))
+        else:
+            logits = classifier.net(crops)
         fields: list[dict[str, Any]] = [{} for _ in boxes]
         for name in self.gradings():
             spec = grading(name)

@@ -140,6 +140,29 @@ def measure_disc(mask: np.ndarray, disc: np.ndarray, image: np.ndarray | None = 
     return out
 
 
+# what model.use_measurements gives the grading heads: unitless (the same in mm and pixels), 0 where missing
+FEATURES = ("height_index", "anterior_over_mean_height", "posterior_over_mean_height",
+            "protrusion_over_mean_height", "signal_ratio", "measured")
+
+
+def measurement_features(measured: dict[str, Any] | None) -> np.ndarray:
+    """A disc's measurements as the :data:`FEATURES` vector (float32): the height index, the anterior and
+    posterior heights and the posterior protrusion over the mean disc height, the signal ratio, and 1 where the
+    disc was measured (all 0 where it was not, a value 0 where it is missing)."""
+    out = np.zeros(len(FEATURES), np.float32)
+    if not measured:
+        return out
+    mean = np.mean([measured.get(k) or 0.0 for k in FRACTIONS])
+    values = [measured.get("height_index"),
+              None if not mean or measured.get("anterior_height") is None else measured["anterior_height"] / mean,
+              None if not mean or measured.get("posterior_height") is None else measured["posterior_height"] / mean,
+              None if not mean or measured.get("posterior_protrusion") is None else measured["posterior_protrusion"] / mean,
+              measured.get("signal_ratio"), 1.0]
+    for k, value in enumerate(values):
+        out[k] = 0.0 if value is None or not np.isfinite(value) else float(value)
+    return out
+
+
 LENGTHS = ("anterior_height", "middle_height", "posterior_height", "upper_vertebra_height", "lower_vertebra_height",
            "posterior_protrusion")
 
