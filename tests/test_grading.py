@@ -309,3 +309,14 @@ def test_use_measurements_feeds_the_heads_the_discs_measurements(compose):
     a = module(x, item["features"][None])["disc_bulging"]
     assert not torch.allclose(a, module(x, None)["disc_bulging"])
     torch.testing.assert_close(module(x, None)["disc_bulging"], module(x, torch.zeros(1, len(FEATURES)))["disc_bulging"])
+
+
+def test_the_ensemble_refuses_a_multi_task_run_with_the_reason(tmp_path):
+    from plid.ensemble.run import resolve_runs
+    from plid.errors import UserInputError
+
+    for name in ("a", "b"):
+        (tmp_path / name / "predictions" / "disc_bulging").mkdir(parents=True)
+        (tmp_path / name / "predictions" / "disc_bulging" / "val.npz").write_bytes(b"")
+    with pytest.raises(UserInputError, match="multi-task"):
+        resolve_runs([str(tmp_path / "a"), str(tmp_path / "b")])
