@@ -7,6 +7,7 @@ import hydra
 import numpy as np
 import pytest
 import torch
+from conftest import requires_spider2d
 
 from plid.gradings import ALL_GRADINGS, MISSING, grading
 from plid.utils.hydra import PROJECT_ROOT
@@ -320,3 +321,23 @@ def test_the_ensemble_refuses_a_multi_task_run_with_the_reason(tmp_path):
         (tmp_path / name / "predictions" / "disc_bulging" / "val.npz").write_bytes(b"")
     with pytest.raises(UserInputError, match="multi-task"):
         resolve_runs([str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+@requires_spider2d
+def test_spider2d_discs_carry_every_grading_with_measurements_where_a_mask_is(compose):
+    cfg = compose("model=grade_resnet50", "data=spider2d_cls", "data.image_size=32", "data.augment=false",
+                  "model.use_measurements=true")
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    assert sum(len(ds) for ds in dm.datasets.values()) == 2346
+    targets = np.concatenate([np.asarray(ds.targets) for ds in dm.datasets.values()])
+    assert (targets >= 0).all()  # every graded SPIDER disc carries all eight
+    pfirrmann = targets[:, list(ALL_GRADINGS).index("pfirrman_grade")]
+    assert set(np.unique(pfirrmann)) == {0, 1, 2, 3, 4}
+    counts = dm.grading_class_counts()
+    assert counts["disc_bulging"][1] > 0 and counts["disc_herniation"][1] > 0
+    features = np.concatenate([np.asarray(ds.features) for ds in dm.datasets.values()])
+    masked = set(dm.dataset.images.loc[dm.dataset.images["has_mask"] == 1, "image"])
+    ids = [i for ds in dm.datasets.values() for i in ds.ids]
+    measured = np.array([i.split(":")[0] in masked for i in ids])
+    np.testing.assert_array_equal(features[:, -1] == 1, measured)
