@@ -72,6 +72,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             best_val = trainer.validate(model=model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
             metrics.update({k: float(v) for k, v in best_val.items()})
         summary["val"] = {k: v for k, v in metrics.items() if k.startswith("val/")}
+        if hasattr(model, "summary"):  # what the model adds (a multi-task classifier: targets, thresholds)
+            summary.update(model.summary())
 
         if cfg.get("test"):
             if not best:
@@ -81,8 +83,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             metrics.update(test_metrics)
             summary["test"] = {k.split("/", 1)[1]: v for k, v in test_metrics.items()}
             # the tested (best) weights are loaded now: save their outputs for the ensemble
-            if hasattr(model, "summary"):  # what the model adds (a multi-task classifier: targets, thresholds)
-                summary.update(model.summary())
             summary["predictions"] = export_predictions(trainer, model, datamodule, output_dir)
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
