@@ -341,3 +341,29 @@ def test_spider2d_discs_carry_every_grading_with_measurements_where_a_mask_is(co
     ids = [i for ds in dm.datasets.values() for i in ds.ids]
     measured = np.array([i.split(":")[0] in masked for i in ids])
     np.testing.assert_array_equal(features[:, -1] == 1, measured)
+
+
+def test_several_slices_aggregate_every_grading_and_regrade_from_the_mean_distribution():
+    from plid.models.detection import RoiCropper
+    from plid.pipeline.core import Pipeline
+    from plid.pipeline.model_dir import LoadedModels, LoadedModule
+    from plid.pipeline.slices import aggregate
+
+    def report(p_hern, p_bulg, distribution):
+        return {"discs": [{"box": [10, 10, 50, 20], "herniation_probability": p_hern, "disc_bulging_probability": p_bulg,
+                           "pfirrman_grade_distribution": distribution,
+                           "pfirrman_grade_grade": 1 + int(np.argmax(distribution))}]}
+
+    reports = {3: report(0.2, 0.6, [0.6, 0.4, 0, 0, 0]), 4: report(0.4, 0.2, [0.0, 0.2, 0.8, 0, 0]),
+               5: report(0.9, 0.1, [0.0, 0.0, 0.2, 0.8, 0])}
+    classifier = LoadedModule("g", None, 32, 0.1, None, ["disc_herniation", "disc_bulging", "pfirrman_grade"], {})
+    pipeline = Pipeline(LoadedModels(Path("."), {}, None, None, None, [classifier], [1.0]),
+                        cropper=RoiCropper(lambda image: None, lambda region: None))
+    keys = pipeline.aggregated_keys()
+    assert keys == ["herniation_probability", "disc_bulging_probability", "pfirrman_grade_distribution"]
+    (disc,) = pipeline.regrade(aggregate(reports, 4, keys, "max"))["discs"]
+    assert disc["herniation_probability"] == pytest.approx(0.9) and disc["disc_bulging_probability"] == pytest.approx(0.6)
+    assert disc["pfirrman_grade_distribution"] == pytest.approx([0.2, 0.2, 1 / 3, 0.8 / 3, 0], abs=1e-4)
+    # P(grade > 1) = 0.8, P(> 2) = 0.6, P(> 3) = 0.27: grade 3 (it was 3 on the chosen slice too)
+    assert disc["pfirrman_grade_grade"] == 3 and disc["pfirrman_grade_grade_chosen_slice"] == 3
+    assert [s["disc_bulging_probability"] for s in disc["slices"]] == [0.6, 0.2, 0.1]

@@ -125,6 +125,28 @@ class Pipeline:
             described["thresholds"] = {t: float(v) for t, v in (classifiers[0].thresholds or {}).items()}
         return described
 
+    def aggregated_keys(self) -> list[str]:
+        """The report keys of a multi-task classifier aggregated over several slices: the primary probability
+        first, then the other binary gradings' probabilities and the ordinal gradings' distributions."""
+        keys = [self.probability_key()]
+        for name in self.gradings() or []:
+            key = f"{name}_distribution" if grading(name).ordinal else probability_key(name)
+            if key not in keys:
+                keys.append(key)
+        return keys
+
+    def regrade(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Each ordinal grade recomputed from its (aggregated) distribution, as the head's rule does: the number of
+        grades k with P(grade > k) above 0.5."""
+        for disc in report.get("discs", []):
+            for name in self.gradings() or []:
+                distribution = disc.get(f"{name}_distribution")
+                if grading(name).ordinal and distribution is not None:
+                    above = 1 - np.cumsum(distribution)[:-1]
+                    disc[f"{name}_grade_chosen_slice"] = disc.get(f"{name}_grade")
+                    disc[f"{name}_grade"] = grading(name).grade(int((above > 0.5).sum()))
+        return report
+
     def disc_gradings(self, image: np.ndarray, boxes: list, measurements: list | None = None) -> list[dict[str, Any]]:
         """The report's grading fields of each disc box: ``{probability_key: p}`` for a single-target classifier
         (or the ensemble), every grading of a multi-task classifier (see the module docstring), which takes the
