@@ -367,3 +367,26 @@ def test_several_slices_aggregate_every_grading_and_regrade_from_the_mean_distri
     # P(grade > 1) = 0.8, P(> 2) = 0.6, P(> 3) = 0.27: grade 3 (it was 3 on the chosen slice too)
     assert disc["pfirrman_grade_grade"] == 3 and disc["pfirrman_grade_grade_chosen_slice"] == 3
     assert [s["disc_bulging_probability"] for s in disc["slices"]] == [0.6, 0.2, 0.1]
+
+
+def test_evaluating_a_multi_task_model_dir_scores_binary_at_their_thresholds_and_ordinal_gradings(
+        tmp_path, data_dir, compose):
+    from plid.pipeline.end_to_end import evaluate_model_dir
+    from plid.pipeline.model_dir import LoadedModule
+    from tests.test_end_to_end import _dataset_with_truth_cropper
+
+    dataset, pipeline = _dataset_with_truth_cropper(data_dir, compose)
+    targets = ["disc_bulging", "pfirrman_grade"]
+    module = _module(compose, f"data.targets=[{','.join(targets)}]").eval()
+    pipeline.models.classifiers = [LoadedModule("grade", module, 32, 0.1, None, targets, {"disc_bulging": 0.37})]
+    pipeline.models.weights = [1.0]
+    bootstrap = {"samples": 20, "seed": 0, "confidence": 0.95}
+    result = evaluate_model_dir(pipeline, dataset, dataset.images["image"].tolist(), tmp_path, "all", bootstrap,
+                                progress=False)
+    assert result["thresholds"] == {"disc_bulging": 0.37} and result["ordinal_gradings"] == ["pfirrman_grade"]
+    figures, counts = result["groups"]["all"]["figures"], result["groups"]["all"]["counts"]
+    assert counts["pfirrman_grade/discs"] == len(dataset.discs) == counts["disc_bulging/discs"]
+    for key in ("pfirrman_grade/balanced_accuracy", "pfirrman_grade/within_one", "disc_bulging/auc"):
+        assert 0 <= figures[key]["value"] <= 1, key
+    page = (tmp_path / "evaluation.md").read_text()
+    assert "## pfirrman_grade" in page and "quadratic kappa" in page and "threshold 0.37" in page
