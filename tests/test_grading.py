@@ -229,6 +229,9 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
         for g in binary:
             key = "herniation_probability" if g == "disc_herniation" else f"{g}_probability"
             assert 0 <= disc[key] <= 1
+            threshold = float(chosen[list(ALL_GRADINGS).index(g)])
+            assert disc[key.replace("_probability", "_positive")] == (disc[key] >= threshold - 1e-4) or \
+                abs(disc[key] - threshold) < 1e-4
         assert disc["pfirrman_grade_grade"] in range(1, 6) and disc["modic_grade"] in range(0, 4)
         assert len(disc["pfirrman_grade_distribution"]) == 5 and len(disc["modic_distribution"]) == 4
         assert sum(disc["pfirrman_grade_distribution"]) == pytest.approx(1, abs=1e-3)
@@ -356,7 +359,8 @@ def test_several_slices_aggregate_every_grading_and_regrade_from_the_mean_distri
 
     reports = {3: report(0.2, 0.6, [0.6, 0.4, 0, 0, 0]), 4: report(0.4, 0.2, [0.0, 0.2, 0.8, 0, 0]),
                5: report(0.9, 0.1, [0.0, 0.0, 0.2, 0.8, 0])}
-    classifier = LoadedModule("g", None, 32, 0.1, None, ["disc_herniation", "disc_bulging", "pfirrman_grade"], {})
+    classifier = LoadedModule("g", None, 32, 0.1, targets=["disc_herniation", "disc_bulging", "pfirrman_grade"],
+                              thresholds={})
     pipeline = Pipeline(LoadedModels(Path("."), {}, None, None, None, [classifier], [1.0]),
                         cropper=RoiCropper(lambda image: None, lambda region: None))
     keys = pipeline.aggregated_keys()
@@ -378,7 +382,8 @@ def test_evaluating_a_multi_task_model_dir_scores_binary_at_their_thresholds_and
     dataset, pipeline = _dataset_with_truth_cropper(data_dir, compose)
     targets = ["disc_bulging", "pfirrman_grade"]
     module = _module(compose, f"data.targets=[{','.join(targets)}]").eval()
-    pipeline.models.classifiers = [LoadedModule("grade", module, 32, 0.1, None, targets, {"disc_bulging": 0.37})]
+    pipeline.models.classifiers = [LoadedModule("grade", module, 32, 0.1, targets=targets,
+                                                  thresholds={"disc_bulging": 0.37})]
     pipeline.models.weights = [1.0]
     bootstrap = {"samples": 20, "seed": 0, "confidence": 0.95}
     result = evaluate_model_dir(pipeline, dataset, dataset.images["image"].tolist(), tmp_path, "all", bootstrap,

@@ -7,7 +7,8 @@ weights), and the 4-class segmentation of the lumbar crop with the area of each 
 A multi-task classifier (``model=grade_*``) gives every grading it learnt per disc instead: a binary grading as
 ``<grading>_probability`` (``herniation_probability`` for ``disc_herniation``), an ordinal one as
 ``<grading>_grade`` (the grade as discs.csv writes it, e.g. Pfirrmann 1-5) and ``<grading>_distribution`` (the
-probability of each grade, lowest first).
+probability of each grade, lowest first); each binary grading also has ``<name>_positive`` (``herniation_positive``,
+``disc_bulging_positive``), its probability at or above the grading's threshold chosen on validation.
 
 Every disc also carries ``measurements`` from the segmentation (:mod:`plid.pipeline.measurements`: disc heights,
 height index, posterior protrusion, disc-to-canal signal ratio; in mm where the spacing is known), or null where
@@ -176,8 +177,12 @@ class Pipeline:
                     row[f"{name}_grade"] = spec.grade(int(grades[i]))
                     row[f"{name}_distribution"] = [round(float(v), 4) for v in distribution[i]]
             else:
+                threshold = float((classifier.thresholds or {}).get(name, 0.5))
+                key = probability_key(name)
                 for i, p in enumerate(logits[name].softmax(1)[:, 1].tolist()):
-                    fields[i][probability_key(name)] = round(float(p), 4)
+                    fields[i][key] = round(float(p), 4)
+                    # the call at the threshold chosen on validation (positive at or above it, as Youden's J chose it)
+                    fields[i][key.removesuffix("_probability") + "_positive"] = bool(p >= threshold)
         return fields
 
     @staticmethod

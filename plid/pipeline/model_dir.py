@@ -235,7 +235,7 @@ def load_module(name: str, folder: Path, entry: dict[str, Any]) -> LoadedModule:
     state = torch.load(folder / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     return LoadedModule(name, module.eval(), int(entry["image_size"]), float(entry["roi_margin"]), entry.get("target"),
-                        entry.get("targets"), entry.get("thresholds"))
+                        targets=entry.get("targets"), thresholds=entry.get("thresholds"))
 
 
 def load_model_dir(path: str | Path) -> LoadedModels:
