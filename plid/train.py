@@ -77,6 +77,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             best_val = trainer.validate(model=model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
             metrics.update({k: float(v) for k, v in best_val.items()})
         summary["val"] = {k: v for k, v in metrics.items() if k.startswith("val/")}
+        if hasattr(model, "summary"):  # what the model adds (a multi-task classifier: targets, thresholds)
+            summary.update(model.summary())
         if hasattr(model, "threshold"):  # a classifier: the decision threshold chosen on val (Youden's J), tested
             summary["threshold"] = float(model.threshold)
 

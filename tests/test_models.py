@@ -6,7 +6,7 @@ import torch
 from plid.utils.hydra import PROJECT_ROOT
 
 MODEL_CONFIGS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("*.yaml") if not p.stem.startswith("_"))
-SEGMENTERS = [m for m in MODEL_CONFIGS if not m.startswith("cls_")]
+SEGMENTERS = [m for m in MODEL_CONFIGS if not m.startswith(("cls_", "grade_"))]
 
 
 def test_all_paper_segmenters_have_a_config():

@@ -12,7 +12,7 @@ from plid.utils.hydra import PROJECT_ROOT
 CONF = PROJECT_ROOT / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 SEGMENTERS = sorted(p.stem for p in (CONF / "model").glob("*.yaml")
-                    if not p.stem.startswith(("_", "cls_")))
+                    if not p.stem.startswith(("_", "cls_", "grade_")))
 HAS_CLASSIFIERS = (CONF / "model" / "cls_resnet50.yaml").is_file()
 needs_classifiers = pytest.mark.skipif(
     not HAS_CLASSIFIERS, reason="the classification configs (conf/model/cls_*.yaml, branch cls) are not here yet")

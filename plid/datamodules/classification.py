@@ -3,6 +3,10 @@ square, with a 0/1 grading of discs.csv as its target; or, with ``roi='none'``, 
 positive when any of their labelled discs is (the paper's no-ROI ablation).
 
 Case ids are ``<image>:<ivd_label>`` for disc crops and ``<image>`` for whole images.
+
+With ``targets`` (a list of gradings) the module serves a multi-task classifier instead: each disc's target is a
+vector of class indices, one per grading (:mod:`plid.gradings`), ``-1`` where discs.csv leaves that grading
+empty; a disc is kept when it carries at least one of them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from plid.datamodules.base import SpineDataModule
 from plid.datamodules.contract import DISC_BOX, DataContractError, SpineDataset
 from plid.datamodules.transforms import augment, paper_augmentation, to_tensor
 from plid.errors import UserInputError
+from plid.gradings import MISSING, gradings
 
 log = logging.getLogger(__name__)
 # discs.csv columns that identify a box rather than grade it
@@ -30,8 +35,10 @@ _NOT_TARGETS = {"image", "patient", "ivd_label", *DISC_BOX}
 class ClassificationDataset(Dataset):
     """Decoded, cropped and resized images and their 0/1 targets held in memory; augmentation runs per item."""
 
-    def __init__(self, ids: list[str], images: np.ndarray, targets: np.ndarray, transform=None):
+    def __init__(self, ids: list[str], images: np.ndarray, targets: np.ndarray, transform=None,
+                 features: np.ndarray | None = None):
         self.ids, self.images, self.targets, self.transform = ids, images, targets, transform
+        self.features = features  # (N, F) measurements of each disc from its image's mask, or None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -40,11 +47,20 @@ class ClassificationDataset(Dataset):
         image = self.images[index]
         if self.transform is not None:
             image = augment(self.transform, image=image)["image"]
-        return {"image": to_tensor(image), "target": torch.tensor(int(self.targets[index])), "id": self.ids[index]}
+        target = self.targets[index]
+        target = torch.tensor(int(target)) if np.ndim(target) == 0 else torch.as_tensor(target, dtype=torch.long)
+        item = {"image": to_tensor(image), "target": target, "id": self.ids[index]}
+        if self.features is not None:
+            item["features"] = torch.as_tensor(self.features[index], dtype=torch.float32)
+        return item
 
-    def class_counts(self) -> np.ndarray:
-        """Samples of class 0 and class 1."""
-        return np.bincount(np.asarray(self.targets, dtype=np.int64), minlength=2)
+    def class_counts(self, column: int | None = None, num_classes: int = 2) -> np.ndarray:
+        """Samples of class 0 and class 1; with ``column``, of each class of that grading (missing ones left out)."""
+        targets = np.asarray(self.targets, dtype=np.int64)
+        if column is not None:
+            targets = targets[:, column]
+            targets = targets[targets != MISSING]
+        return np.bincount(targets, minlength=num_classes)
 
 
 def binary_columns(discs: pd.DataFrame) -> list[str]:
@@ -96,11 +112,17 @@ class ClassificationDataModule(SpineDataModule):
         **kwargs: see :class:`SpineDataModule`; ``image_size`` is the side of the square crop.
     """
 
-    def __init__(self, *args, target: str = "disc_herniation", **kwargs) -> None:
+    def __init__(self, *args, target: str = "disc_herniation", targets: list[str] | None = None,
+                 measurements: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(logger=False)
+        self.gradings = gradings(targets) if targets is not None else None
+        if measurements and self.gradings is None:
+            raise UserInputError("data.measurements=true feeds a multi-task classifier (model=grade_*, data.targets)")
 
     def _validated(self, dataset: SpineDataset) -> SpineDataset:
+        if self.gradings is not None:
+            return self._validated_gradings(dataset)
         target, discs = self.hparams.target, dataset.discs
         valid = binary_columns(discs)
         if target not in valid:
@@ -112,6 +134,9 @@ class ClassificationDataModule(SpineDataModule):
         if labelled.empty:
             raise DataContractError(f"{dataset.root / 'discs.csv'}: no disc carries {target} "
                                     f"(series {self.hparams.series})")
+        return self._check_labelled(dataset, labelled, target)
+
+    def _check_labelled(self, dataset: SpineDataset, labelled, target: str) -> SpineDataset:
         if self.hparams.roi != "none" and labelled["ivd_label"].isna().any():
             row = labelled[labelled["ivd_label"].isna()].iloc[0]
             raise DataContractError(f"{dataset.root / 'discs.csv'}: a disc of image {row['image']} has {target} but "
@@ -124,18 +149,56 @@ class ClassificationDataModule(SpineDataModule):
         images = dataset.images[dataset.images["image"].isin(labelled["image"])]
         return SpineDataset(dataset.root, images.reset_index(drop=True), labelled.reset_index(drop=True))
 
+    def _validated_gradings(self, dataset: SpineDataset) -> SpineDataset:
+        """The discs carrying at least one of ``targets``; every value checked against its grading's classes."""
+        discs, csv = dataset.discs, dataset.root / "discs.csv"
+        if self.hparams.roi == "none":
+            raise UserInputError("data.targets (a multi-task classifier) grades disc crops: give data.roi=gt or "
+                                 "detected, not none")
+        missing = [g.name for g in self.gradings if g.name not in discs.columns]
+        if missing:
+            raise UserInputError(f"data.targets: {missing} are not columns of {csv}")
+        for g in self.gradings:
+            for row, value in discs[g.name].items():
+                try:
+                    g.index(value)
+                except (TypeError, ValueError) as error:
+                    raise DataContractError(f"{csv}: image {discs.at[row, 'image']}: {error}") from None
+        names = [g.name for g in self.gradings]
+        labelled = discs[discs[names].notna().any(axis=1)]
+        for g in self.gradings:
+            log.info("data.targets: %s on %d of %d disc boxes", g.name, int(discs[g.name].notna().sum()), len(discs))
+        log.info("%d disc boxes carry at least one grading; %d without any are left out", len(labelled),
+                 len(discs) - len(labelled))
+        if labelled.empty:
+            raise DataContractError(f"{csv}: no disc carries any of {names} (series {self.hparams.series})")
+        return self._check_labelled(dataset, labelled, "gradings")
+
     def build_dataset(self, split: str, patients: set[str]) -> ClassificationDataset:
         h = self.hparams
         discs = self.dataset.discs[self.dataset.discs["patient"].isin(patients)]
         rows = [_ImageDiscs(image, tuple(group.itertuples(index=False))) for image, group in discs.groupby("image")]
         if rows:
-            ids, (images, targets) = self.decode_cached(
+            ids, arrays = self.decode_cached(
                 rows, self._image_samples,
-                key={"target": h.target, "roi": h.roi, "margin": h.roi_margin, "size": h.image_size})
+                key={"target": h.target, "targets": h.get("targets"), "roi": h.roi, "margin": h.roi_margin,
+                     "size": h.image_size, "measurements": bool(h.get("measurements"))})
+            images, targets = arrays[:2]
+            features = arrays[2] if h.get("measurements") else None
         else:
-            ids, images, targets = [], np.zeros((0, h.image_size, h.image_size), np.uint8), np.zeros(0, np.int64)
+            from plid.pipeline.measurements import FEATURES
+
+            shape = (0,) if self.gradings is None else (0, len(self.gradings))
+            ids, images, targets = [], np.zeros((0, h.image_size, h.image_size), np.uint8), np.zeros(shape, np.int64)
+            features = np.zeros((0, len(FEATURES)), np.float32) if h.get("measurements") else None
         transform = paper_augmentation(**self.augmentation_kwargs()) if split == "train" and h.augment else None
-        data = ClassificationDataset(ids, images, targets, transform)
+        data = ClassificationDataset(ids, images, targets, transform, features)
+        if features is not None:
+            log.info("%s split: %d of %d discs measured from a mask", split, int(features[:, -1].sum()), len(features))
+        if self.gradings is not None:
+            for k, g in enumerate(self.gradings):
+                log.info("%s split: %s per class %s", split, g.name, data.class_counts(k, g.num_classes).tolist())
+            return data
         negatives, positives = data.class_counts()
         log.info("%s split: %d positive and %d negative for %s", split, positives, negatives, h.target)
         if len(data) and min(positives, negatives) == 0:
@@ -150,16 +213,31 @@ class ClassificationDataModule(SpineDataModule):
         if h.roi == "none":
             whole = cv2.resize(image, (h.image_size, h.image_size), interpolation=cv2.INTER_AREA)
             return [(row.image, whole, np.int64(max(getattr(d, target) for d in row.discs)))]
-        return [(f"{row.image}:{_level(d.ivd_label)}",
-                 load_disc_crop(image, [getattr(d, c) for c in DISC_BOX], h.image_size, h.roi_margin),
-                 np.int64(getattr(d, target)))
-                for d in row.discs]
+        samples = [(f"{row.image}:{_level(d.ivd_label)}",
+                    load_disc_crop(image, [getattr(d, c) for c in DISC_BOX], h.image_size, h.roi_margin),
+                    self._target_of(d))
+                   for d in row.discs]
+        if not h.get("measurements"):
+            return samples
+        from plid.pipeline.measurements import measure_discs, measurement_features
+
+        has_mask = self.dataset.images.set_index("image").get("has_mask", {}).get(row.image, 0) == 1
+        mask = self.dataset.read_mask(row.image) if has_mask else None
+        measured = measure_discs(mask, [[getattr(d, c) for c in DISC_BOX] for d in row.discs], image)
+        return [(*sample, measurement_features(m)) for sample, m in zip(samples, measured)]
+
+    def _target_of(self, disc) -> np.ndarray:
+        if self.gradings is None:
+            return np.int64(getattr(disc, self.hparams.target))
+        return np.array([g.index(getattr(disc, g.name)) for g in self.gradings], np.int64)
 
     def check_validation_classes(self) -> None:
         """Refuse a validation split that holds one class only, before any training: its ROC AUC (the default
         monitor, ``val/auc``) and PR AUC are undefined (NaN) and no decision threshold can be chosen on it, so
         checkpointing and early stopping would follow nothing and end training after the first epoch."""
         self.setup("fit")
+        if self.gradings is not None:  # a multi-task classifier: a one-class grading scores NaN, the others count
+            return
         negatives, positives = self.datasets["val"].class_counts()
         if min(negatives, positives) == 0:
             raise UserInputError(
@@ -175,6 +253,12 @@ class ClassificationDataModule(SpineDataModule):
 
     def class_names(self) -> list[str]:
         return [f"no {self.hparams.target}", self.hparams.target]
+
+    def grading_class_counts(self) -> dict[str, list[int]]:
+        """Training discs per class of each grading of ``targets`` (discs missing it left out)."""
+        self.setup("fit")
+        return {g.name: self.datasets["train"].class_counts(k, g.num_classes).tolist()
+                for k, g in enumerate(self.gradings or [])}
 
 
 def _level(ivd_label) -> str:

@@ -13,6 +13,12 @@ probabilities near 0 and 1 into ties; they still load.)
 
 Cases are in a stable order (the split's loader order); ``load_predictions`` sorts by id so that runs of
 different models over the same split line up.
+
+A multi-task classifier (``model=grade_*``, :mod:`plid.models.grading`) writes one such file per grading instead,
+``predictions/<grading>/{val,test}.npz``, holding only the discs that carry that grading: ``probs`` (N, 2) for a
+binary grading, (N, K) for an ordinal one (the grade distribution of its CORAL head), ``targets`` the class
+index (for ``pfirrman_grade`` the grade minus 1, see :mod:`plid.gradings`). Each file reads as a single-target
+run's, so ``plid.ensemble`` can be pointed at one grading of several runs (not wired up yet).
 """
 
 from __future__ import annotations
@@ -54,9 +60,18 @@ def load_predictions(path: str | Path) -> Predictions:
         return Predictions(data["ids"][order], data["probs"][order], data["targets"][order])
 
 
-def collect_predictions(outputs: list[dict]) -> Predictions:
-    """Concatenate ``predict_step`` outputs (dicts of id, probs, target) into one Predictions."""
+def collect_predictions(outputs: list[dict]) -> Predictions | dict[str, Predictions]:
+    """Concatenate ``predict_step`` outputs (dicts of id, probs, target) into one Predictions; a multi-task
+    classifier's (``probs`` a dict per grading) into one Predictions per grading, without the discs missing it."""
     ids = np.concatenate([np.asarray(o["id"], dtype=str) for o in outputs])
+    if isinstance(outputs[0]["probs"], dict):
+        targets = torch.cat([o["target"].cpu() for o in outputs]).numpy()
+        per_grading = {}
+        for k, name in enumerate(outputs[0]["targets"]):
+            probs = torch.cat([o["probs"][name].float().cpu() for o in outputs]).numpy()
+            labelled = targets[:, k] >= 0
+            per_grading[name] = Predictions(ids[labelled], probs[labelled], targets[labelled, k])
+        return per_grading
     probs = torch.cat([o["probs"].float().cpu() for o in outputs]).numpy()
     targets = torch.cat([o["target"].cpu() for o in outputs]).numpy()
     return Predictions(ids, probs, targets)
@@ -70,6 +85,12 @@ def export_predictions(trainer: L.Trainer, model: L.LightningModule, datamodule,
         if len(datamodule.datasets.get(split, [])) == 0:
             continue
         outputs = trainer.predict(model, dataloaders=loaders[split]())
-        path = save_predictions(Path(output_dir) / "predictions" / f"{split}.npz", collect_predictions(outputs))
+        collected = collect_predictions(outputs)
+        if isinstance(collected, dict):  # a multi-task classifier: one file per grading
+            written[split] = {name: str(save_predictions(Path(output_dir) / "predictions" / name / f"{split}.npz",
+                                                         predictions))
+                              for name, predictions in collected.items()}
+            continue
+        path = save_predictions(Path(output_dir) / "predictions" / f"{split}.npz", collected)
         written[split] = str(path)
     return written

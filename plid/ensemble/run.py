@@ -75,6 +75,9 @@ def resolve_runs(runs: str | list[str]) -> list[Path]:
                 found.append(match.resolve())
                 continue
             jobs = [p.resolve() for p in sorted(match.iterdir(), key=_natural) if p.is_dir() and _has_predictions(p)]
+            if not jobs and any((match / "predictions").glob("*/val.npz")):
+                raise UserInputError(f"run {match} is a multi-task classifier (model=grade_*: predictions per grading "
+                                     f"in predictions/<grading>/); plid.ensemble does not combine those yet")
             if not jobs:
                 raise UserInputError(f"run {match} has no predictions/val.npz (training writes it after testing: was "
                                      "the run finished, with test=true?) and holds no runs that have one")

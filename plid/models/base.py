@@ -17,13 +17,17 @@ class SpineModule(L.LightningModule):
     def on_train_start(self) -> None:
         self.monitor_best.reset()  # forget values seen in the sanity check
 
+    def batch_logits(self, batch: dict):
+        """The network's output on a batch (its images; a subclass may use more of the batch)."""
+        return self(batch["image"])
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self(batch["image"]), batch["target"])
+        loss = self.loss(self.batch_logits(batch), batch["target"])
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["target"]))
         return loss
 
     def _evaluate(self, batch: dict, stage: str) -> None:
-        logits = self(batch["image"])
+        logits = self.batch_logits(batch)
         self.log(f"{stage}/loss", self.loss(logits, batch["target"]), on_step=False, on_epoch=True,
                  batch_size=len(batch["target"]))
         self.update_metrics(logits, batch, stage)

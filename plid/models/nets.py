@@ -63,12 +63,14 @@ class DiscClassifier(nn.Module):
         self.head = nn.Sequential(nn.Linear(num_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                   nn.Linear(hidden, num_classes))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``x``; ``extra`` (N, F) inputs go to heads that take them (the grading heads' measurements)."""
         if min(x.shape[-2:]) < self.min_input_size:
             scale = self.min_input_size / min(x.shape[-2:])
             size = [max(self.min_input_size, round(s * scale)) for s in x.shape[-2:]]
             x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return self.head(self.pool(self.backbone.forward_features(x)))
+        features = self.pool(self.backbone.forward_features(x))
+        return self.head(features) if extra is None else self.head(features, extra)
 
 
 def build_classifier(name: str, pretrained: bool = False, weights_file: str | None = None, in_chans: int = 1,

@@ -144,8 +144,11 @@ def _analyse(case: Case, pipeline: Pipeline, options: SliceOptions, timings: dic
             masks[k] = result.mask
         if k == chosen:
             image, mask = scan.image, result.mask
-    report = aggregate(reports, chosen, pipeline.probability_key(), options.aggregation) if len(indices) > 1 \
-        else reports[chosen]
+    if len(indices) > 1 and pipeline.gradings():  # a multi-task classifier: every grading over the slices
+        report = pipeline.regrade(aggregate(reports, chosen, pipeline.aggregated_keys(), options.aggregation))
+    else:
+        report = aggregate(reports, chosen, pipeline.probability_key(), options.aggregation) if len(indices) > 1 \
+            else reports[chosen]
     report["slice_choice"] = choice
     report["slices_analysed"] = indices
     report["num_slices"] = volume.num_slices

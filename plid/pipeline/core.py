@@ -6,6 +6,16 @@ weights) and the call it gives at the decision threshold chosen on validation (`
 probability above the threshold; the classifier's own threshold, or the ensemble's with several), and the
 4-class segmentation of the lumbar crop with the area of each class.
 
+A multi-task classifier (``model=grade_*``) gives every grading it learnt per disc instead: a binary grading as
+``<grading>_probability`` (``herniation_probability`` for ``disc_herniation``), an ordinal one as
+``<grading>_grade`` (the grade as discs.csv writes it, e.g. Pfirrmann 1-5) and ``<grading>_distribution`` (the
+probability of each grade, lowest first); each binary grading also has ``<name>_positive`` (``herniation_positive``,
+``disc_bulging_positive``), its probability above the grading's threshold chosen on validation.
+
+Every disc also carries ``measurements`` from the segmentation (:mod:`plid.pipeline.measurements`: disc heights,
+height index, posterior protrusion, disc-to-canal signal ratio; in mm where the spacing is known), or null where
+the mask has no disc pixels in its box.
+
 Levels (:mod:`plid.pipeline.levels`): by default from the anatomy, the detector's discs checked against the
 segmentation (boxes on vertebral bodies, discs the detector missed, gaps, duplicates, the L5/S1 anchor), numbered
 from 1, the lowest (as SPIDER's ``ivd_label``), and named from L5/S1 up only where the anchor is confirmed;
@@ -27,9 +37,11 @@ from plid.datamodules.contract import CLASS_NAMES
 from plid.datamodules.io import Scan
 from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
+from plid.gradings import grading, probability_key
 from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
 from plid.models.metrics import predicted_classes
 from plid.pipeline.levels import LEVEL_NAMES, assign_levels, level_names  # noqa: F401
+from plid.pipeline.measurements import measure_discs
 from plid.pipeline.model_dir import LoadedModels
 
 
@@ -72,16 +84,14 @@ class Pipeline:
         mask, segmentation = self.segment(image, roi.lumbar_box, scan.spacing_mm)
         levels = assign_levels([d.box for d in roi.discs], [d.score for d in roi.discs], mask, self.levels,
                                self.max_named_levels)
-        probabilities = self.herniation(image, [d.box for d in roi.discs])
-        key = self.probability_key()
-        call = key.removesuffix("_probability") + "_positive"
-        threshold = self.decision_threshold()
+        detected = levels.detected()
+        measurements = measure_discs(mask, [d.box for d in detected], image, scan.spacing_mm)
         report["discs"] = [
             {"level": disc.level, "name": disc.name, "level_confidence": disc.level_confidence,
-             "box": _box(disc.box), "score": round(disc.score, 4), key: None if p is None else round(float(p), 4),
-             call: None if p is None else bool(p > threshold),
-             **({"flag": disc.flag, "flag_reason": disc.reason} if disc.flag else {})}
-            for disc, p in zip(levels.detected(), probabilities)
+             "box": _box(disc.box), "score": round(disc.score, 4), **fields,
+             **({"flag": disc.flag, "flag_reason": disc.reason} if disc.flag else {}), "measurements": measured}
+            for disc, fields, measured in zip(detected, self.disc_gradings(image, [d.box for d in detected],
+                                                                           measurements), measurements)
         ]
         report["missed_discs_suspected"] = [
             {"level": d.level, "name": d.name, "level_confidence": d.level_confidence, "box": _box(d.box),
@@ -92,9 +102,19 @@ class Pipeline:
         return ImageResult(report, mask)
 
     def probability_key(self) -> str:
-        """``herniation_probability`` for herniation classifiers (the paper's), else ``<grading>_probability``."""
+        """``herniation_probability`` for herniation classifiers (the paper's), else ``<grading>_probability``;
+        for a multi-task classifier, herniation's key where it grades herniation, else its first binary grading's."""
+        targets = self.gradings()
+        if targets:
+            binary = [t for t in targets if not grading(t).ordinal]
+            return probability_key("disc_herniation" if "disc_herniation" in binary or not binary else binary[0])
         target = self.models.classifiers[0].target if self.models.classifiers else None
         return "herniation_probability" if target in (None, "disc_herniation") else f"{target}_probability"
+
+    def gradings(self) -> list[str] | None:
+        """A multi-task classifier's gradings; None for a single-target classifier or none."""
+        classifiers = self.models.classifiers
+        return list(classifiers[0].targets) if classifiers and classifiers[0].targets else None
 
     def decision_threshold(self) -> float:
         """The threshold applied to the combined per-disc probability (positive above it): the classifier's own
@@ -109,9 +129,82 @@ class Pipeline:
         classifiers = self.models.classifiers
         if not classifiers:
             return None
-        return {"target": classifiers[0].target, "models": [c.name for c in classifiers], "weights": self.models.weights,
-                "combination": "weighted average" if len(classifiers) > 1 else "single model",
-                "threshold": self.decision_threshold()}
+        described = {"target": classifiers[0].target, "models": [c.name for c in classifiers],
+                     "weights": self.models.weights,
+                     "combination": "weighted average" if len(classifiers) > 1 else "single model",
+                     "threshold": self.decision_threshold()}
+        if self.gradings():
+            described["targets"] = self.gradings()
+            described["thresholds"] = {t: float(v) for t, v in (classifiers[0].thresholds or {}).items()}
+        return described
+
+    def aggregated_keys(self) -> list[str]:
+        """The report keys of a multi-task classifier aggregated over several slices: the primary probability
+        first, then the other binary gradings' probabilities and the ordinal gradings' distributions."""
+        keys = [self.probability_key()]
+        for name in self.gradings() or []:
+            key = f"{name}_distribution" if grading(name).ordinal else probability_key(name)
+            if key not in keys:
+                keys.append(key)
+        return keys
+
+    def regrade(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Each ordinal grade recomputed from its (aggregated) distribution, as the head's rule does: the number of
+        grades k with P(grade > k) above 0.5."""
+        for disc in report.get("discs", []):
+            for name in self.gradings() or []:
+                distribution = disc.get(f"{name}_distribution")
+                if grading(name).ordinal and distribution is not None:
+                    above = 1 - np.cumsum(distribution)[:-1]
+                    disc[f"{name}_grade_chosen_slice"] = disc.get(f"{name}_grade")
+                    disc[f"{name}_grade"] = grading(name).grade(int((above > 0.5).sum()))
+        return report
+
+    def disc_gradings(self, image: np.ndarray, boxes: list, measurements: list | None = None) -> list[dict[str, Any]]:
+        """The report's grading fields of each disc box: ``{probability_key: p}`` for a single-target classifier
+        (or the ensemble), every grading of a multi-task classifier (see the module docstring), which takes the
+        discs' ``measurements`` too where it was trained with them (``model.use_measurements``)."""
+        if not self.gradings():
+            key = self.probability_key()
+            call, threshold = key.removesuffix("_probability") + "_positive", self.decision_threshold()
+            return [{key: None if p is None else round(float(p), 4), call: None if p is None else bool(p > threshold)}
+                    for p in self.herniation(image, boxes)]
+        if not boxes:
+            return []
+        classifier = self.models.classifiers[0]
+        from plid.models.grading import grade_distribution, predicted_grade
+
+        crops = self._crops(classifier, image, boxes)
+        if getattr(getattr(classifier.net, "hparams", {}), "get", lambda k: False)("use_measurements"):
+            from plid.pipeline.measurements import measurement_features
+
+            features = np.stack([measurement_features(m) for m in (measurements or [None] * len(boxes))])
+            logits = classifier.net(crops, torch.from_numpy(features))
+        else:
+            logits = classifier.net(crops)
+        fields: list[dict[str, Any]] = [{} for _ in boxes]
+        for name in self.gradings():
+            spec = grading(name)
+            if spec.ordinal:
+                grades, distribution = predicted_grade(logits[name]), grade_distribution(logits[name])
+                for i, row in enumerate(fields):
+                    row[f"{name}_grade"] = spec.grade(int(grades[i]))
+                    row[f"{name}_distribution"] = [round(float(v), 4) for v in distribution[i]]
+            else:
+                threshold = float((classifier.thresholds or {}).get(name, 0.5))
+                key = probability_key(name)
+                for i, p in enumerate(logits[name].softmax(1)[:, 1].tolist()):
+                    fields[i][key] = round(float(p), 4)
+                    # the call at the threshold chosen on validation (positive above it, as Youden's J chose it)
+                    fields[i][key.removesuffix("_probability") + "_positive"] = bool(p > threshold)
+        return fields
+
+    @staticmethod
+    def _crops(classifier, image: np.ndarray, boxes: list) -> torch.Tensor:
+        crops = [cv2.resize(crop(image, enlarge_box(box, classifier.roi_margin, *image.shape)),
+                            (classifier.image_size, classifier.image_size), interpolation=cv2.INTER_AREA)
+                 for box in boxes]
+        return torch.stack([to_tensor(c) for c in crops])
 
     def herniation(self, image: np.ndarray, boxes: list) -> list[float | None]:
         """Probability of herniation per disc box: one classifier, or the weighted average of several."""
@@ -122,11 +215,7 @@ class Pipeline:
             if weight == 0:  # the ensemble left it out: no need to run it
                 continue
             weights.append(weight)
-            crops = [cv2.resize(crop(image, enlarge_box(box, classifier.roi_margin, *image.shape)),
-                                (classifier.image_size, classifier.image_size), interpolation=cv2.INTER_AREA)
-                     for box in boxes]
-            batch = torch.stack([to_tensor(c) for c in crops])
-            probs.append(classifier.net(batch).softmax(1)[:, 1])
+            probs.append(classifier.net(self._crops(classifier, image, boxes)).softmax(1)[:, 1])
         return weighted_average(probs, weights).tolist()
 
     def segment(self, image: np.ndarray, lumbar_box, spacing_mm: float | None) -> tuple[np.ndarray, dict[str, Any]]:

@@ -97,20 +97,31 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
     for grading, reason in skipped.items():
         log.warning("grading %s skipped: %s", grading, reason)
     threshold = _threshold(summary["cases"])
-    thresholds = {g: threshold for g in predicted if g not in skipped}
+    # a multi-task classifier states a threshold per grading (chosen on validation); the others one for all
+    described = next((c["classifier"] for c in summary["cases"] if c.get("classifier")), None) or {}
+    per_grading = described.get("thresholds") or {}
+    thresholds = {g: float(per_grading.get(g, threshold)) for g in predicted if g not in skipped}
+    # a multi-task classifier's ordinal gradings (<grading>_grade in the reports)
+    from plid.gradings import grading as grading_spec
+
+    ordinal = [g for g in described.get("targets") or [] if grading_spec(g).ordinal]
+    for g in [g for g in ordinal if g not in labelled]:
+        skipped[g] = f"{dataset.root} does not label {g}"
+        log.warning("grading %s skipped: %s", g, skipped[g])
+    ordinal = [g for g in ordinal if g in labelled]
     scores = []
     for image in images:
-        score = score_image(reports[image], truths[image], list(thresholds))
+        score = score_image(reports[image], truths[image], list(thresholds), ordinal)
         score.confusion = confusions.get(image)
         scores.append(score)
-    figures = EndToEndScores(scores, thresholds)
+    figures = EndToEndScores(scores, thresholds, ordinal)
     series = sorted({s.series for s in scores})
     groups = {"all": np.arange(len(scores))}
     if len(series) > 1:
         groups.update({name: np.flatnonzero([s.series == name for s in scores]) for name in series})
     result: dict[str, Any] = {
         "model_dir": str(pipeline.models.root), "data_root": str(dataset.root), "split": split,
-        "bootstrap": bootstrap, "thresholds": thresholds, "skipped_gradings": skipped,
+        "bootstrap": bootstrap, "thresholds": thresholds, "ordinal_gradings": ordinal, "skipped_gradings": skipped,
         "classifier": next((c["classifier"] for c in summary["cases"] if c.get("classifier")), None),
         "groups": {},
     }
@@ -154,6 +165,8 @@ def _counts(figures: EndToEndScores, index: np.ndarray) -> dict[str, Any]:
     for grading in figures.thresholds:
         discs, positives = figures.positives(grading, index)
         counts[f"{grading}/discs"], counts[f"{grading}/positives"] = discs, positives
+    for grading in figures.ordinal:
+        counts[f"{grading}/discs"] = figures.ordinal_discs(grading, index)
     return counts
 
 
@@ -289,6 +302,12 @@ def markdown_tables(result: dict[str, Any]) -> str:
                          "specificity", "Brier"],
                         [[n, f"{c[n][f'{grading}/positives']} / {c[n][f'{grading}/discs']}",
                           *(_cell(f[n].get(f"{grading}/{k}")) for k in GRADING_FIGURES)] for n in groups])
+    for grading in result.get("ordinal_gradings") or []:
+        lines += [f"\n## {grading} (matched discs; predicted grade against the reference)\n"]
+        lines += _table(["series", "discs", "balanced accuracy", "quadratic kappa", "within one grade", "accuracy"],
+                        [[n, str(c[n][f"{grading}/discs"]),
+                          *(_cell(f[n].get(f"{grading}/{k}")) for k in ("balanced_accuracy", "kappa", "within_one",
+                                                                          "accuracy"))] for n in groups])
     for grading, reason in result["skipped_gradings"].items():
         lines.append(f"\n{grading}: not scored ({reason}).")
     if any(c[n]["images_with_mask"] for n in groups):

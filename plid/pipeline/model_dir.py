@@ -10,6 +10,11 @@
       classifiers/<name>/model.ckpt
       ensemble_weights.json          weights per classifier name, from python -m plid.ensemble task=cls (optional)
 
+A multi-task classifier (``model=grade_*``) is exported as one classifier whose manifest entry carries
+``targets`` (its gradings, in head order) and ``thresholds`` (per binary grading, chosen on validation by
+Youden's J: the run's summary.json) in place of ``target``; a model_dir holds one such classifier, not an
+ensemble of them.
+
 Every ``.pt`` / ``.ckpt`` here holds only tensors and plain values and is read with
 ``torch.load(weights_only=True)``: nothing in a model_dir is unpickled. Detectors are rebuilt from their
 architecture yaml (a plain dict) and state dict, so the ultralytics checkpoint (a pickle) is read only once, by
@@ -133,7 +138,15 @@ def export_module(run: str | Path, out: Path) -> dict[str, Any]:
         torch.save({"state_dict": state}, handle)
     data = cfg.get("data", {})
     extra = {}
-    if "target" in data:  # a classifier: what it predicts, on which crops
+    if data.get("targets") is not None:  # a multi-task classifier: its gradings and validation thresholds
+        from plid.gradings import grading
+
+        extra["targets"] = [str(t) for t in data.targets]
+        # the thresholds travel in the checkpoint (a buffer set at its validation epoch), as summary.json lists them
+        chosen = state.get("thresholds", torch.full((len(extra["targets"]),), 0.5)).tolist()
+        extra["thresholds"] = {t: round(float(v), 6) for t, v in zip(extra["targets"], chosen)
+                               if not grading(t).ordinal}
+    elif "target" in data:  # a classifier: what it predicts, on which crops
         if data.get("roi") == "none":
             raise UserInputError(f"{run}: a whole-image classifier (data.roi=none); predict needs one trained on disc "
                                  f"crops (data.roi=gt or detected) to give a probability per disc")
@@ -213,6 +226,10 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
         for name, run in zip(names, cls_runs or []):
             folder = "classifiers/" + re.sub(r"[^\w.-]+", "_", name).strip("_")
             classifiers[name] = {"dir": folder, **export_module(run, tmp / folder)}
+        if len(classifiers) > 1 and any("targets" in entry for entry in classifiers.values()):
+            raise UserInputError(f"cls_runs: {[n for n, e in classifiers.items() if 'targets' in e]} grade several "
+                                 f"gradings (model=grade_*): a model_dir takes one such classifier alone; an "
+                                 f"ensemble of multi-task classifiers is not supported yet")
         targets = {entry.get("target") for entry in classifiers.values()}
         if len(targets) > 1:
             raise UserInputError(f"the classifiers predict different targets {sorted(map(str, targets))}; "
@@ -267,6 +284,8 @@ class LoadedModule:
     roi_margin: float
     target: str | None = None  # what a classifier predicts (a discs.csv grading, e.g. disc_herniation)
     threshold: float = DEFAULT_THRESHOLD  # a classifier's decision threshold, chosen on its validation split
+    targets: list[str] | None = None  # a multi-task classifier's gradings (then target is None)
+    thresholds: dict[str, float] | None = None  # its thresholds per binary grading, chosen on validation
 
 
 @dataclass
@@ -316,7 +335,8 @@ def load_module(name: str, folder: Path, entry: dict[str, Any]) -> LoadedModule:
     state = torch.load(folder / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     return LoadedModule(name, module.eval(), int(entry["image_size"]), float(entry["roi_margin"]), entry.get("target"),
-                        float(entry.get("threshold", DEFAULT_THRESHOLD)))
+                        float(entry.get("threshold", DEFAULT_THRESHOLD)), targets=entry.get("targets"),
+                        thresholds=entry.get("thresholds"))
 
 
 def load_model_dir(path: str | Path) -> LoadedModels:

@@ -3,6 +3,10 @@
 The page opens with a summary table (one row per disc: case, level, the classifier's probability and flags),
 then the cases grouped by study and series (images and volume files without a study last), the series that were
 skipped with their reasons, and the files that could not be read.
+
+With a multi-task classifier every grading of a disc is listed compactly (:func:`grading_summary`: ``Pf 3``,
+``Modic 0``, ``hern 0.12``...) in a ``gradings`` column, and the overlay labels each disc with its ordinal grades
+and the binary gradings at or above their thresholds.
 """
 
 from __future__ import annotations
@@ -54,7 +58,9 @@ def overlay(image: np.ndarray, report: dict[str, Any], mask: np.ndarray | None, 
         x1, y1, x2, y2 = rect(disc["box"], DISC_COLOUR)
         label = _level_label(disc, report)
         probability = _probability(disc)
-        if probability is not None:
+        if (report.get("classifier") or {}).get("targets"):
+            label += " " + grading_summary(disc, report["classifier"], only_positive=True).replace(", ", " ")
+        elif probability is not None:
             label += f" {probability:.2f}"
         cv2.putText(canvas, label, (x2 + 4, (y1 + y2) // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255),
                     2, cv2.LINE_AA)
@@ -76,7 +82,38 @@ def _level_label(disc: dict[str, Any], report: dict[str, Any]) -> str:
 
 def _probability(disc: dict[str, Any]) -> float | None:
     """The classifier's probability of a disc (``herniation_probability`` or ``<grading>_probability``)."""
+    if "herniation_probability" in disc:
+        return disc["herniation_probability"]
     return next((v for k, v in disc.items() if k.endswith("_probability")), None)
+
+
+# short names of the gradings for the overlay and the page
+SHORT_NAMES = {"pfirrman_grade": "Pf", "modic": "Modic", "up_endplate": "upper EP", "low_endplate": "lower EP",
+               "spondylolisthesis": "listh", "disc_herniation": "hern", "disc_narrowing": "narrow",
+               "disc_bulging": "bulg"}
+
+
+def _binary_values(disc: dict[str, Any], targets: list[str]) -> list[tuple[str, float]]:
+    from plid.gradings import grading, probability_key
+
+    return [(t, disc[probability_key(t)]) for t in targets
+            if not grading(t).ordinal and disc.get(probability_key(t)) is not None]
+
+
+def grading_summary(disc: dict[str, Any], classifier: dict[str, Any] | None, only_positive: bool = False) -> str:
+    """Every grading of a multi-task classifier's disc in one line (``Pf 3, Modic 0, hern 0.12, ...``); with
+    ``only_positive`` the ordinal grades and the binary gradings at or above their thresholds. Empty for a
+    single-target classifier."""
+    targets = (classifier or {}).get("targets") or []
+    thresholds = (classifier or {}).get("thresholds") or {}
+    parts = []
+    for t in targets:
+        if disc.get(f"{t}_grade") is not None:
+            parts.append(f"{SHORT_NAMES.get(t, t)} {disc[f'{t}_grade']}")
+    for t, p in _binary_values(disc, targets):
+        if not only_positive or p > thresholds.get(t, 0.5):
+            parts.append(f"{SHORT_NAMES.get(t, t)} {p:.2f}")
+    return ", ".join(parts)
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
@@ -105,10 +142,16 @@ def _flags(report: dict[str, Any], disc: dict[str, Any] | None) -> list[str]:
     flags = list(report.get("warnings") or [])
     if disc is None:
         return [report.get("message") or report["status"], *flags]
-    threshold = (report.get("classifier") or {}).get("threshold", 0.5)
+    classifier = report.get("classifier") or {}
+    threshold = classifier.get("threshold", 0.5)
     p = _probability(disc)
-    if p is not None and p >= threshold:
-        flags.insert(0, f"probability ≥ {threshold:g}")
+    if classifier.get("targets"):  # a multi-task classifier: each binary grading at its own threshold
+        for t, value in reversed(_binary_values(disc, classifier["targets"])):
+            limit = (classifier.get("thresholds") or {}).get(t, 0.5)
+            if value > limit:
+                flags.insert(0, f"probability > {limit:.2f} ({SHORT_NAMES.get(t, t)})")
+    elif p is not None and p > threshold:
+        flags.insert(0, f"probability > {threshold:g}")
     if disc.get("flag"):
         flags.append(disc["flag"].replace("_", " "))
     elif disc.get("name") is None:
@@ -130,13 +173,16 @@ def _per_slice(disc: dict[str, Any]) -> str:
 def _summary(reports: list[dict[str, Any]]) -> str:
     rows = []
     multi = any(d.get("slices") for r in reports for d in r.get("discs", []))
+    graded = any((r.get("classifier") or {}).get("targets") for r in reports)
     for report in reports:
         anchor = html.escape(_anchor(report))
         name = f"<a href='#{anchor}'>{html.escape(report['name'])}</a>"
         if not report.get("discs"):
             rows.append(f"<tr class='warn'><td>{name}</td><td>–</td><td></td>{'<td></td>' if multi else ''}"
+                        f"{'<td></td>' if graded else ''}"
                         f"<td>{html.escape('; '.join(_flags(report, None)))}</td></tr>")
             continue
+        described = report.get("classifier")
         for disc in report["discs"]:
             p = _probability(disc)
             flags = _flags(report, disc)
@@ -145,9 +191,10 @@ def _summary(reports: list[dict[str, Any]]) -> str:
             rows.append(f"<tr{cls}><td>{name}</td><td>{html.escape(level)}</td>"
                         f"<td>{'' if p is None else f'{p:.3f}'}</td>"
                         f"{f'<td>{_per_slice(disc)}</td>' if multi else ''}"
+                        f"{f'<td>{html.escape(grading_summary(disc, described))}</td>' if graded else ''}"
                         f"<td>{html.escape('; '.join(flags))}</td></tr>")
     head = "<tr><th>case</th><th>level</th><th>probability</th>" + ("<th>per slice</th>" if multi else "") + \
-        "<th>flags</th></tr>"
+        ("<th>gradings</th>" if graded else "") + "<th>flags</th></tr>"
     return f"<table class='summary'>{head}{''.join(rows)}</table>"
 
 
@@ -160,6 +207,8 @@ def _disc_rows(report: dict[str, Any]) -> str:
     discs = [*report.get("discs", []), *({**d, "flag": "missed_disc_suspected"} for d in
                                          report.get("missed_discs_suspected", []))]
     rows = []
+    classifier = report.get("classifier") or {}
+    graded = bool(classifier.get("targets"))
     for disc in sorted(discs, key=lambda d: -(d["box"][1] + d["box"][3])):
         p, score = _probability(disc), disc.get("score")
         confidence = disc.get("level_confidence")
@@ -169,6 +218,7 @@ def _disc_rows(report: dict[str, Any]) -> str:
                     f"<td>{'' if confidence is None else f'{confidence:.2f}'}</td>"
                     f"<td>{'' if p is None else f'{p:.3f}'}</td><td>{_per_slice(disc)}</td>"
                     f"<td>{'' if score is None else f'{score:.2f}'}</td>"
+                    f"{f'<td>{html.escape(grading_summary(disc, classifier))}</td>' if graded else ''}"
                     f"<td class='warn'>{html.escape(flag)}</td></tr>")
     return "".join(rows)
 
@@ -185,8 +235,10 @@ def _areas(report: dict[str, Any]) -> str:
 
 
 def _target(reports: list[dict[str, Any]]) -> str:
-    described = next((r["classifier"] for r in reports if r.get("classifier")), None)
-    return (described or {}).get("target") or "no classifier"
+    described = next((r["classifier"] for r in reports if r.get("classifier")), None) or {}
+    if described.get("targets"):
+        return "herniation; every grading in the gradings column: " + ", ".join(described["targets"])
+    return described.get("target") or "no classifier"
 
 
 def _series_line(report: dict[str, Any]) -> str:
@@ -210,8 +262,9 @@ def _case(report: dict[str, Any], page: Path) -> str:
     if report.get("levels_uncertain"):
         status += f"<p class='warn'>Levels uncertain: {html.escape(report.get('levels_uncertain_reason') or '')}</p>"
     warnings = "".join(f"<p class='warn'>{html.escape(w)}</p>" for w in report.get("warnings") or [])
+    graded = "<th>gradings</th>" if (report.get("classifier") or {}).get("targets") else ""
     table = ("<table><tr><th>#</th><th>level</th><th>level confidence</th><th>probability</th><th>per slice</th>"
-             "<th>detector score</th><th>flag</th></tr>"
+             f"<th>detector score</th>{graded}<th>flag</th></tr>"
              f"{_disc_rows(report)}</table>") if report.get("discs") else "<p>No disc found.</p>"
     mask = ""
     if report.get("mask"):

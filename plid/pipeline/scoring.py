@@ -23,7 +23,11 @@ Definitions (also in the README's "Evaluating a model_dir end to end"):
   entry (IoU at least 0.3); ``level_accuracy_where_certain``: level accuracy on the images whose report does not
   say ``levels_uncertain``; ``images_levels_certain``: the share of such images.
 - Gradings: on matched discs with that grading labelled; the decision threshold is the model_dir's
-  (``report["classifier"]["threshold"]``, 0.5 where a model_dir has none).
+  (``report["classifier"]["threshold"]``, 0.5 where a model_dir has none; a multi-task classifier's
+  ``thresholds`` per grading).
+- Ordinal gradings of a multi-task classifier (``<grading>_grade`` in the report, e.g. Pfirrmann): on matched
+  discs with that grading labelled, balanced accuracy (mean recall over the grades present), quadratic-weighted
+  kappa and the share within one grade, resampled with the same patient bootstrap.
 - Segmentation: inside the crop the pipeline segmented (on images where no lumbar region was found, the
   whole image against an empty prediction). Per case: Dice and IoU per image, NaN where a class is absent
   from both reference and prediction, then the mean over images leaving NaN out (nnU-Net's definition).
@@ -125,6 +129,7 @@ class ImageScore:
     all_levels_right: float  # 1/0, NaN where no reference disc of the image has a level
     levels_uncertain: bool = False  # the report's own flag
     gradings: dict[str, np.ndarray] = field(default_factory=dict)  # grading -> (matched discs, 2): probability, target
+    ordinal: dict[str, np.ndarray] = field(default_factory=dict)  # grading -> (matched discs, 2): grade, target
     confusion: np.ndarray | None = None  # (C, C) on the segmented crop; None where the image has no mask
     missed: list[dict[str, Any]] = field(default_factory=list)  # reference discs not found: box, level
     extra: list[dict[str, Any]] = field(default_factory=list)  # reported boxes matching no reference disc
@@ -144,8 +149,10 @@ def _level(value) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
 
 
-def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[str] = ()) -> ImageScore:
-    """Score one image's report (``report.json``'s case) against its labels."""
+def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[str] = (),
+                ordinal: Sequence[str] = ()) -> ImageScore:
+    """Score one image's report (``report.json``'s case) against its labels; ``ordinal`` names the gradings
+    reported as ``<grading>_grade``."""
     found = report.get("status") == "ok" and report.get("lumbar") is not None
     lumbar_iou = float("nan")
     if truth.lumbar_box is not None:
@@ -193,7 +200,41 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
                 if j >= 0 and not pd.isna(target) and probability is not None:
                     pairs.append((float(probability), float(target)))
         score.gradings[grading] = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+    for grading in ordinal:
+        pairs = []
+        if grading in truth.discs.columns:
+            for k, j in enumerate(matched):
+                target = truth.discs[grading].iloc[j] if j >= 0 else np.nan
+                grade = discs[k].get(f"{grading}_grade")
+                if j >= 0 and not pd.isna(target) and grade is not None:
+                    pairs.append((float(grade), float(target)))
+        score.ordinal[grading] = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
     return score
+
+
+def weighted_ordinal_scores(grade: np.ndarray, target: np.ndarray, weights: np.ndarray, num_classes: int,
+                            first: int = 0) -> dict[str, np.ndarray]:
+    """Balanced accuracy (mean recall over the grades present), quadratic-weighted Cohen's kappa and the share
+    within one grade of discs counted ``weights`` (R, n) times; grades ``first .. first + num_classes - 1``."""
+    weights = np.asarray(weights, dtype=np.float64)
+    k = num_classes
+    t = np.clip(np.asarray(target, dtype=np.int64) - first, 0, k - 1)
+    g = np.clip(np.asarray(grade, dtype=np.int64) - first, 0, k - 1)
+    cells = np.zeros((len(t), k * k))
+    cells[np.arange(len(t)), t * k + g] = 1
+    observed = (weights @ cells).reshape(len(weights), k, k)  # [sample, true, predicted]
+    total = observed.sum((1, 2))
+    rows, columns = observed.sum(2), observed.sum(1)
+    expected = _ratio(rows[:, :, None] * columns[:, None, :], total[:, None, None])
+    penalty = (np.arange(k)[:, None] - np.arange(k)[None]) ** 2
+    kappa = 1 - _ratio((penalty * observed).sum((1, 2)), (penalty * expected).sum((1, 2)))
+    recall = _ratio(observed[:, np.arange(k), np.arange(k)], rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        balanced = np.nanmean(recall, axis=1)
+    near = np.abs(t - g) <= 1
+    return {"balanced_accuracy": np.where(total > 0, balanced, np.nan), "kappa": np.where(total > 0, kappa, np.nan),
+            "within_one": _ratio(weights @ near, total), "accuracy": _ratio(weights @ (t == g), total)}
 
 
 def crop_confusion(predicted: np.ndarray | None, reference: np.ndarray, crop_box, num_classes: int = len(CLASS_NAMES)
@@ -317,9 +358,10 @@ class EndToEndScores:
     counts, how often each image is in it (the patient-level bootstrap draws patients, and each image of a patient
     counts as often as its patient was drawn). ``figures(index)`` gives the figures of one sample of images."""
 
-    def __init__(self, scores: Sequence[ImageScore], thresholds: dict[str, float]):
+    def __init__(self, scores: Sequence[ImageScore], thresholds: dict[str, float], ordinal: Sequence[str] = ()):
         self.scores = list(scores)
         self.thresholds = dict(thresholds)
+        self.ordinal = {g: self._rows([x.ordinal.get(g, np.zeros((0, 2))) for x in scores]) for g in ordinal}
         s = self.scores
         self.lumbar_iou = np.array([x.lumbar_iou for x in s], dtype=np.float64)
         self.lumbar_found = np.array([x.lumbar_found for x in s], dtype=np.float64)
@@ -351,6 +393,11 @@ class EndToEndScores:
     def grading_rows(self, grading: str) -> np.ndarray:
         """(matched discs, 2): probability and target of every matched disc with the grading labelled."""
         return self.gradings[grading][0]
+
+    def ordinal_discs(self, grading: str, index: np.ndarray | None = None) -> int:
+        """Matched discs with the ordinal grading labelled among the images ``index`` (default all)."""
+        rows, image = self.ordinal[grading]
+        return int(np.isin(image, np.arange(len(self.scores)) if index is None else index).sum())
 
     def positives(self, grading: str, index: np.ndarray | None = None) -> tuple[int, int]:
         """Matched discs with the grading labelled among the images ``index`` (default all), and the positives."""
@@ -386,6 +433,13 @@ class EndToEndScores:
         for grading, threshold in self.thresholds.items():
             rows, image = self.gradings[grading]
             for name, values in weighted_binary_scores(rows[:, 0], rows[:, 1], w[:, image], threshold).items():
+                out[f"{grading}/{name}"] = values
+        from plid.gradings import grading as spec
+
+        for grading, (rows, image) in self.ordinal.items():
+            g = spec(grading)
+            for name, values in weighted_ordinal_scores(rows[:, 0], rows[:, 1], w[:, image], g.num_classes,
+                                                        g.first).items():
                 out[f"{grading}/{name}"] = values
         out.update(self._segmentation(w[:, self.has_confusion]))
         return out

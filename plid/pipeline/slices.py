@@ -123,10 +123,14 @@ def match_discs(reference: list[dict], other: list[dict]) -> dict[int, int]:
     return matched
 
 
-def aggregate(reports: dict[int, dict[str, Any]], chosen: int, key: str, how: str) -> dict[str, Any]:
+def aggregate(reports: dict[int, dict[str, Any]], chosen: int, key: str | list[str], how: str) -> dict[str, Any]:
     """The report of slice ``chosen`` with each disc's ``key`` aggregated over ``reports`` (slice index ->
     per-slice report) and a ``slices`` list beside it: ``{"slice_index", key, "box"}`` per slice (``key`` and
-    ``box`` null where the disc was not found there)."""
+    ``box`` null where the disc was not found there).
+
+    ``key`` may be several keys (a multi-task classifier's gradings), each aggregated the same way; a list value
+    (an ordinal grading's distribution) is averaged over the slices whatever ``how`` says."""
+    keys = [key] if isinstance(key, str) else list(key)
     report = reports[chosen]
     for disc in report.get("discs", []):
         disc["slices"] = []
@@ -135,11 +139,16 @@ def aggregate(reports: dict[int, dict[str, Any]], chosen: int, key: str, how: st
         matched = {i: i for i in range(len(other))} if k == chosen else match_discs(report.get("discs", []), other)
         for i, disc in enumerate(report.get("discs", [])):
             found = other[matched[i]] if i in matched else None
-            disc["slices"].append({"slice_index": k, key: found[key] if found else None,
+            disc["slices"].append({"slice_index": k, **{name: found.get(name) if found else None for name in keys},
                                    "box": found["box"] if found else None})
     for disc in report.get("discs", []):
-        values = [s[key] for s in disc["slices"] if s[key] is not None]
-        disc[f"{key}_chosen_slice"] = disc.get(key)
-        disc[key] = None if not values else round(float(np.mean(values) if how == "mean" else np.max(values)), 4)
+        for name in keys:
+            values = [s[name] for s in disc["slices"] if s[name] is not None]
+            disc[f"{name}_chosen_slice"] = disc.get(name)
+            if values and isinstance(values[0], list):
+                disc[name] = [round(float(v), 4) for v in np.mean(values, axis=0)]
+            else:
+                disc[name] = None if not values else round(float(np.mean(values) if how == "mean" else np.max(values)),
+                                                           4)
     report["slice_aggregation"] = how
     return report

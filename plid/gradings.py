@@ -1,0 +1,64 @@
+"""SPIDER's per-disc gradings (``discs.csv``): which are 0/1 and which are ordinal grades, and how a grade is
+written as a class index.
+
+A multi-task classifier (:mod:`plid.models.grading`) has one head per grading: a two-class head for a binary
+grading, a cumulative-logit (CORAL) head for an ordinal one. Class indices start at 0: Pfirrmann grade ``g``
+(1-5) is class ``g - 1``, Modic type ``m`` (0-3) is class ``m``. A missing grading is class ``-1`` (masked out
+of the loss and the metrics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from plid.errors import UserInputError
+
+MISSING = -1
+
+
+@dataclass(frozen=True)
+class Grading:
+    name: str
+    num_classes: int = 2
+    first: int = 0  # the grade of class 0 (Pfirrmann starts at 1)
+    ordinal: bool = False
+
+    def grade(self, index: int) -> int:
+        """The grade as discs.csv writes it, from a class index."""
+        return int(index) + self.first
+
+    def index(self, value) -> int:
+        """The class index of a discs.csv value (NaN or empty: :data:`MISSING`)."""
+        if value is None or value != value:  # NaN
+            return MISSING
+        index = int(value) - self.first
+        if not 0 <= index < self.num_classes or float(value) != int(value):
+            raise ValueError(f"{self.name}={value!r} is not one of {list(range(self.first, self.first + self.num_classes))}")
+        return index
+
+
+ORDINAL = {"pfirrman_grade": Grading("pfirrman_grade", 5, 1, True), "modic": Grading("modic", 4, 0, True)}
+BINARY = ("up_endplate", "low_endplate", "spondylolisthesis", "disc_herniation", "disc_narrowing", "disc_bulging")
+# every grading of discs.csv, in its column order
+ALL_GRADINGS = ("modic", "up_endplate", "low_endplate", "spondylolisthesis", "disc_herniation", "disc_narrowing",
+                "disc_bulging", "pfirrman_grade")
+
+
+def grading(name: str) -> Grading:
+    """The :class:`Grading` of a discs.csv column; a column not known here is taken as 0/1."""
+    return ORDINAL.get(name) or Grading(name)
+
+
+def gradings(names) -> list[Grading]:
+    names = list(names or [])
+    if not names:
+        raise UserInputError(f"data.targets is empty; give some of {list(ALL_GRADINGS)}")
+    if len(set(names)) != len(names):
+        raise UserInputError(f"data.targets={names} names a grading twice")
+    return [grading(n) for n in names]
+
+
+def probability_key(name: str) -> str:
+    """The report's key of a binary grading: ``herniation_probability`` for herniation (as plid always wrote),
+    ``<grading>_probability`` for the others."""
+    return "herniation_probability" if name == "disc_herniation" else f"{name}_probability"

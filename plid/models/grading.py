@@ -1,0 +1,337 @@
+"""A multi-task disc classifier: one timm backbone (as the paper's classifiers), one head per SPIDER grading.
+
+Binary gradings (herniation, bulging, narrowing, endplates, spondylolisthesis) have a two-logit head trained with
+class-weighted cross-entropy, as :class:`plid.models.classification.ClassificationModule`. Ordinal gradings
+(Pfirrmann 1-5, Modic 0-3) have a cumulative-logit head (CORAL, Cao, Mirjalili & Raschka 2020): ``K - 1`` logits
+``w . h + b_k`` sharing one weight vector, the biases kept in decreasing order, so that
+``P(grade > k) = sigmoid(w . h + b_k)`` is monotone in ``k`` by construction; the loss is the binary
+cross-entropy of each of the ``K - 1`` "grade above k" questions. A disc missing a grading (class ``-1``) is left
+out of that head's loss and metrics, and still trains the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import MaxMetric
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    multiclass_cohen_kappa,
+    multiclass_confusion_matrix,
+)
+
+from plid.errors import UserInputError
+from plid.evaluation import youden_threshold
+from plid.gradings import MISSING, Grading, gradings
+from plid.models.base import SpineModule
+from plid.models.classification import DEFAULT_LR
+from plid.models.nets import DiscClassifier, build_classifier, set_trainable
+from plid.utils.figures import log_figure, save_figure
+
+log = logging.getLogger(__name__)
+
+
+class CoralHead(nn.Module):
+    """``K - 1`` cumulative logits from one shared weight vector and decreasing biases
+    (``b_k = b_0 - sum_{j<=k} softplus(d_j)``), so ``sigmoid(logit_k) = P(grade > k)`` never rises with k."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Linear(in_features, 1, bias=False)
+        self.first_bias = nn.Parameter(torch.zeros(1))
+        self.gaps = nn.Parameter(torch.zeros(num_classes - 2))
+
+    def biases(self) -> torch.Tensor:
+        return torch.cat([self.first_bias, self.first_bias - torch.cumsum(F.softplus(self.gaps), 0)])
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.weight(h) + self.biases()
+
+
+def cumulative_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """``P(grade > k)`` for k = 0..K-2, from a CORAL head's logits (N, K-1)."""
+    return torch.sigmoid(logits)
+
+
+def grade_distribution(logits: torch.Tensor) -> torch.Tensor:
+    """``P(grade = k)`` (N, K) from the cumulative probabilities: ``P(>k-1) - P(>k)``."""
+    above = cumulative_probabilities(logits)
+    ones, zeros = above.new_ones(len(above), 1), above.new_zeros(len(above), 1)
+    return (torch.cat([ones, above], 1) - torch.cat([above, zeros], 1)).clamp_min(0)
+
+
+def predicted_grade(logits: torch.Tensor) -> torch.Tensor:
+    """The class index: how many "grade above k" questions the head answers yes (CORAL's rule)."""
+    return (cumulative_probabilities(logits) > 0.5).sum(1)
+
+
+def coral_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over discs of the summed binary cross-entropy of ``grade > k``, k = 0..K-2."""
+    levels = (target[:, None] > torch.arange(logits.shape[1], device=target.device)).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, levels, reduction="none").sum(1).mean()
+
+
+class GradingHeads(nn.Module):
+    """The paper's dense layer (``hidden`` units, ReLU, dropout) shared by every grading, then one head each:
+    two logits for a binary grading, a :class:`CoralHead` for an ordinal one. Returns ``{grading: logits}``."""
+
+    def __init__(self, num_features: int, specs: Sequence[Grading], hidden: int = 256, dropout: float = 0.2,
+                 extra_inputs: int = 0) -> None:
+        super().__init__()
+        self.extra_inputs = extra_inputs
+        self.shared = nn.Sequential(nn.Linear(num_features + extra_inputs, hidden), nn.ReLU(inplace=True),
+                                    nn.Dropout(dropout))
+        self.heads = nn.ModuleDict({g.name: CoralHead(hidden, g.num_classes) if g.ordinal else nn.Linear(hidden, 2)
+                                    for g in specs})
+
+    def forward(self, features: torch.Tensor, extra: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.extra_inputs:  # the disc's measurements beside the image features (zeros: not measured)
+            extra = features.new_zeros(len(features), self.extra_inputs) if extra is None else extra.to(features)
+            features = torch.cat([features, extra], 1)
+        h = self.shared(features)
+        return {name: head(h) for name, head in self.heads.items()}
+
+
+def build_grader(name: str, targets: Sequence[str], pretrained: bool = False, weights_file: str | None = None,
+                 in_chans: int = 1, hidden: int = 256, dropout: float = 0.2,
+                 num_classes: int | None = None, measurements: bool = False) -> DiscClassifier:
+    """:func:`plid.models.nets.build_classifier`'s network with :class:`GradingHeads` as its head
+    (``num_classes`` is ignored: each head has its grading's classes; it is there for the shared config). With
+    ``measurements`` the heads also take the disc's measurement features
+    (:data:`plid.pipeline.measurements.FEATURES`)."""
+    from plid.pipeline.measurements import FEATURES
+
+    net = build_classifier(name, pretrained, weights_file, in_chans, hidden, dropout)
+    net.head = GradingHeads(net.head[0].in_features, gradings(targets), hidden, dropout,
+                            len(FEATURES) if measurements else 0)
+    return net
+
+
+def binary_scores(probs: torch.Tensor, target: torch.Tensor, threshold: float) -> dict[str, float]:
+    """AUC, PR AUC, and at ``threshold``: sensitivity, specificity, balanced accuracy (NaN where undefined)."""
+    nan = float("nan")
+    positives, negatives = int(target.sum()), int((1 - target).sum())
+    predicted = probs > threshold  # as plid.evaluation.youden_threshold chooses it, and predict calls it
+    sensitivity = float((predicted & (target == 1)).sum() / positives) if positives else nan
+    specificity = float((~predicted & (target == 0)).sum() / negatives) if negatives else nan
+    both = positives and negatives
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        auc = float(binary_auroc(probs, target)) if both else nan
+        pr_auc = float(binary_average_precision(probs, target)) if both else nan
+    return {"auc": auc, "pr_auc": pr_auc, "sensitivity": sensitivity, "specificity": specificity,
+            "balanced_accuracy": float(np.nanmean([sensitivity, specificity])) if positives or negatives else nan,
+            "positives": positives, "negatives": negatives}
+
+
+def ordinal_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Balanced accuracy (mean recall over the grades present), quadratic-weighted kappa, accuracy within one
+    grade, exact accuracy."""
+    nan = float("nan")
+    if target.numel() == 0:
+        return {"balanced_accuracy": nan, "kappa": nan, "within_one": nan, "accuracy": nan, "count": 0}
+    recalls = [float((pred[target == k] == k).float().mean()) for k in range(num_classes) if (target == k).any()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        kappa = float(multiclass_cohen_kappa(pred, target, num_classes, weights="quadratic"))
+    if target.min() == target.max() and pred.min() == pred.max():
+        kappa = nan  # one grade in reference and prediction: agreement beyond chance is undefined
+    return {"balanced_accuracy": float(np.mean(recalls)), "kappa": kappa,
+            "within_one": float(((pred - target).abs() <= 1).float().mean()),
+            "accuracy": float((pred == target).float().mean()), "count": int(target.numel())}
+
+
+class GradingModule(SpineModule):
+    """Trains a multi-task :class:`DiscClassifier` (:func:`build_grader`), one head per grading of ``targets``.
+
+    Logged under ``val/<grading>/...`` and ``test/<grading>/...``: binary gradings their AUC, PR AUC, and at the
+    threshold chosen on validation by Youden's J, sensitivity, specificity, balanced accuracy; ordinal gradings
+    balanced accuracy, quadratic-weighted ``kappa``, ``within_one`` and ``accuracy``. ``val/score`` is the mean
+    of the binary AUCs and the ordinal kappas (NaN ones left out): the default monitor. The thresholds are a
+    buffer (``thresholds``, one per grading, 0.5 for ordinal ones), so they travel with the checkpoint; they are
+    set at every validation epoch, so the best checkpoint carries those of its own validation. After testing it
+    writes ``confusion_matrix_<grading>_test.png`` per ordinal grading.
+
+    Args:
+        net: the network (``build_grader``), returning ``{grading: logits}``.
+        targets: the gradings, in the order of the datamodule's target vectors (``data.targets``).
+        optimizer / scheduler / mode / fine_tune_modules: as :class:`ClassificationModule`.
+        class_weights: ``auto`` weighs each binary head's cross-entropy by ``n / (2 n_c)`` of its training discs
+            (equal weights, with a warning, where a class is absent); null weighs equally. Ordinal heads are not
+            weighted.
+        monitor: the validation metric that selects checkpoints.
+        use_measurements: the heads also take each disc's measurements from the mask (``features`` of the batch,
+            :func:`plid.pipeline.measurements.measurement_features`); the network must be built with
+            ``measurements=True`` (the grade_* configs tie the two, and ``data.measurements``, to it).
+    """
+
+    def __init__(self, net: DiscClassifier, targets: Sequence[str], optimizer: Callable,
+                 scheduler: Callable | None = None, mode: str = "full", fine_tune_modules: Sequence[str] | None = None,
+                 class_weights: str | None = "auto", monitor: str = "val/score", use_measurements: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        if class_weights not in (None, "auto"):
+            raise UserInputError(f"model.class_weights={class_weights!r}: a multi-task classifier takes auto or null")
+        self.gradings = gradings(targets)
+        if list(net.head.heads) != [g.name for g in self.gradings]:
+            raise UserInputError(f"model.targets={list(targets)} but the network has heads {list(net.head.heads)}")
+        if bool(net.head.extra_inputs) != use_measurements:
+            raise UserInputError(f"model.use_measurements={use_measurements} but the network was built with "
+                                 f"measurements={bool(net.head.extra_inputs)}: give model.net.measurements the same")
+        set_trainable(net, mode, list(fine_tune_modules or []))
+        if mode != "full" and not getattr(net, "pretrained", True):
+            log.warning("model.mode=%s freezes a backbone that starts from random weights: only the unfrozen part "
+                        "learns. Give model.net.pretrained=true or model.net.weights_file=..., or model.mode=full", mode)
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.register_buffer("class_weight", torch.ones(len(self.gradings), 2), persistent=False)
+        self.register_buffer("thresholds", torch.full((len(self.gradings),), 0.5))
+        self.monitor_best = MaxMetric(nan_strategy="ignore")
+        self._outputs: dict[str, list] = {"val": [], "test": []}
+
+    @property
+    def targets(self) -> list[str]:
+        return [g.name for g in self.gradings]
+
+    def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.net(x, features) if self.hparams.use_measurements else self.net(x)
+
+    def batch_logits(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self(batch["image"], batch.get("features"))
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_targets = getattr(getattr(datamodule, "hparams", {}), "get", lambda k: None)("targets")
+        if datamodule is not None and self.hparams.use_measurements and not datamodule.hparams.get("measurements"):
+            raise UserInputError("model.use_measurements=true needs data.measurements=true (the grade_* configs set "
+                                 "it from model.use_measurements)")
+        if datamodule is not None and list(data_targets or []) != self.targets:
+            raise UserInputError(f"model.targets={self.targets} but data.targets={data_targets}: they must agree "
+                                 f"(model.targets follows data.targets in the grade_* configs)")
+        if self.hparams.class_weights == "auto" and datamodule is not None:
+            counts = datamodule.grading_class_counts()
+            for k, g in enumerate(self.gradings):
+                if g.ordinal:
+                    continue
+                n0, n1 = counts[g.name][:2]
+                if min(n0, n1) == 0:
+                    log.warning("%s: the training split holds %d negative and %d positive discs; its head is "
+                                "trained unweighted", g.name, n0, n1)
+                    continue
+                self.class_weight[k] = torch.tensor([(n0 + n1) / (2 * n0), (n0 + n1) / (2 * n1)])
+
+    def loss(self, logits: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """The sum over gradings of each head's mean loss over the discs that carry that grading."""
+        # zero times every output: a batch where no disc carries a grading still back-propagates (a zero gradient)
+        total = sum(out.sum() for out in logits.values()) * 0.0
+        for k, g in enumerate(self.gradings):
+            labelled = target[:, k] != MISSING
+            if not labelled.any():
+                continue
+            out, t = logits[g.name][labelled], target[labelled, k]
+            total = total + (coral_loss(out, t) if g.ordinal else
+                             F.cross_entropy(out, t, weight=self.class_weight[k]))
+        return total
+
+    def probabilities(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per grading: the positive-class probability (N,) of a binary one, the grade distribution (N, K) of an
+        ordinal one."""
+        return {g.name: grade_distribution(logits[g.name]) if g.ordinal else logits[g.name].softmax(1)[:, 1]
+                for g in self.gradings}
+
+    def update_metrics(self, logits: dict[str, torch.Tensor], batch: dict, stage: str) -> None:
+        grades = {g.name: predicted_grade(logits[g.name]) for g in self.gradings if g.ordinal}
+        self._outputs[stage].append(({k: v.detach().cpu() for k, v in self.probabilities(logits).items()},
+                                     {k: v.cpu() for k, v in grades.items()}, batch["target"].cpu()))
+
+    def _collected(self, stage: str):
+        outputs = self._outputs[stage]
+        self._outputs[stage] = []
+        if not outputs:
+            return None
+        target = torch.cat([o[2] for o in outputs])
+        probs = {g.name: torch.cat([o[0][g.name] for o in outputs]) for g in self.gradings}
+        grades = {name: torch.cat([o[1][name] for o in outputs]) for name in outputs[0][1]}
+        return probs, grades, target
+
+    def scores(self, stage: str, choose_thresholds: bool) -> tuple[dict[str, dict[str, float]], dict]:
+        collected = self._collected(stage)
+        if collected is None:
+            return {}, {}
+        probs, grades, target = collected
+        scores, confusion = {}, {}
+        for k, g in enumerate(self.gradings):
+            labelled = target[:, k] != MISSING
+            t = target[labelled, k]
+            if g.ordinal:
+                scores[g.name] = ordinal_scores(grades[g.name][labelled], t, g.num_classes)
+                confusion[g.name] = multiclass_confusion_matrix(grades[g.name][labelled], t, g.num_classes)
+                continue
+            p = probs[g.name][labelled].float()
+            if choose_thresholds:
+                self.thresholds[k] = youden_threshold(p.cpu().numpy(), t.cpu().numpy())
+            scores[g.name] = {**binary_scores(p, t, float(self.thresholds[k])), "threshold": float(self.thresholds[k])}
+        return scores, confusion
+
+    def _log_scores(self, stage: str, scores: dict[str, dict[str, float]]) -> float:
+        flat = {f"{stage}/{name}/{key}": float(value) for name, values in scores.items() for key, value in values.items()}
+        headline = [values["kappa"] if g.ordinal else values["auc"]
+                    for g in self.gradings if (values := scores.get(g.name))]
+        score = float(np.nanmean(headline)) if np.isfinite(headline).any() else float("nan")
+        flat[f"{stage}/score"] = score
+        self.log_dict(flat)
+        return score
+
+    def on_validation_epoch_end(self) -> None:
+        scores, _ = self.scores("val", choose_thresholds=True)
+        score = self._log_scores("val", scores)
+        if self.hparams.monitor == "val/score":
+            self.monitor_best(score)
+            self.log(f"{self.hparams.monitor}_best", self.monitor_best.compute(), prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        scores, confusion = self.scores("test", choose_thresholds=False)
+        self._log_scores("test", scores)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self._save_confusion_figures("test", confusion)
+
+    def _save_confusion_figures(self, stage: str, confusion: dict[str, torch.Tensor]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from torchmetrics.classification import MulticlassConfusionMatrix
+
+        out = Path(self.trainer.default_root_dir)
+        for g in self.gradings:
+            if g.name not in confusion:
+                continue
+            labels = [str(g.grade(k)) for k in range(g.num_classes)]
+            figure = MulticlassConfusionMatrix(g.num_classes).plot(val=confusion[g.name], labels=labels)[0]
+            figure.axes[0].set_title(f"{g.name} ({stage}, {int(confusion[g.name].sum())} discs)")
+            path = save_figure(figure, out / f"confusion_matrix_{g.name}_{stage}.png")
+            log_figure(self.loggers, f"{stage}/confusion_matrix_{g.name}", figure, path, self.global_step)
+            plt.close(figure)
+
+    def summary(self) -> dict:
+        """What ``summary.json`` adds for this model: the gradings and the thresholds chosen on validation."""
+        return {"targets": self.targets,
+                "thresholds": {g.name: float(self.thresholds[k]) for k, g in enumerate(self.gradings) if not g.ordinal}}
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Per grading probabilities (see :mod:`plid.ensemble.predictions`): ``probs`` is ``{grading: (N, C)}``,
+        two classes for a binary grading, K grades for an ordinal one; ``target`` is (N, gradings), -1 missing."""
+        probs = self.probabilities(self.batch_logits(batch))
+        probs = {name: p if p.ndim == 2 else torch.stack([1 - p, p], 1) for name, p in probs.items()}
+        return {"id": batch["id"], "probs": probs, "target": batch["target"], "targets": self.targets}
+
+    def optimizer_kwargs(self) -> dict:
+        return {"lr": getattr(self.optimizer_factory, "keywords", {}).get("lr") or DEFAULT_LR[self.hparams.mode]}

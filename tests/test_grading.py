@@ -1,0 +1,400 @@
+"""The multi-task grading classifier: configs, masked losses, ordinal heads, metrics, a smoke run."""
+
+import json
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytest
+import torch
+from conftest import requires_spider2d
+
+from plid.gradings import ALL_GRADINGS, MISSING, grading
+from plid.utils.hydra import PROJECT_ROOT
+
+GRADERS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("grade_*.yaml"))
+
+
+def test_every_paper_backbone_has_a_grading_config(compose):
+    assert {g.replace("grade_", "cls_") for g in GRADERS} == {p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("cls_*.yaml")}
+    for name in GRADERS:
+        cfg = compose(f"model={name}")
+        assert cfg.data._target_.endswith("ClassificationDataModule")
+        assert list(cfg.data.targets) == list(ALL_GRADINGS) == list(cfg.model.targets)
+    cfg = compose("model=grade_resnet50", "data=spider2d_cls", "data.targets=[disc_bulging,pfirrman_grade]")
+    assert list(cfg.model.net.targets) == ["disc_bulging", "pfirrman_grade"] and "spider2d" in cfg.data.root
+
+
+def _module(compose, *overrides):
+    cfg = compose("model=grade_resnet50", "model.net.name=test_resnet", *overrides)
+    return hydra.utils.instantiate(cfg.model, _convert_="all")
+
+
+@pytest.mark.parametrize("mode", ["feature_extraction", "fine_tune", "full"])
+def test_modes_freeze_the_backbone_as_the_single_task_classifiers(compose, mode):
+    module = _module(compose, f"model.mode={mode}", "model.fine_tune_modules=[layer4]")
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    head = {n for n, _ in module.named_parameters() if n.startswith("net.head.")}
+    assert head <= trainable
+    assert {n.split(".")[3] for n in head if n.startswith("net.head.heads.")} == set(ALL_GRADINGS)
+    backbone = trainable - head
+    assert {"feature_extraction": not backbone, "fine_tune": backbone and all(".layer4." in n for n in backbone),
+            "full": backbone and any(".layer1." in n for n in backbone)}[mode]
+
+
+def test_a_missing_grading_does_not_enter_that_heads_loss(compose):
+    module = _module(compose, "data.targets=[disc_herniation,pfirrman_grade]")
+    torch.manual_seed(0)
+    logits = {"disc_herniation": torch.randn(3, 2, requires_grad=True),
+              "pfirrman_grade": torch.randn(3, 4, requires_grad=True)}
+    # disc 0 has both gradings, disc 1 only Pfirrmann, disc 2 only herniation
+    target = torch.tensor([[1, 2], [MISSING, 4], [0, MISSING]])
+    loss = module.loss(logits, target)
+    loss.backward()
+    loss = loss.detach()
+    # no gradient reaches the outputs of a head for a disc missing its grading; the disc still trains the other
+    assert logits["disc_herniation"].grad[1].abs().sum() == 0 and logits["pfirrman_grade"].grad[2].abs().sum() == 0
+    assert logits["disc_herniation"].grad[[0, 2]].abs().sum() > 0 and logits["pfirrman_grade"].grad[[0, 1]].abs().sum() > 0
+    # the missing entries' logits are irrelevant: changing them changes nothing
+    changed = {k: v.detach().clone() for k, v in logits.items()}
+    changed["disc_herniation"][1] += 100
+    changed["pfirrman_grade"][2] -= 100
+    assert float(module.loss(changed, target)) == pytest.approx(float(loss))
+    # by hand: each head's mean over its labelled discs
+    from torch.nn import functional as F
+
+    from plid.models.grading import coral_loss
+
+    expected = F.cross_entropy(logits["disc_herniation"][[0, 2]], torch.tensor([1, 0])) + \
+        coral_loss(logits["pfirrman_grade"][[0, 1]], torch.tensor([2, 4]))
+    assert float(loss) == pytest.approx(float(expected.detach()))
+    # a batch where no disc carries any grading still gives a (zero) loss that back-propagates
+    empty = module.loss(logits, torch.full((3, 2), MISSING))
+    empty.backward()
+    assert float(empty) == 0
+
+
+def test_ordinal_head_gives_grades_in_range_and_monotone_cumulative_probabilities():
+    from plid.models.grading import CoralHead, grade_distribution, predicted_grade
+
+    torch.manual_seed(0)
+    head = CoralHead(8, 5)
+    with torch.no_grad():
+        head.gaps.copy_(torch.randn(3) * 3)  # whatever the learnt gaps, the biases stay ordered
+        head.first_bias.fill_(2.0)
+    h = torch.randn(200, 8) * 5
+    logits = head(h)
+    assert logits.shape == (200, 4)
+    cumulative = torch.sigmoid(logits)
+    assert (cumulative[:, 1:] <= cumulative[:, :-1] + 1e-7).all()
+    distribution = grade_distribution(logits)
+    assert distribution.shape == (200, 5) and (distribution >= 0).all()
+    torch.testing.assert_close(distribution.sum(1), torch.ones(200))
+    grades = predicted_grade(logits)
+    assert grades.min() >= 0 and grades.max() <= 4
+    # grades written as discs.csv does: Pfirrmann 1-5
+    assert {grading("pfirrman_grade").grade(int(g)) for g in grades} <= {1, 2, 3, 4, 5}
+
+
+def test_youden_threshold_and_scores_by_hand():
+    from plid.evaluation import youden_threshold
+    from plid.models.grading import binary_scores, ordinal_scores
+
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.35, 0.6, 0.8, 0.9])
+    target = torch.tensor([0, 0, 0, 1, 0, 1, 1])
+    threshold = youden_threshold(probs.numpy(), target.numpy())
+    # the cut at 0.35 (sensitivity 1, specificity 3/4: J = 0.75; 0.8 gives 2/3), as "above the highest probability
+    # below it"
+    assert threshold == pytest.approx(0.3)
+    scores = binary_scores(probs, target, threshold)
+    assert scores["sensitivity"] == 1 and scores["specificity"] == pytest.approx(3 / 4)
+    assert scores["balanced_accuracy"] == pytest.approx(7 / 8) and scores["auc"] == pytest.approx(11 / 12)
+    assert youden_threshold(probs.numpy(), np.zeros(7, dtype=int)) == 0.5
+    pred, truth = torch.tensor([0, 1, 2, 4, 2]), torch.tensor([0, 1, 1, 2, 2])
+    scores = ordinal_scores(pred, truth, 5)
+    assert scores["balanced_accuracy"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert scores["within_one"] == pytest.approx(4 / 5) and scores["accuracy"] == pytest.approx(3 / 5)
+    # quadratic-weighted kappa by its definition: 1 - sum(w O) / sum(w E), w_ij = (i - j)^2
+    observed = np.zeros((5, 5))
+    np.add.at(observed, (truth.numpy(), pred.numpy()), 1)
+    expected = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
+    w = (np.arange(5)[:, None] - np.arange(5)[None]) ** 2
+    assert scores["kappa"] == pytest.approx(1 - (w * observed).sum() / (w * expected).sum(), abs=1e-5)
+
+
+def test_multi_task_datamodule_keeps_discs_missing_a_grading(compose, tmp_path):
+    import pandas as pd
+
+    cfg = compose("model=grade_resnet50", "debug=smoke", "data.targets=[disc_bulging,pfirrman_grade]")
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    discs = datamodule.dataset.discs
+    # blank one grading of some discs in a copy of the folder: they stay, with -1 for that grading
+    root = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(datamodule.dataset.root, root)
+    edited = pd.read_csv(root / "discs.csv")
+    edited.loc[::3, "disc_bulging"] = np.nan
+    edited.to_csv(root / "discs.csv", index=False)
+    cfg = compose("model=grade_resnet50", "debug=smoke", "data.targets=[disc_bulging,pfirrman_grade]",
+                  f"data.root={root}", "data.synthetic=null")
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    assert len(datamodule.dataset.discs) == len(discs)
+    datamodule.setup("fit")
+    targets = np.concatenate([np.asarray(d.targets) for d in datamodule.datasets.values()])
+    assert targets.shape[1] == 2 and (targets[:, 0] == MISSING).sum() == len(edited[::3])
+    assert set(np.unique(targets[:, 1])) <= {0, 1, 2, 3, 4}
+    item = datamodule.datasets["train"][0]
+    assert item["target"].shape == (2,) and item["target"].dtype == torch.long
+
+
+def test_grading_run_writes_scores_thresholds_and_predictions_per_grading(compose):
+    from plid.ensemble.predictions import load_predictions
+    from plid.train import train
+
+    cfg = compose("model=grade_resnet50", "model.net.name=test_resnet", "debug=smoke")
+    metrics, objects = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["targets"] == list(ALL_GRADINGS)
+    binary = [g for g in ALL_GRADINGS if not grading(g).ordinal]
+    assert set(summary["thresholds"]) == set(binary)
+    assert all(0 <= t <= 1 for t in summary["thresholds"].values())
+    for name in binary:
+        assert {f"{name}/{k}" for k in ("auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity")} \
+            <= set(summary["test"])
+    for name in ("pfirrman_grade", "modic"):
+        assert {f"{name}/{k}" for k in ("balanced_accuracy", "kappa", "within_one")} <= set(summary["test"])
+    assert (out / "confusion_matrix_pfirrman_grade_test.png").is_file()
+    assert metrics["test/score"] == metrics["test/score"] or np.isnan(metrics["test/score"])
+    for split in ("val", "test"):
+        files = summary["predictions"][split]
+        assert set(files) == set(ALL_GRADINGS)
+        pfirrmann = load_predictions(files["pfirrman_grade"])
+        assert pfirrmann.probs.shape[1] == 5 and set(pfirrmann.targets) <= set(range(5))
+        np.testing.assert_allclose(pfirrmann.probs.astype(float).sum(1), 1, atol=1e-2)
+        assert load_predictions(files["disc_herniation"]).probs.shape[1] == 2
+
+
+@pytest.mark.parametrize("use_measurements", [False, True])
+def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(tmp_path, compose, use_measurements):
+    from omegaconf import OmegaConf
+
+    from plid.datamodules.io import Scan
+    from plid.datamodules.synthetic import generate_case
+    from plid.errors import UserInputError
+    from plid.pipeline.batch import predict_files
+    from plid.pipeline.core import Pipeline
+    from plid.pipeline.model_dir import export_model_dir, load_model_dir
+    from tests.test_pipeline import _fake_train_run, _truth_cropper
+
+    case = generate_case(np.random.default_rng(3), size=128)
+    weights = {}
+    from plid.models.detection import load_yolo
+
+    for stage in ("lumbar", "ivd"):
+        yolo = load_yolo("yolov8n.yaml", tmp_path / "ultralytics")
+        yolo.ckpt = {"train_args": {"imgsz": 64}}
+        weights[stage] = tmp_path / f"{stage}.pt"
+        yolo.save(weights[stage])
+    seg = _fake_train_run(compose, tmp_path / "seg")
+    # a multi-task run (tiny backbone) whose checkpoint carries thresholds chosen on validation
+    run = tmp_path / "grade"
+    cfg = compose("debug=smoke", "model=grade_resnet50", "model.net.name=test_resnet",
+                  f"model.use_measurements={str(use_measurements).lower()}")
+    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    chosen = torch.linspace(0.2, 0.9, len(ALL_GRADINGS))
+    module.thresholds.copy_(chosen)
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (run / "checkpoints").mkdir()
+    torch.save({"state_dict": module.state_dict()}, run / "checkpoints" / "epoch_000.ckpt")
+    (run / "summary.json").write_text(json.dumps({"best_checkpoint": str(run / "checkpoints" / "epoch_000.ckpt"),
+                                                  "choices": {"model": "grade_resnet50"}}))
+    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [run])
+    entry = json.loads((out / "manifest.json").read_text())["classifiers"]["grade_resnet50"]
+    binary = [g for g in ALL_GRADINGS if not grading(g).ordinal]
+    assert entry["targets"] == list(ALL_GRADINGS) and "target" not in entry
+    assert entry["thresholds"] == pytest.approx({g: float(chosen[list(ALL_GRADINGS).index(g)]) for g in binary})
+    loaded = load_model_dir(out)
+    assert loaded.classifiers[0].net.hparams.use_measurements is use_measurements
+    state = torch.load(run / "checkpoints" / "epoch_000.ckpt", weights_only=True)["state_dict"]
+    for key, value in loaded.classifiers[0].net.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+
+    pipeline = Pipeline(loaded, cropper=_truth_cropper(case), levels="count")
+    described = pipeline.classifier_description()
+    assert described["targets"] == list(ALL_GRADINGS) and set(described["thresholds"]) == set(binary)
+    report = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report
+    assert len(report["discs"]) == len(case.discs)
+    for disc in report["discs"]:
+        assert 0 <= disc["herniation_probability"] <= 1  # the paper's key, kept
+        for g in binary:
+            key = "herniation_probability" if g == "disc_herniation" else f"{g}_probability"
+            assert 0 <= disc[key] <= 1
+            threshold = float(chosen[list(ALL_GRADINGS).index(g)])
+            assert disc[key.replace("_probability", "_positive")] == (disc[key] >= threshold - 1e-4) or \
+                abs(disc[key] - threshold) < 1e-4
+        assert disc["pfirrman_grade_grade"] in range(1, 6) and disc["modic_grade"] in range(0, 4)
+        assert len(disc["pfirrman_grade_distribution"]) == 5 and len(disc["modic_distribution"]) == 4
+        assert sum(disc["pfirrman_grade_distribution"]) == pytest.approx(1, abs=1e-3)
+        assert "measurements" in disc  # null where the (untrained) segmenter left no disc pixels in the box
+        assert disc["measurements"] is None or disc["measurements"]["unit"] == "mm"
+    # the page and report.json list them too
+    image_path = tmp_path / "scans" / "a.png"
+    image_path.parent.mkdir()
+    import cv2
+
+    cv2.imwrite(str(image_path), case.image)
+    summary = predict_files([image_path], pipeline, tmp_path / "out", progress=False)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["cases"][0]["discs"][0]["pfirrman_grade_distribution"] == summary["cases"][0]["discs"][0][
+        "pfirrman_grade_distribution"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<th>gradings</th>" in page and "Pf " in page and "Modic " in page and "bulg " in page
+    # an ensemble of multi-task classifiers is refused, with the reason
+    other = tmp_path / "grade2"
+    import shutil
+
+    shutil.copytree(run, other)
+    with pytest.raises(UserInputError, match="not supported"):
+        export_model_dir(tmp_path / "two", weights["lumbar"], weights["ivd"], seg, [run, other])
+
+
+def test_ordinal_gradings_are_scored_end_to_end_on_matched_discs_with_the_patient_bootstrap_weights():
+    import pandas as pd
+
+    from plid.models.grading import ordinal_scores
+    from plid.pipeline.scoring import EndToEndScores, ImageTruth, score_image, weighted_ordinal_scores
+
+    boxes = [[10, 10, 50, 20], [10, 30, 50, 40], [10, 50, 50, 60]]
+    truth = ImageTruth("a", "p1", "t2", (0, 0, 100, 100),
+                       pd.DataFrame({"x1": [b[0] for b in boxes], "y1": [b[1] for b in boxes],
+                                     "x2": [b[2] for b in boxes], "y2": [b[3] for b in boxes],
+                                     "ivd_label": [3, 2, 1], "pfirrman_grade": [2, 4, np.nan]}), False)
+    # the report finds the three discs; the third has no reference grade, an extra box matches nothing
+    report = {"status": "ok", "lumbar": {"box": [0, 0, 100, 100]},
+              "discs": [{"box": b, "score": 0.9, "level": 3 - i, "pfirrman_grade_grade": g}
+                        for i, (b, g) in enumerate(zip(boxes, [2, 3, 5]))] +
+                       [{"box": [60, 80, 90, 95], "score": 0.5, "level": None, "pfirrman_grade_grade": 1}]}
+    score = score_image(report, truth, (), ["pfirrman_grade"])
+    np.testing.assert_array_equal(score.ordinal["pfirrman_grade"], [[2, 2], [3, 4]])
+    # weighted figures equal those of the discs repeated, and torchmetrics' on the plain set
+    rng = np.random.default_rng(0)
+    grade, target = rng.integers(1, 6, 40), rng.integers(1, 6, 40)
+    counts = rng.integers(0, 3, 40)
+    weighted = weighted_ordinal_scores(grade, target, counts[None], 5, first=1)
+    repeated = ordinal_scores(torch.tensor(np.repeat(grade, counts) - 1), torch.tensor(np.repeat(target, counts) - 1), 5)
+    for key in ("balanced_accuracy", "kappa", "within_one", "accuracy"):
+        assert weighted[key][0] == pytest.approx(repeated[key], abs=1e-5), key
+    figures = EndToEndScores([score, score], {}, ["pfirrman_grade"])(np.array([0, 1]))
+    assert figures["pfirrman_grade/accuracy"] == pytest.approx(0.5)
+    assert figures["pfirrman_grade/within_one"] == pytest.approx(1.0)
+
+
+def test_use_measurements_feeds_the_heads_the_discs_measurements(compose):
+    from plid.pipeline.measurements import FEATURES, measurement_features
+    from plid.train import train
+
+    assert measurement_features(None).tolist() == [0.0] * len(FEATURES)
+    features = measurement_features({"anterior_height": 12, "middle_height": 10, "posterior_height": 8,
+                                     "height_index": 0.25, "posterior_protrusion": 5, "signal_ratio": None})
+    assert features.tolist() == pytest.approx([0.25, 1.2, 0.8, 0.5, 0.0, 1.0])
+    cfg = compose("model=grade_resnet50", "model.net.name=test_resnet", "debug=smoke", "model.use_measurements=true",
+                  "data.targets=[disc_bulging,pfirrman_grade]")
+    assert cfg.data.measurements is True and cfg.model.net.measurements is True
+    _, objects = train(cfg)
+    datamodule, module = objects["datamodule"], objects["model"]
+    item = datamodule.datasets["train"][0]
+    assert item["features"].shape == (len(FEATURES),)
+    measured = np.asarray(datamodule.datasets["train"].features)
+    assert measured[:, -1].all()  # every synthetic image has a mask: every disc measured
+    assert (measured[:, 0] > 0).mean() > 0.5  # most have a height index
+    # the features change the output; none given means "not measured" (zeros)
+    module.eval()
+    x = item["image"][None]
+    a = module(x, item["features"][None])["disc_bulging"]
+    assert not torch.allclose(a, module(x, None)["disc_bulging"])
+    torch.testing.assert_close(module(x, None)["disc_bulging"], module(x, torch.zeros(1, len(FEATURES)))["disc_bulging"])
+
+
+def test_the_ensemble_refuses_a_multi_task_run_with_the_reason(tmp_path):
+    from plid.ensemble.run import resolve_runs
+    from plid.errors import UserInputError
+
+    for name in ("a", "b"):
+        (tmp_path / name / "predictions" / "disc_bulging").mkdir(parents=True)
+        (tmp_path / name / "predictions" / "disc_bulging" / "val.npz").write_bytes(b"")
+    with pytest.raises(UserInputError, match="multi-task"):
+        resolve_runs([str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+@requires_spider2d
+def test_spider2d_discs_carry_every_grading_with_measurements_where_a_mask_is(compose):
+    cfg = compose("model=grade_resnet50", "data=spider2d_cls", "data.image_size=32", "data.augment=false",
+                  "model.use_measurements=true")
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    assert sum(len(ds) for ds in dm.datasets.values()) == 2346
+    targets = np.concatenate([np.asarray(ds.targets) for ds in dm.datasets.values()])
+    assert (targets >= 0).all()  # every graded SPIDER disc carries all eight
+    pfirrmann = targets[:, list(ALL_GRADINGS).index("pfirrman_grade")]
+    assert set(np.unique(pfirrmann)) == {0, 1, 2, 3, 4}
+    counts = dm.grading_class_counts()
+    assert counts["disc_bulging"][1] > 0 and counts["disc_herniation"][1] > 0
+    features = np.concatenate([np.asarray(ds.features) for ds in dm.datasets.values()])
+    masked = set(dm.dataset.images.loc[dm.dataset.images["has_mask"] == 1, "image"])
+    ids = [i for ds in dm.datasets.values() for i in ds.ids]
+    measured = np.array([i.split(":")[0] in masked for i in ids])
+    np.testing.assert_array_equal(features[:, -1] == 1, measured)
+
+
+def test_several_slices_aggregate_every_grading_and_regrade_from_the_mean_distribution():
+    from plid.models.detection import RoiCropper
+    from plid.pipeline.core import Pipeline
+    from plid.pipeline.model_dir import LoadedModels, LoadedModule
+    from plid.pipeline.slices import aggregate
+
+    def report(p_hern, p_bulg, distribution):
+        return {"discs": [{"box": [10, 10, 50, 20], "herniation_probability": p_hern, "disc_bulging_probability": p_bulg,
+                           "pfirrman_grade_distribution": distribution,
+                           "pfirrman_grade_grade": 1 + int(np.argmax(distribution))}]}
+
+    reports = {3: report(0.2, 0.6, [0.6, 0.4, 0, 0, 0]), 4: report(0.4, 0.2, [0.0, 0.2, 0.8, 0, 0]),
+               5: report(0.9, 0.1, [0.0, 0.0, 0.2, 0.8, 0])}
+    classifier = LoadedModule("g", None, 32, 0.1, targets=["disc_herniation", "disc_bulging", "pfirrman_grade"],
+                              thresholds={})
+    pipeline = Pipeline(LoadedModels(Path("."), {}, None, None, None, [classifier], [1.0]),
+                        cropper=RoiCropper(lambda image: None, lambda region: None))
+    keys = pipeline.aggregated_keys()
+    assert keys == ["herniation_probability", "disc_bulging_probability", "pfirrman_grade_distribution"]
+    (disc,) = pipeline.regrade(aggregate(reports, 4, keys, "max"))["discs"]
+    assert disc["herniation_probability"] == pytest.approx(0.9) and disc["disc_bulging_probability"] == pytest.approx(0.6)
+    assert disc["pfirrman_grade_distribution"] == pytest.approx([0.2, 0.2, 1 / 3, 0.8 / 3, 0], abs=1e-4)
+    # P(grade > 1) = 0.8, P(> 2) = 0.6, P(> 3) = 0.27: grade 3 (it was 3 on the chosen slice too)
+    assert disc["pfirrman_grade_grade"] == 3 and disc["pfirrman_grade_grade_chosen_slice"] == 3
+    assert [s["disc_bulging_probability"] for s in disc["slices"]] == [0.6, 0.2, 0.1]
+
+
+def test_evaluating_a_multi_task_model_dir_scores_binary_at_their_thresholds_and_ordinal_gradings(
+        tmp_path, data_dir, compose):
+    from plid.pipeline.end_to_end import evaluate_model_dir
+    from plid.pipeline.model_dir import LoadedModule
+    from tests.test_end_to_end import _dataset_with_truth_cropper
+
+    dataset, pipeline = _dataset_with_truth_cropper(data_dir, compose)
+    targets = ["disc_bulging", "pfirrman_grade"]
+    module = _module(compose, f"data.targets=[{','.join(targets)}]").eval()
+    pipeline.models.classifiers = [LoadedModule("grade", module, 32, 0.1, targets=targets,
+                                                  thresholds={"disc_bulging": 0.37})]
+    pipeline.models.weights = [1.0]
+    bootstrap = {"samples": 20, "seed": 0, "confidence": 0.95}
+    result = evaluate_model_dir(pipeline, dataset, dataset.images["image"].tolist(), tmp_path, "all", bootstrap,
+                                progress=False)
+    assert result["thresholds"] == {"disc_bulging": 0.37} and result["ordinal_gradings"] == ["pfirrman_grade"]
+    figures, counts = result["groups"]["all"]["figures"], result["groups"]["all"]["counts"]
+    assert counts["pfirrman_grade/discs"] == len(dataset.discs) == counts["disc_bulging/discs"]
+    for key in ("pfirrman_grade/balanced_accuracy", "pfirrman_grade/within_one", "disc_bulging/auc"):
+        assert 0 <= figures[key]["value"] <= 1, key
+    page = (tmp_path / "evaluation.md").read_text()
+    assert "## pfirrman_grade" in page and "quadratic kappa" in page and "threshold 0.37" in page
