@@ -99,6 +99,13 @@ def test_probabilities_that_rank_positives_last_give_auc_zero():
     assert out["disc_herniation/brier"] == pytest.approx((0.81 + 0.64 + 0.81 + 0.49) / 4)
 
 
+def test_an_image_without_disc_boxes_is_unlabelled_not_free_of_discs():
+    unlabelled = ImageTruth("u", "p3", "t1", None, _truth().discs.iloc[:0], has_mask=False)
+    out = _figures([(_report(BOXES, [1, 2, 3, 4]), _truth()), (_report(BOXES, [1, 2, 3, 4]), unlabelled)])
+    assert out["disc_precision"] == 1.0 and out["disc_map50"] == pytest.approx(0.995)
+    assert not score_image(_report(BOXES, [1, 2, 3, 4]), unlabelled, ()).extra
+
+
 def test_no_lumbar_region_counts_as_iou_zero_and_every_disc_missed():
     report = {"status": "no_lumbar_region", "lumbar": None, "discs": [], "segmentation": None}
     out = _figures([(report, _truth()), (_report(BOXES, [1, 2, 3, 4]), _truth("b", "p2"))])

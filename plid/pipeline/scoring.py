@@ -14,7 +14,8 @@ Definitions (also in the README's "Evaluating a model_dir end to end"):
   precision-recall curve (ultralytics' 101-point interpolation, by which a perfect detector scores 0.995, as in
   ultralytics' own validation) over the reported boxes, i.e. those above the
   model_dir's confidence threshold: it is the mAP of what a user sees, lower than a detector's own validation
-  mAP, which sweeps every confidence.
+  mAP, which sweeps every confidence. Images without any disc box are unlabelled for discs (not free of them):
+  their reported boxes count neither way.
 - Lumbar region: IoU of the reported box with the labelled one (0 where none was reported), on images that
   have a labelled box; ``no_lumbar_region`` is the share of all images where the pipeline found none.
 - Levels: on matched discs whose labelled disc has an ``ivd_label``, the share whose reported ``level``
@@ -162,7 +163,10 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
     scores = [float(d.get("score", 1.0)) for d in discs]
     reference = truth.discs[DISC_BOX].to_numpy(dtype=np.float64) if len(truth.discs) else np.zeros((0, 4))
     matched = match_boxes(boxes, scores, reference)
-    detections = np.array([[s, float(m >= 0)] for s, m in zip(scores, matched)], dtype=np.float64).reshape(-1, 2)
+    # an image without disc boxes is unlabelled for discs (spider2d: 202 renders), not an image without discs: its
+    # reported boxes are neither right nor wrong, and leave the detection figures
+    detections = np.array([[s, float(m >= 0)] for s, m in zip(scores, matched)] if len(reference) else [],
+                          dtype=np.float64).reshape(-1, 2)
     levels = truth.discs["ivd_label"].to_numpy() if "ivd_label" in truth.discs.columns else np.full(len(reference),
                                                                                                       np.nan)
     labelled = [j for j in range(len(reference)) if _level(levels[j]) is not None]
@@ -170,6 +174,8 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
                        0, 0, float("nan"), bool(report.get("levels_uncertain")))
     right = set()
     for k, j in enumerate(matched):
+        if j < 0 and not len(reference):
+            continue
         if j < 0:
             score.extra.append({"box": boxes[k], "level": discs[k].get("level"), "score": scores[k]})
             continue
