@@ -75,18 +75,19 @@ class ImageTruth:
 
 
 def image_truths(dataset: SpineDataset, images: Sequence[str]) -> list[ImageTruth]:
-    rows = dataset.images.set_index("image")
-    discs = dict(tuple(dataset.discs.groupby("image"))) if len(dataset.discs) else {}
+    wanted = set(images)
+    rows = {r["image"]: r for r in dataset.images[dataset.images["image"].isin(wanted)].to_dict("records")}
+    chosen = dataset.discs[dataset.discs["image"].isin(wanted)] if len(dataset.discs) else dataset.discs
+    discs = {image: group.reset_index(drop=True) for image, group in chosen.groupby("image")} if len(chosen) else {}
     empty = pd.DataFrame(columns=dataset.discs.columns)
     truths = []
     for image in images:
-        row = rows.loc[image]
-        box = None
-        if all(c in rows.columns for c in LUMBAR_BOX) and not row[LUMBAR_BOX].isna().any():
-            box = tuple(float(v) for v in row[LUMBAR_BOX])
-        series = str(row["series"]) if "series" in rows.columns and not pd.isna(row["series"]) else "all"
-        truths.append(ImageTruth(image, str(row["patient"]), series, box,
-                                 discs.get(image, empty).reset_index(drop=True), bool(row.get("has_mask", 0) == 1)))
+        row = rows[image]
+        values = [row.get(c, np.nan) for c in LUMBAR_BOX]
+        box = None if any(pd.isna(v) for v in values) else tuple(float(v) for v in values)
+        series = row.get("series")
+        truths.append(ImageTruth(image, str(row["patient"]), "all" if pd.isna(series) else str(series), box,
+                                 discs.get(image, empty), bool(row.get("has_mask", 0) == 1)))
     return truths
 
 
