@@ -118,9 +118,6 @@ class ClassificationModule(SpineModule):
         if not (class_weights in (None, "auto") or (not isinstance(class_weights, str) and len(class_weights) == 2)):
             raise UserInputError(f"model.class_weights={class_weights!r}: give auto, null or two numbers [w0, w1]")
         set_trainable(net, mode, list(fine_tune_modules or []))
-        if mode != "full" and not getattr(net, "pretrained", True):
-            log.warning("model.mode=%s freezes a backbone that starts from random weights: only the unfrozen part "
-                        "learns. Give model.net.pretrained=true or model.net.weights_file=..., or model.mode=full", mode)
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         # set in setup() where class_weights is auto; not saved, so checkpoints hold network weights only

@@ -187,9 +187,6 @@ class GradingModule(SpineModule):
             raise UserInputError(f"model.use_measurements={use_measurements} but the network was built with "
                                  f"measurements={bool(net.head.extra_inputs)}: give model.net.measurements the same")
         set_trainable(net, mode, list(fine_tune_modules or []))
-        if mode != "full" and not getattr(net, "pretrained", True):
-            log.warning("model.mode=%s freezes a backbone that starts from random weights: only the unfrozen part "
-                        "learns. Give model.net.pretrained=true or model.net.weights_file=..., or model.mode=full", mode)
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.register_buffer("class_weight", torch.ones(len(self.gradings), 2), persistent=False)

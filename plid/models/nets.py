@@ -3,6 +3,7 @@ from ``timm.create_model``."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -12,6 +13,8 @@ from timm.utils import freeze, unfreeze
 from torch import nn
 
 from plid.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 # The input side each architecture needs to be a multiple of (its encoder's output stride).
 INPUT_DIVISOR = {"unet": 32, "linknet": 32, "fpn": 32, "pspnet": 8, "deeplabv3plus": 16}
@@ -114,6 +117,9 @@ def set_trainable(net: DiscClassifier, mode: str, fine_tune_modules: list[str] |
         raise UserInputError(f"model.mode={mode!r} is not one of {TRAINING_MODES}")
     if mode == "full":
         return
+    if not getattr(net, "pretrained", True):
+        log.warning("model.mode=%s freezes a backbone that starts from random weights: only the unfrozen part "
+                    "learns. Give model.net.pretrained=true or model.net.weights_file=..., or model.mode=full", mode)
     freeze(net.backbone)
     if mode == "fine_tune":
         if not fine_tune_modules:

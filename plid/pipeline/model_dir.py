@@ -325,7 +325,7 @@ def load_module(name: str, folder: Path, entry: dict[str, Any]) -> LoadedModule:
     cfg = OmegaConf.load(folder / "config.yaml")
     # the network is built from random weights only to receive the checkpoint's: the classifier's training advice
     # about freezing a backbone without initial weights (which the exported config no longer names) is moot here
-    training_advice = logging.getLogger("plid.models.classification")
+    training_advice = logging.getLogger("plid.models.nets")
     level = training_advice.level
     training_advice.setLevel(logging.ERROR)
     try:
