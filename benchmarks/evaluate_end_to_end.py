@@ -22,20 +22,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import environment, interleave, parser, ratio, save, setup_torch, summary  # noqa: E402
+from pipeline import newest_model_dir  # noqa: E402  (benchmarks/pipeline.py: the newest make-run model_dir)
 
 from plid.pipeline.batch import predict_files  # noqa: E402
 from plid.pipeline.core import Pipeline  # noqa: E402
 from plid.pipeline.end_to_end import evaluate_model_dir, labelled_folder, split_images  # noqa: E402
 from plid.pipeline.model_dir import load_model_dir  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def newest_model_dir() -> Path:
-    found = sorted(ROOT.glob("logs/study/runs/*/model_dir/manifest.json"))
-    if not found:
-        sys.exit("no model_dir given and none under logs/study/runs/: run `make run` first, or pass --model-dir")
-    return found[-1].parent
 
 
 def main() -> None:
