@@ -15,7 +15,6 @@ minutes on a CPU; raise ``detector.*``, ``segmenter.*``, ``classifiers.*`` for a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import subprocess
@@ -34,14 +33,6 @@ from plid.utils.hydra import PROJECT_ROOT, run_task
 from plid.utils.io import write_json
 
 log = logging.getLogger(__name__)
-
-
-def has_classifiers() -> bool:
-    return (PROJECT_ROOT / "conf" / "model" / "_classifier.yaml").is_file()
-
-
-def has_ensemble() -> bool:
-    return importlib.util.find_spec("plid.ensemble.__main__") is not None
 
 
 class Study:
@@ -126,18 +117,11 @@ def study(cfg: DictConfig) -> Path:
 
     cls_runs, ensemble = [], None
     models = list(cfg.classifiers.models or [])
-    if models and not has_classifiers():
-        log.warning("this plid has no classifiers yet (conf/model/_classifier.yaml): the report has no probabilities")
-        models = []
     for name in models:
         cls_runs.append(s.run(f"train_{name}", "plid.train", f"model={name}", *sizes(c.image_size, c.epochs),
                               *s.data("cls")))
     if len(cls_runs) > 1:
-        if not has_ensemble():
-            log.warning("this plid has no ensemble yet: keeping the first classifier only")
-            cls_runs = cls_runs[:1]
-        else:
-            ensemble = s.run("ensemble", "plid.ensemble", "task=cls", f"runs=[{','.join(map(str, cls_runs))}]")
+        ensemble = s.run("ensemble", "plid.ensemble", "task=cls", f"runs=[{','.join(map(str, cls_runs))}]")
 
     seg = s.run("train_segmenter", "plid.train", f"model={g.model}", *sizes(g.image_size, g.epochs), *s.data("seg"))
     model_dir = out / "model_dir"

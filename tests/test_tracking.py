@@ -13,9 +13,6 @@ CONF = PROJECT_ROOT / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 SEGMENTERS = sorted(p.stem for p in (CONF / "model").glob("*.yaml")
                     if not p.stem.startswith(("_", "cls_", "grade_")))
-HAS_CLASSIFIERS = (CONF / "model" / "cls_resnet50.yaml").is_file()
-needs_classifiers = pytest.mark.skipif(
-    not HAS_CLASSIFIERS, reason="the classification configs (conf/model/cls_*.yaml, branch cls) are not here yet")
 
 
 def _root_config(experiment: str) -> str:
@@ -31,14 +28,8 @@ def _sweep(value: str) -> list[str]:
     return [str(v) for v in override.sweep_iterator()]
 
 
-def _is_classification(experiment: str) -> bool:
-    return "_cls" in experiment
-
-
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment, compose):
-    if _is_classification(experiment) and not HAS_CLASSIFIERS:
-        pytest.skip("the classification configs (conf/model/cls_*.yaml, branch cls) are not here yet")
     cfg = compose(f"experiment={experiment}", config_name=_root_config(experiment))
     assert "paper" in cfg.tags
     smoke = compose(f"experiment={experiment}", "debug=smoke", config_name=_root_config(experiment))
@@ -55,7 +46,6 @@ def test_paper_segmentation_sweeps_all_17_segmenters(compose):
     assert len(models) == 17 and sorted(models) == SEGMENTERS
 
 
-@needs_classifiers
 def test_paper_classification_sweeps_the_six_backbones_in_both_modes(compose):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -93,8 +83,6 @@ def test_optuna_searches_compose(search, compose):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    if search == "cls_optuna" and not HAS_CLASSIFIERS:
-        pytest.skip("the classification configs (conf/model/cls_*.yaml, branch cls) are not here yet")
     model = ["model=cls_resnet50"] if search == "cls_optuna" else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra_compose(config_name="train", overrides=[f"hparams_search={search}", *model],
@@ -140,7 +128,7 @@ def test_multirun_of_two_models_logs_each_job_to_csv_tensorboard_and_offline_wan
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
     sweep = tmp_path / "sweep"
-    models = ["unet_resnet34", "cls_resnet50"] if HAS_CLASSIFIERS else ["unet_resnet34", "linknet_resnet34"]
+    models = ["unet_resnet34", "cls_resnet50"]
     result = run_module(
         "plid.train", "-m", "debug=smoke", "logger=many", f"model={','.join(models)}",
         "callbacks.segmentation_overlays={_target_:plid.callbacks.SegmentationOverlays,num_images:2}",
