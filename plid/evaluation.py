@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from plid.datamodules.contract import CLASS_NAMES
+from plid.labels import CLASS_NAMES
 from plid.models.metrics import per_case_dice, segmentation_scores
 
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc")

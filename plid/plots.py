@@ -14,11 +14,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from plid.datamodules.contract import CLASS_NAMES  # noqa: E402
+from plid.labels import CLASS_COLOURS, CLASS_NAMES  # noqa: E402
 from plid.utils.io import atomic_write  # noqa: E402
 
-# background transparent; vertebra, disc, canal
-MASK_COLOURS = ListedColormap([(0, 0, 0, 0), (1.0, 0.69, 0.31, 0.6), (0.24, 0.78, 0.24, 0.6), (0.16, 0.47, 0.92, 0.6)])
+# background transparent, the classes in plid's colours at 60 % opacity
+MASK_COLOURS = ListedColormap([(0, 0, 0, 0), *((r / 255, g / 255, b / 255, 0.6) for r, g, b in CLASS_COLOURS[1:])])
 
 
 def save(figure, path: str | Path, dpi: int = 120) -> Path:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import requires_spider2d
 
-from plid.gradings import ALL_GRADINGS, MISSING, grading
+from plid.labels import ALL_GRADINGS, MISSING, grading
 from plid.utils.hydra import PROJECT_ROOT
 
 GRADERS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("grade_*.yaml"))
@@ -293,7 +293,7 @@ def test_ordinal_gradings_are_scored_end_to_end_on_matched_discs_with_the_patien
 
 
 def test_use_measurements_feeds_the_heads_the_discs_measurements(compose):
-    from plid.pipeline.measurements import FEATURES, measurement_features
+    from plid.measurements import FEATURES, measurement_features
     from plid.train import train
 
     assert measurement_features(None).tolist() == [0.0] * len(FEATURES)

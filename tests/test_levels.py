@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from plid.datamodules.synthetic import generate_case
-from plid.pipeline.levels import LEVEL_NAMES, assign_levels, level_names, segmented_discs
+from plid.labels import LEVEL_NAMES
+from plid.pipeline.levels import assign_levels, level_names, segmented_discs
 
 
 @pytest.fixture(scope="module")

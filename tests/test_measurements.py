@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from plid.pipeline.measurements import measure_discs
+from plid.measurements import measure_discs
 
 
 def _spine(herniation: int = 0, wedge: bool = False):

@@ -13,9 +13,11 @@ from omegaconf import OmegaConf
 
 from plid.datamodules.io import ScanReadError, list_scans, read_scan
 from plid.datamodules.synthetic import generate_case
+from plid.labels import LEVEL_NAMES
 from plid.models.detection import RoiCropper
 from plid.pipeline.batch import predict_files
-from plid.pipeline.core import LEVEL_NAMES, Pipeline, level_names
+from plid.pipeline.core import Pipeline
+from plid.pipeline.levels import level_names
 from plid.pipeline.model_dir import LoadedModels, LoadedModule, export_model_dir, load_model_dir
 from plid.pipeline.samples import write_dicom, write_volume
 from tests.conftest import run_module

@@ -9,12 +9,11 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-from plid.datamodules.contract import CLASS_NAMES
+from plid.labels import CLASS_COLOURS, CLASS_NAMES
 from plid.models.metrics import predicted_classes
 from plid.utils.figures import log_figure, save_figure
 
-# background transparent; vertebra, disc, canal in colours that stay apart for colour-blind readers
-CLASS_COLOURS = np.array([[0, 0, 0], [0, 114, 178], [230, 159, 0], [204, 121, 167]], dtype=np.float32) / 255
+RGB = np.asarray(CLASS_COLOURS, dtype=np.float32) / 255  # background is left transparent
 
 
 class SegmentationOverlays(L.Callback):
@@ -77,12 +76,12 @@ class SegmentationOverlays(L.Callback):
                 ax.imshow(image, cmap="gray")
                 if mask is not None:
                     rgba = np.zeros((*mask.shape, 4), dtype=np.float32)
-                    rgba[..., :3] = CLASS_COLOURS[mask]
+                    rgba[..., :3] = RGB[mask]
                     rgba[..., 3] = (mask > 0) * self.alpha
                     ax.imshow(rgba)
                 ax.set_title(name, fontsize=8)
                 ax.axis("off")
-        figure.legend(handles=[Patch(color=CLASS_COLOURS[k], label=CLASS_NAMES[k]) for k in range(1, len(CLASS_NAMES))],
+        figure.legend(handles=[Patch(color=RGB[k], label=CLASS_NAMES[k]) for k in range(1, len(CLASS_NAMES))],
                       loc="lower center", ncol=len(CLASS_NAMES) - 1, fontsize=8)
         figure.suptitle(title, fontsize=9)
         return figure

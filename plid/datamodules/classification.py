@@ -5,7 +5,7 @@ positive when any of their labelled discs is (the paper's no-ROI ablation).
 Case ids are ``<image>:<ivd_label>`` for disc crops and ``<image>`` for whole images.
 
 With ``targets`` (a list of gradings) the module serves a multi-task classifier instead: each disc's target is a
-vector of class indices, one per grading (:mod:`plid.gradings`), ``-1`` where discs.csv leaves that grading
+vector of class indices, one per grading (:mod:`plid.labels`), ``-1`` where discs.csv leaves that grading
 empty; a disc is kept when it carries at least one of them.
 """
 
@@ -25,7 +25,7 @@ from plid.datamodules.base import SpineDataModule
 from plid.datamodules.contract import DISC_BOX, DataContractError, SpineDataset
 from plid.datamodules.transforms import augment, paper_augmentation, to_tensor
 from plid.errors import UserInputError
-from plid.gradings import MISSING, gradings
+from plid.labels import MISSING, gradings
 
 log = logging.getLogger(__name__)
 # discs.csv columns that identify a box rather than grade it
@@ -186,7 +186,7 @@ class ClassificationDataModule(SpineDataModule):
             images, targets = arrays[:2]
             features = arrays[2] if h.get("measurements") else None
         else:
-            from plid.pipeline.measurements import FEATURES
+            from plid.measurements import FEATURES
 
             shape = (0,) if self.gradings is None else (0, len(self.gradings))
             ids, images, targets = [], np.zeros((0, h.image_size, h.image_size), np.uint8), np.zeros(shape, np.int64)
@@ -219,7 +219,7 @@ class ClassificationDataModule(SpineDataModule):
                    for d in row.discs]
         if not h.get("measurements"):
             return samples
-        from plid.pipeline.measurements import measure_discs, measurement_features
+        from plid.measurements import measure_discs, measurement_features
 
         has_mask = self.dataset.images.set_index("image").get("has_mask", {}).get(row.image, 0) == 1
         mask = self.dataset.read_mask(row.image) if has_mask else None

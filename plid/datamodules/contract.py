@@ -19,16 +19,12 @@ import numpy as np
 import pandas as pd
 
 from plid.errors import UserInputError
+from plid.labels import ALL_GRADINGS, CLASS_NAMES
 
-CLASS_NAMES = ("background", "vertebra", "disc", "canal")
 LUMBAR_BOX = ["lumbar_x1", "lumbar_y1", "lumbar_x2", "lumbar_y2"]
 DISC_BOX = ["x1", "y1", "x2", "y2"]
 IMAGE_COLUMNS = ["image", "patient", "series", "slice", "height", "width", "has_mask", *LUMBAR_BOX]
-GRADING_COLUMNS = [
-    "modic", "up_endplate", "low_endplate", "spondylolisthesis",
-    "disc_herniation", "disc_narrowing", "disc_bulging", "pfirrman_grade",
-]
-DISC_COLUMNS = ["image", "patient", "ivd_label", *DISC_BOX, *GRADING_COLUMNS]
+DISC_COLUMNS = ["image", "patient", "ivd_label", *DISC_BOX, *ALL_GRADINGS]
 
 
 # Where an image has disc boxes but no lumbar box (no mask: SPIDER's mid-sagittal T1/T2 renders), its lumbar box

@@ -35,8 +35,9 @@ import pandas as pd
 import SimpleITK as sitk
 
 from plid.boxes import mask_box
-from plid.datamodules.contract import DISC_COLUMNS, GRADING_COLUMNS, IMAGE_COLUMNS
+from plid.datamodules.contract import DISC_COLUMNS, IMAGE_COLUMNS
 from plid.errors import UserInputError
+from plid.labels import ALL_GRADINGS
 from plid.utils.io import atomic_dir, atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def slice_rows(name: str, patient: str, series: str, piece: SagittalSlice,
         level = int(label) - 200
         grading = gradings.get((patient, level), {})
         discs.append([name, patient, level, *mask_box(piece.labels == label),
-                      *(grading.get(c) for c in GRADING_COLUMNS)])
+                      *(grading.get(c) for c in ALL_GRADINGS)])
     return [name, patient, series, piece.index, height, width, 1, *mask_box(piece.labels > 0)], discs
 
 
@@ -315,7 +316,7 @@ def import_spider(root: str | Path, out: str | Path, series: list[str] | tuple[s
         discs = pd.DataFrame(disc_rows, columns=DISC_COLUMNS)
         integer_columns = ["slice", "height", "width", "has_mask", "lumbar_x1", "lumbar_y1", "lumbar_x2", "lumbar_y2"]
         images = images.astype(dict.fromkeys(integer_columns, "Int64"))
-        discs = discs.astype(dict.fromkeys(["ivd_label", "x1", "y1", "x2", "y2", *GRADING_COLUMNS], "Int64"))
+        discs = discs.astype(dict.fromkeys(["ivd_label", "x1", "y1", "x2", "y2", *ALL_GRADINGS], "Int64"))
         _write_csv(tmp / "images.csv", images)
         _write_csv(tmp / "discs.csv", discs)
         _write_csv(tmp / "overview.csv", overview.drop(columns=["patient", "series"]))

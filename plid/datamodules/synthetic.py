@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from plid.boxes import mask_box
-from plid.datamodules.contract import DISC_COLUMNS, GRADING_COLUMNS, IMAGE_COLUMNS
+from plid.datamodules.contract import DISC_COLUMNS, IMAGE_COLUMNS
+from plid.labels import ALL_GRADINGS
 from plid.utils.io import atomic_dir
 
 BACKGROUND, VERTEBRA, DISC, CANAL = 0, 1, 2, 3
@@ -186,7 +187,7 @@ def write_dataset(out: str | Path, spec: SyntheticSpec) -> Path:
                 image_rows.append([name, patient, "t2", k if spec.slices_per_patient > 1 else None, h, w, 1,
                                    *case.lumbar_box])
                 for disc in case.discs:
-                    gradings = {c: disc.get(c, 0) for c in GRADING_COLUMNS}
+                    gradings = {c: disc.get(c, 0) for c in ALL_GRADINGS}
                     disc_rows.append([name, patient, disc["ivd_label"], *disc["box"], *gradings.values()])
         pd.DataFrame(image_rows, columns=IMAGE_COLUMNS).to_csv(tmp / "images.csv", index=False)
         pd.DataFrame(disc_rows, columns=DISC_COLUMNS).to_csv(tmp / "discs.csv", index=False)

@@ -17,7 +17,7 @@ different models over the same split line up.
 A multi-task classifier (``model=grade_*``, :mod:`plid.models.grading`) writes one such file per grading instead,
 ``predictions/<grading>/{val,test}.npz``, holding only the discs that carry that grading: ``probs`` (N, 2) for a
 binary grading, (N, K) for an ordinal one (the grade distribution of its CORAL head), ``targets`` the class
-index (for ``pfirrman_grade`` the grade minus 1, see :mod:`plid.gradings`). Each file reads as a single-target
+index (for ``pfirrman_grade`` the grade minus 1, see :mod:`plid.labels`). Each file reads as a single-target
 run's, so ``plid.ensemble`` can be pointed at one grading of several runs (not wired up yet).
 """
 

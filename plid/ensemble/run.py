@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, ListConfig
 
-from plid.datamodules.contract import CLASS_NAMES
 from plid.ensemble.predictions import SPLITS, Predictions, load_predictions
 from plid.ensemble.scoring import ClassificationScorer, SegmentationScorer
 from plid.ensemble.weights import search_weights
 from plid.errors import UserInputError
 from plid.evaluation import classification_metrics, youden_threshold
+from plid.labels import CLASS_NAMES
 from plid.utils.io import atomic_write, claim_output_dir, write_json
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from torchmetrics.functional.classification import (
 
 from plid.errors import UserInputError
 from plid.evaluation import youden_threshold
-from plid.gradings import MISSING, Grading, gradings
+from plid.labels import MISSING, Grading, gradings
 from plid.models.base import SpineModule
 from plid.models.classification import DEFAULT_LR
 from plid.models.nets import DiscClassifier, build_classifier, set_trainable
@@ -106,8 +106,8 @@ def build_grader(name: str, targets: Sequence[str], pretrained: bool = False, we
     """:func:`plid.models.nets.build_classifier`'s network with :class:`GradingHeads` as its head
     (``num_classes`` is ignored: each head has its grading's classes; it is there for the shared config). With
     ``measurements`` the heads also take the disc's measurement features
-    (:data:`plid.pipeline.measurements.FEATURES`)."""
-    from plid.pipeline.measurements import FEATURES
+    (:data:`plid.measurements.FEATURES`)."""
+    from plid.measurements import FEATURES
 
     net = build_classifier(name, pretrained, weights_file, in_chans, hidden, dropout)
     net.head = GradingHeads(net.head[0].in_features, gradings(targets), hidden, dropout,
@@ -169,7 +169,7 @@ class GradingModule(SpineModule):
             weighted.
         monitor: the validation metric that selects checkpoints.
         use_measurements: the heads also take each disc's measurements from the mask (``features`` of the batch,
-            :func:`plid.pipeline.measurements.measurement_features`); the network must be built with
+            :func:`plid.measurements.measurement_features`); the network must be built with
             ``measurements=True`` (the grade_* configs tie the two, and ``data.measurements``, to it).
     """
 

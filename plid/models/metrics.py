@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
-from plid.datamodules.contract import CLASS_NAMES
+from plid.labels import CLASS_NAMES
 
 SEGMENTATION_METRICS = ("dice", "miou", "miou_fg")
 

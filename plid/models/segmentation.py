@@ -9,8 +9,8 @@ from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from plid.datamodules.contract import CLASS_NAMES
 from plid.errors import UserInputError
+from plid.labels import CLASS_NAMES
 from plid.models.base import SpineModule
 from plid.models.metrics import CaseDice, predicted_classes, segmentation_scores
 

@@ -12,7 +12,7 @@ A multi-task classifier (``model=grade_*``) gives every grading it learnt per di
 probability of each grade, lowest first); each binary grading also has ``<name>_positive`` (``herniation_positive``,
 ``disc_bulging_positive``), its probability above the grading's threshold chosen on validation.
 
-Every disc also carries ``measurements`` from the segmentation (:mod:`plid.pipeline.measurements`: disc heights,
+Every disc also carries ``measurements`` from the segmentation (:mod:`plid.measurements`: disc heights,
 height index, posterior protrusion, disc-to-canal signal ratio; in mm where the spacing is known), or null where
 the mask has no disc pixels in its box.
 
@@ -33,15 +33,14 @@ import torch
 from torch.nn import functional as F
 
 from plid.boxes import crop, enlarge_box
-from plid.datamodules.contract import CLASS_NAMES
 from plid.datamodules.io import Scan
 from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
-from plid.gradings import grading, probability_key
+from plid.labels import CLASS_NAMES, LEVEL_NAMES, grading, probability_key
+from plid.measurements import measure_discs
 from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
 from plid.models.metrics import predicted_classes
-from plid.pipeline.levels import LEVEL_NAMES, assign_levels, level_names  # noqa: F401
-from plid.pipeline.measurements import measure_discs
+from plid.pipeline.levels import assign_levels
 from plid.pipeline.model_dir import LoadedModels
 
 
@@ -176,7 +175,7 @@ class Pipeline:
 
         crops = self._crops(classifier, image, boxes)
         if getattr(getattr(classifier.net, "hparams", {}), "get", lambda k: False)("use_measurements"):
-            from plid.pipeline.measurements import measurement_features
+            from plid.measurements import measurement_features
 
             features = np.stack([measurement_features(m) for m in (measurements or [None] * len(boxes))])
             logits = classifier.net(crops, torch.from_numpy(features))

@@ -21,9 +21,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from plid.datamodules.contract import CLASS_NAMES, LUMBAR_BOX, SpineDataset
+from plid.datamodules.contract import LUMBAR_BOX, SpineDataset
 from plid.errors import UserInputError
 from plid.evaluation import batched_patient_bootstrap
+from plid.labels import CLASS_NAMES
 from plid.pipeline.batch import predict_files
 from plid.pipeline.core import Pipeline
 from plid.pipeline.scoring import (
@@ -102,7 +103,7 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
     per_grading = described.get("thresholds") or {}
     thresholds = {g: float(per_grading.get(g, threshold)) for g in predicted if g not in skipped}
     # a multi-task classifier's ordinal gradings (<grading>_grade in the reports)
-    from plid.gradings import grading as grading_spec
+    from plid.labels import grading as grading_spec
 
     ordinal = [g for g in described.get("targets") or [] if grading_spec(g).ordinal]
     for g in [g for g in ordinal if g not in labelled]:

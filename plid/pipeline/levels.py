@@ -32,7 +32,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-LEVEL_NAMES = ("L5/S1", "L4/L5", "L3/L4", "L2/L3", "L1/L2", "T12/L1", "T11/T12", "T10/T11", "T9/T10")
+from plid.labels import LEVEL_NAMES
+
 LEVEL_METHODS = ("anatomy", "count")
 VERTEBRA, DISC = 1, 2
 GAP_FACTOR = 1.6  # a spacing this many times the median means a disc is missing between

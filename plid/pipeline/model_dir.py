@@ -139,7 +139,7 @@ def export_module(run: str | Path, out: Path) -> dict[str, Any]:
     data = cfg.get("data", {})
     extra = {}
     if data.get("targets") is not None:  # a multi-task classifier: its gradings and validation thresholds
-        from plid.gradings import grading
+        from plid.labels import grading
 
         extra["targets"] = [str(t) for t in data.targets]
         # the thresholds travel in the checkpoint (a buffer set at its validation epoch), as summary.json lists them

@@ -19,10 +19,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from plid.labels import CLASS_COLOURS
 from plid.utils.io import atomic_write
 
-# BGR colours of vertebra, disc, canal (class 1-3); background stays as it is
-CLASS_COLOURS = {1: (80, 175, 255), 2: (60, 200, 60), 3: (235, 120, 40)}
+# plid's class colours as OpenCV draws them (BGR); background (class 0) stays as it is
+CLASS_BGR = np.asarray(CLASS_COLOURS, dtype=np.uint8)[:, ::-1]
 LUMBAR_COLOUR = (0, 215, 255)
 DISC_COLOUR = (60, 60, 255)
 SUSPECTED_COLOUR = (0, 200, 255)  # a disc the detector missed, suspected from the segmentation or a gap
@@ -35,11 +36,8 @@ def overlay(image: np.ndarray, report: dict[str, Any], mask: np.ndarray | None, 
     size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
     canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if mask is not None:  # blended at the image's own resolution (fewer pixels), then enlarged once
-        palette = np.zeros((256, 3), np.uint8)
-        for k, bgr in CLASS_COLOURS.items():
-            palette[k] = bgr
         labelled = mask > 0
-        canvas[labelled] = (alpha * palette[mask[labelled]] + (1 - alpha) * canvas[labelled]).astype(np.uint8)
+        canvas[labelled] = (alpha * CLASS_BGR[mask[labelled]] + (1 - alpha) * canvas[labelled]).astype(np.uint8)
     canvas = cv2.resize(canvas, size, interpolation=cv2.INTER_LINEAR)
     thickness = max(1, round(scale))
 
@@ -94,7 +92,7 @@ SHORT_NAMES = {"pfirrman_grade": "Pf", "modic": "Modic", "up_endplate": "upper E
 
 
 def _binary_values(disc: dict[str, Any], targets: list[str]) -> list[tuple[str, float]]:
-    from plid.gradings import grading, probability_key
+    from plid.labels import grading, probability_key
 
     return [(t, disc[probability_key(t)]) for t in targets
             if not grading(t).ordinal and disc.get(probability_key(t)) is not None]

@@ -47,7 +47,8 @@ import pandas as pd
 import torch
 from torchvision.ops import box_iou
 
-from plid.datamodules.contract import CLASS_NAMES, DISC_BOX, GRADING_COLUMNS, LUMBAR_BOX, SpineDataset
+from plid.datamodules.contract import DISC_BOX, LUMBAR_BOX, SpineDataset
+from plid.labels import ALL_GRADINGS, CLASS_NAMES
 from plid.models.metrics import dice_iou
 
 MATCH_IOU = 0.5
@@ -441,7 +442,7 @@ class EndToEndScores:
             rows, image = self.gradings[grading]
             for name, values in weighted_binary_scores(rows[:, 0], rows[:, 1], w[:, image], threshold).items():
                 out[f"{grading}/{name}"] = values
-        from plid.gradings import grading as spec
+        from plid.labels import grading as spec
 
         for grading, (rows, image) in self.ordinal.items():
             g = spec(grading)
@@ -479,4 +480,4 @@ class EndToEndScores:
 
 def graded_columns(dataset: SpineDataset) -> list[str]:
     """The gradings the folder labels (columns of discs.csv with at least one value)."""
-    return [g for g in GRADING_COLUMNS if g in dataset.discs.columns and dataset.discs[g].notna().any()]
+    return [g for g in ALL_GRADINGS if g in dataset.discs.columns and dataset.discs[g].notna().any()]

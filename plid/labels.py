@@ -1,10 +1,11 @@
-"""SPIDER's per-disc gradings (``discs.csv``): which are 0/1 and which are ordinal grades, and how a grade is
-written as a class index.
+"""The names plid gives things, at the bottom of the house so that every layer may import them: the mask classes
+and their colours, the disc levels, and SPIDER's per-disc gradings (``discs.csv``).
 
-A multi-task classifier (:mod:`plid.models.grading`) has one head per grading: a two-class head for a binary
-grading, a cumulative-logit (CORAL) head for an ordinal one. Class indices start at 0: Pfirrmann grade ``g``
-(1-5) is class ``g - 1``, Modic type ``m`` (0-3) is class ``m``. A missing grading is class ``-1`` (masked out
-of the loss and the metrics).
+Gradings: which are 0/1 and which are ordinal grades, and how a grade is written as a class index. A multi-task
+classifier (:mod:`plid.models.grading`) has one head per grading: a two-class head for a binary grading, a
+cumulative-logit (CORAL) head for an ordinal one. Class indices start at 0: Pfirrmann grade ``g`` (1-5) is class
+``g - 1``, Modic type ``m`` (0-3) is class ``m``. A missing grading is class ``-1`` (masked out of the loss and
+the metrics).
 """
 
 from __future__ import annotations
@@ -12,6 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from plid.errors import UserInputError
+
+# mask classes, as masks/<image>.png stores them (the data contract)
+CLASS_NAMES = ("background", "vertebra", "disc", "canal")
+# RGB (0-255) of each class in every overlay and figure: Okabe-Ito colours, apart for colour-blind readers;
+# background (the first) is never drawn
+CLASS_COLOURS = ((0, 0, 0), (0, 114, 178), (230, 159, 0), (204, 121, 167))
+# disc levels from the lowest (``ivd_label`` 1, L5/S1 normally) up
+LEVEL_NAMES = ("L5/S1", "L4/L5", "L3/L4", "L2/L3", "L1/L2", "T12/L1", "T11/T12", "T10/T11", "T9/T10")
 
 MISSING = -1
 
