@@ -72,7 +72,7 @@ def check_disjoint_folds(plan: dict[int, dict[str, list[str]]]) -> None:
 
 def run_folds(cfg: DictConfig, output_dir: Path) -> list[Path]:
     """Train and test one run per fold into ``output_dir/fold_<k>`` (each with its .hydra/config.yaml)."""
-    from plid.train import train
+    from plid.training import train
 
     folds = list(cfg.folds) if cfg.get("folds") is not None else list(range(int(cfg.data.num_folds)))
     plan = fold_plan(cfg, folds)

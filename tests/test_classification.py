@@ -122,7 +122,7 @@ def test_class_weights_match_a_hand_computed_case():
 
 
 def test_auto_class_weights_come_from_the_training_split(compose):
-    from plid.train import train
+    from plid.training import train
 
     cfg = compose("model=cls_resnet50", "model.net.name=test_resnet", "debug=smoke", "test=false")
     _, objects = train(cfg)

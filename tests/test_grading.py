@@ -150,7 +150,7 @@ def test_multi_task_datamodule_keeps_discs_missing_a_grading(compose, tmp_path):
 
 def test_grading_run_writes_scores_thresholds_and_predictions_per_grading(compose):
     from plid.ensemble.predictions import load_predictions
-    from plid.train import train
+    from plid.training import train
 
     cfg = compose("model=grade_resnet50", "model.net.name=test_resnet", "debug=smoke")
     metrics, objects = train(cfg)
@@ -294,7 +294,7 @@ def test_ordinal_gradings_are_scored_end_to_end_on_matched_discs_with_the_patien
 
 def test_use_measurements_feeds_the_heads_the_discs_measurements(compose):
     from plid.measurements import FEATURES, measurement_features
-    from plid.train import train
+    from plid.training import train
 
     assert measurement_features(None).tolist() == [0.0] * len(FEATURES)
     features = measurement_features({"anterior_height": 12, "middle_height": 10, "posterior_height": 8,

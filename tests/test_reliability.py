@@ -57,7 +57,7 @@ def test_crash_during_write_leaves_previous_file_intact(tmp_path):
 
 
 def test_two_seeded_runs_give_identical_metrics(compose, tmp_path):
-    from plid.train import train
+    from plid.training import train
 
     results = []
     for attempt in range(2):
@@ -70,7 +70,7 @@ def test_two_seeded_runs_give_identical_metrics(compose, tmp_path):
 def test_checkpoints_load_weights_only(compose):
     import torch
 
-    from plid.train import train
+    from plid.training import train
 
     cfg = compose("debug=smoke")
     train(cfg)

@@ -57,7 +57,7 @@ def test_saved_predictions_load_back_with_ids_and_targets(compose):
     import numpy as np
 
     from plid.ensemble.predictions import load_predictions
-    from plid.train import train
+    from plid.training import train
 
     cfg = compose("debug=smoke", "trainer.limit_val_batches=1.0", "trainer.limit_test_batches=1.0")
     _, objects = train(cfg)
@@ -75,7 +75,7 @@ def test_saved_predictions_load_back_with_ids_and_targets(compose):
 def test_summary_reports_the_best_checkpoint_on_validation(compose):
     import torch
 
-    from plid.train import train
+    from plid.training import train
 
     cfg = compose("debug=smoke", "trainer.max_epochs=3", "trainer.limit_val_batches=1.0")
     metrics, objects = train(cfg)
@@ -98,7 +98,7 @@ def test_unknown_names_are_errors_listing_the_valid_ones(tmp_path, override, exp
 
 def test_a_finished_run_is_refused_for_resuming_and_the_message_says_it_finished(tmp_path):
     from plid.errors import UserInputError
-    from plid.train import resolve_checkpoint
+    from plid.training import resolve_checkpoint
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -143,7 +143,7 @@ def _one_class_val_splits(compose, tmp_path):
 
 def test_a_validation_split_with_one_class_is_refused_before_training(compose, tmp_path):
     from plid.errors import UserInputError
-    from plid.train import train
+    from plid.training import train
 
     splits = _one_class_val_splits(compose, tmp_path)
     cfg = compose("debug=smoke", "model=cls_resnet50", "data.image_size=32", f"data.splits_file={splits}")
@@ -159,7 +159,7 @@ def test_summary_reports_dice_pooled_and_per_case_as_the_saved_predictions_give_
 
     from plid.ensemble.predictions import load_predictions
     from plid.evaluation import case_confusions, segmentation_metrics
-    from plid.train import train
+    from plid.training import train
 
     cfg = compose("debug=smoke", "trainer.limit_test_batches=1.0")
     train(cfg)
