@@ -15,8 +15,14 @@ SEGMENTERS = sorted(p.stem for p in (CONF / "model").glob("*.yaml")
                     if not p.stem.startswith(("_", "cls_", "grade_")))
 
 
+STUDIES = [e for e in EXPERIMENTS if e.startswith("spider2d_")]
+
+
 def _root_config(experiment: str) -> str:
-    """Detection experiments belong to plid.detect (conf/detect.yaml), the others to plid.train."""
+    """Detection experiments belong to plid.detect (conf/detect.yaml), the real-data studies (spider2d_*) to
+    plid.study (conf/study.yaml), the others to plid.train."""
+    if experiment in STUDIES:
+        return "study"
     return "detect" if "_det" in experiment else "train"
 
 
@@ -28,12 +34,22 @@ def _sweep(value: str) -> list[str]:
     return [str(v) for v in override.sweep_iterator()]
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e not in STUDIES])
 def test_every_experiment_composes(experiment, compose):
     cfg = compose(f"experiment={experiment}", config_name=_root_config(experiment))
     assert "paper" in cfg.tags
     smoke = compose(f"experiment={experiment}", "debug=smoke", config_name=_root_config(experiment))
     assert smoke.data.image_size == 64  # debug=smoke still wins over the experiment
+
+
+def test_real_data_study_presets_compose_for_the_cpu_and_the_gpu(compose):
+    cpu = compose("experiment=spider2d_cpu", config_name="study")
+    assert cpu.data.root.endswith("data/spider2d") and list(cpu.evaluate) == ["val", "test"]
+    assert cpu.get("device", "cpu") == "cpu" and cpu.detector.epochs.ivd < 100
+    gpu = compose("experiment=spider2d_gpu", config_name="study")
+    assert gpu.device == "gpu" and gpu.data.root == cpu.data.root and list(gpu.evaluate) == ["val", "test"]
+    assert gpu.detector.epochs.lumbar == gpu.detector.epochs.ivd == 100 and gpu.detector.image_size == 416
+    assert compose(config_name="study").evaluate == []  # make run: no evaluation unless asked
 
 
 def test_paper_segmentation_sweeps_all_17_segmenters(compose):
