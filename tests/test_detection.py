@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 
 import numpy as np
 import pandas as pd
@@ -104,22 +103,6 @@ def test_roi_cropper_says_so_when_stage_one_finds_nothing():
     cropper = RoiCropper(fake_detector([]), fake_detector([[0, 0, 5, 5]]))
     with pytest.raises(NoLumbarRegionFound, match="no lumbar region found"):
         cropper(np.zeros((64, 64), np.uint8))
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Every connection attempt (or name lookup) raises and is recorded, so a test can assert there was none."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args[1:] if args and isinstance(args[0], socket.socket) else args)
-        raise OSError(f"network blocked in tests: {args!r}")
-
-    for name in ("connect", "connect_ex"):
-        monkeypatch.setattr(socket.socket, name, refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    return attempts
 
 
 @pytest.mark.parametrize("stage", ["lumbar", "ivd"])
