@@ -270,8 +270,7 @@ def _network_inputs(dataset, ids, cfg) -> list[np.ndarray] | None:
     """The images the segmenter saw (lumbar crop as in training, resized), or None where that is not known."""
     from plid.datamodules.segmentation import load_roi
 
-    if cfg is None or cfg.data.get("roi", "gt") == "detected":
-        log.info("segmentation grid left out: the run's ROI (detected boxes) is not rebuilt here")
+    if cfg is None:
         return None
     rows = dataset.images.set_index("image")
     out = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,22 @@ def compose(tmp_path, data_dir):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection attempt (or name lookup) raises and is recorded, so a test can assert there was none."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[1:] if args and isinstance(args[0], socket.socket) else args)
+        raise OSError(f"network blocked in tests: {args!r}")
+
+    for name in ("connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
 
 
 def run_module(module: str, *args: str, cwd: Path = PROJECT_ROOT, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -1,10 +1,8 @@
-"""Two-stage detection: YOLO label export, ROI cropping, offline training of both stages, roi=detected."""
+"""Two-stage detection: YOLO label export, ROI cropping, offline training of both stages."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import socket
 
 import numpy as np
 import pandas as pd
@@ -106,22 +104,6 @@ def test_roi_cropper_says_so_when_stage_one_finds_nothing():
         cropper(np.zeros((64, 64), np.uint8))
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Every connection attempt (or name lookup) raises and is recorded, so a test can assert there was none."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args[1:] if args and isinstance(args[0], socket.socket) else args)
-        raise OSError(f"network blocked in tests: {args!r}")
-
-    for name in ("connect", "connect_ex"):
-        monkeypatch.setattr(socket.socket, name, refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    return attempts
-
-
 @pytest.mark.parametrize("stage", ["lumbar", "ivd"])
 def test_one_epoch_of_each_stage_trains_and_tests_offline(detect_cfg, stage, tmp_path, no_network):
     from plid.detect import detect
@@ -146,62 +128,6 @@ def test_detect_refuses_a_weights_name_it_would_have_to_download(detect_cfg, no_
     with pytest.raises(UserInputError, match="local .pt"):
         detect(cfg)
     assert no_network == []
-
-
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
-def test_roi_detected_takes_boxes_and_matched_labels_from_the_detectors(compose, tmp_path, monkeypatch):
-    """Fake detectors that find each ground-truth box a little off: the tables carry the found boxes and the
-    labels of the discs they match; the segmentation DataModule crops with them."""
-    import hydra
-
-    from plid.models import detection
-
-    gt_cfg = compose("data.image_size=64", "data.augment=false")
-    truth = hydra.utils.instantiate(gt_cfg.data, _convert_="all").dataset
-    lumbar_by_image, discs_by_crop = {}, {}
-    for row in truth.images.itertuples():
-        image = truth.read_image(row.image)
-        box = np.array([getattr(row, c) for c in LUMBAR_BOX], float)
-        lumbar_by_image[_digest(image)] = box + [1, 1, -1, 1]
-        x1, y1, x2, y2 = enlarge_box(box + [1, 1, -1, 1], 0.1, *image.shape)
-        discs = truth.discs.loc[truth.discs["image"] == row.image, DISC_BOX].to_numpy(float)
-        discs_by_crop[_digest(image[y1:y2, x1:x2])] = discs - [x1, y1, x1, y1] + [0, 1, 0, 1]
-
-    def fake_from_weights(cls, lumbar, ivd, **kwargs):
-        return cls(lambda im: (lumbar_by_image[_digest(im)][None], np.ones(1)),
-                   lambda im: (discs_by_crop[_digest(im)], np.ones(len(discs_by_crop[_digest(im)]))))
-
-    monkeypatch.setattr(detection.RoiCropper, "from_weights", classmethod(fake_from_weights))
-    for name in ("lumbar.pt", "ivd.pt"):
-        (tmp_path / name).write_bytes(name.encode())
-    cfg = compose("data.image_size=64", "data.augment=false", "data.roi=detected",
-                  f"data.detector.lumbar={tmp_path / 'lumbar.pt'}", f"data.detector.ivd={tmp_path / 'ivd.pt'}",
-                  f"data.detector.cache_dir={tmp_path / 'detected'}")
-    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
-    found = dm.dataset
-    assert len(found.images) == len(truth.images)
-    np.testing.assert_array_equal(found.images[LUMBAR_BOX].to_numpy(), truth.images[LUMBAR_BOX].to_numpy() + [1, 1, -1, 1])
-    merged = found.discs.merge(truth.discs, on=["image", "ivd_label"], suffixes=("", "_gt"))
-    assert len(merged) == len(truth.discs) == len(found.discs)  # every disc matched, labels carried over
-    np.testing.assert_array_equal(merged[DISC_BOX].to_numpy(), merged[[f"{c}_gt" for c in DISC_BOX]].to_numpy() + [0, 1, 0, 1])
-    assert (merged["disc_herniation"] == merged["disc_herniation_gt"]).all()
-    dm.setup("fit")
-    assert dm.datasets["train"].images.shape[1:] == (64, 64)
-    # the second run reads the cache: the fake detectors are not needed any more
-    monkeypatch.undo()
-    again = hydra.utils.instantiate(cfg.data, _convert_="all").dataset
-    pd.testing.assert_frame_equal(again.images, found.images, check_dtype=False)
-
-
-def test_roi_detected_without_weights_says_what_to_do(compose):
-    import hydra
-
-    cfg = compose("data.roi=detected")
-    with pytest.raises(UserInputError, match="python -m plid.detect stage=lumbar"):
-        hydra.utils.instantiate(cfg.data, _convert_="all").dataset  # noqa: B018
 
 
 def test_roi_cropper_runs_on_trained_weights_offline(detect_cfg, tmp_path, no_network):

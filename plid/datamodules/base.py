@@ -22,7 +22,7 @@ from plid.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
-ROI_MODES = ("gt", "none", "detected")
+ROI_MODES = ("gt", "none")
 
 
 class SpineDataModule(L.LightningDataModule):
@@ -38,16 +38,14 @@ class SpineDataModule(L.LightningDataModule):
             :mod:`plid.datamodules.splits`.
         image_size: side of the square network input, in pixels.
         roi: where the region of interest comes from: ``gt`` the boxes of the tables (enlarged by
-            ``roi_margin``, the paper's 10 %), ``none`` the whole image, ``detected`` boxes found by trained
-            detectors.
+            ``roi_margin``, the paper's 10 %), ``none`` the whole image. Boxes found by trained detectors are
+            a dataset of their own (``python -m plid.crop``), read with ``gt``.
         series: keep only these series (``t1``, ``t2``, ``t2_SPACE``); None keeps all.
         on_error: ``raise`` stops at the first bad row with a message naming it (before training starts);
             ``skip`` leaves bad rows out with a warning and a count.
         unsplit_patients: patients of the dataset that an existing splits file puts in no split (added after it
             was written): ``raise`` (default) refuses with their ids; ``warn`` leaves them out with a warning.
         cache_dir: where decoded, cropped and resized arrays are kept between runs (None: no disk cache).
-        detector: for ``roi='detected'``: ``lumbar`` and ``ivd`` weights (local ``.pt``), ``conf``, ``device``
-            and ``cache_dir``; see :mod:`plid.datamodules.detected`.
     """
 
     def __init__(
@@ -71,11 +69,15 @@ class SpineDataModule(L.LightningDataModule):
         series: list[str] | None = None,
         on_error: str = "raise",
         cache_dir: str | None = None,
-        detector: dict | None = None,
         unsplit_patients: str = "raise",
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise UserInputError(f"data.on_error={on_error!r} must be 'raise' or 'skip'")
+        if roi == "detected":
+            raise UserInputError(
+                "data.roi=detected is now a step of its own: write the detected crops once with `python -m plid.crop "
+                "lumbar_run=<detect run> ivd_run=<detect run> out=<folder>`, then train on them with "
+                "data.root=<folder> data.synthetic=null data.roi=gt")
         if roi not in ROI_MODES:
             raise UserInputError(f"data.roi={roi!r} is not one of {ROI_MODES}")
         super().__init__()
@@ -101,10 +103,6 @@ class SpineDataModule(L.LightningDataModule):
                 keep = dataset.images["series"].isin(list(self.hparams.series))
                 dataset = SpineDataset(dataset.root, dataset.images[keep].reset_index(drop=True),
                                        dataset.discs[dataset.discs["image"].isin(dataset.images.loc[keep, "image"])])
-            if self.hparams.roi == "detected":
-                from plid.datamodules.detected import detected_dataset
-
-                dataset = detected_dataset(dataset, margin=self.hparams.roi_margin, **(self.hparams.detector or {}))
             self._dataset = self._validated(dataset)
         return self._dataset
 

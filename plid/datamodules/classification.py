@@ -153,8 +153,8 @@ class ClassificationDataModule(SpineDataModule):
         """The discs carrying at least one of ``targets``; every value checked against its grading's classes."""
         discs, csv = dataset.discs, dataset.root / "discs.csv"
         if self.hparams.roi == "none":
-            raise UserInputError("data.targets (a multi-task classifier) grades disc crops: give data.roi=gt or "
-                                 "detected, not none")
+            raise UserInputError("data.targets (a multi-task classifier) grades disc crops: give data.roi=gt, "
+                                 "not none")
         missing = [g.name for g in self.gradings if g.name not in discs.columns]
         if missing:
             raise UserInputError(f"data.targets: {missing} are not columns of {csv}")

@@ -43,7 +43,7 @@ def load_roi(dataset: SpineDataset, row, roi: str, size: int, roi_margin: float 
             f"{dataset.mask_path(row.image)}: mask is {mask.shape[::-1]} (w, h) but its image is "
             f"{image.shape[::-1]}; masks must match their image pixel for pixel"
         )
-    if roi != "none":  # gt or detected: the tables hold the box either way
+    if roi != "none":
         box = enlarge_box([getattr(row, c) for c in LUMBAR_BOX], roi_margin, *image.shape)
         image, mask = crop(image, box), crop(mask, box)
     image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)

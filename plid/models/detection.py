@@ -2,7 +2,7 @@
 
 Stage 1 finds the lumbar region on the whole image; stage 2 finds the discs inside the lumbar crop. The
 :class:`RoiCropper` is the one place that turns an image into its lumbar crop and disc crops: training data
-for the other tasks (``data.roi=detected``) and the inference pipeline both go through it.
+for the other tasks (``python -m plid.crop``) and the inference pipeline both go through it.
 
 ultralytics reaches for the network in several places (fonts, settings sync, integrations, pretrained
 weights, the AMP check); :func:`prepare_ultralytics` closes each one, following ``STYLE.md`` "No network".

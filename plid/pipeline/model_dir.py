@@ -75,7 +75,8 @@ def _best_checkpoint(run: Path) -> Path:
     return candidates[-1]
 
 
-def _detector_weights(run: str | Path) -> Path:
+def detector_weights(run: str | Path) -> Path:
+    """The weights of a ``python -m plid.detect`` run (``<run>/yolo/weights/best.pt``), or ``run`` itself if a .pt."""
     run = Path(run).expanduser().resolve()
     path = run if run.suffix == ".pt" else run / "yolo" / "weights" / "best.pt"
     if not path.is_file():
@@ -149,7 +150,7 @@ def export_module(run: str | Path, out: Path) -> dict[str, Any]:
     elif "target" in data:  # a classifier: what it predicts, on which crops
         if data.get("roi") == "none":
             raise UserInputError(f"{run}: a whole-image classifier (data.roi=none); predict needs one trained on disc "
-                                 f"crops (data.roi=gt or detected) to give a probability per disc")
+                                 f"crops (data.roi=gt) to give a probability per disc")
         extra["target"] = str(data.target)
         summary = run / "summary.json"
         threshold = json.loads(summary.read_text()).get("threshold") if summary.is_file() else None
@@ -212,8 +213,8 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
                                     "detection": {"conf": conf, "iou": iou, "margin": margin,
                                                   "margin_source": margin_source}}
         manifest["detectors"] = {
-            "lumbar": export_detector(_detector_weights(lumbar_run), tmp / "detector_lumbar.pt"),
-            "ivd": export_detector(_detector_weights(ivd_run), tmp / "detector_ivd.pt"),
+            "lumbar": export_detector(detector_weights(lumbar_run), tmp / "detector_lumbar.pt"),
+            "ivd": export_detector(detector_weights(ivd_run), tmp / "detector_ivd.pt"),
         }
         manifest["segmenter"] = {"dir": "segmenter", **export_module(seg_run, tmp / "segmenter")}
         classifiers = {}
