@@ -33,8 +33,8 @@ import torch
 from torch.nn import functional as F
 
 from plid.boxes import crop, enlarge_box
+from plid.data.scans import Scan
 from plid.datamodules.contract import CLASS_NAMES
-from plid.datamodules.io import Scan
 from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
 from plid.gradings import grading, probability_key
