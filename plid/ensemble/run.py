@@ -27,7 +27,7 @@ import pandas as pd
 from omegaconf import DictConfig, ListConfig
 
 from plid.datamodules.contract import CLASS_NAMES
-from plid.ensemble.predictions import SPLITS, Predictions, load_predictions
+from plid.ensemble.predictions import SPLITS, Predictions, load_predictions, run_names
 from plid.ensemble.scoring import ClassificationScorer, SegmentationScorer
 from plid.ensemble.weights import search_weights
 from plid.errors import UserInputError
@@ -88,13 +88,9 @@ def resolve_runs(runs: str | list[str]) -> list[Path]:
     return unique
 
 
-def _model_name(path: Path, summary: dict) -> str:
-    return (summary.get("choices") or {}).get("model") or path.name
-
-
 def load_runs(paths: list[Path], task: str, data_root: str | None = None) -> list[Run]:
     """Each run's saved predictions, checked to cover the same cases and targets as the first run."""
-    runs = []
+    loaded = []
     for path in paths:
         summary_file = path / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
@@ -109,11 +105,9 @@ def load_runs(paths: list[Path], task: str, data_root: str | None = None) -> lis
             if pred.probs.ndim != TASKS[task]:
                 raise UserInputError(f"run {path}: {split} probabilities have shape {pred.probs.shape}, not those of "
                                      f"task={task} ({TASKS[task]} dims); is it a run of the other task?")
-        runs.append(Run(_model_name(path, summary), path, summary, splits))
-    names = [r.name for r in runs]
-    for run in runs:  # two runs of one model (folds, seeds): tell them apart by their dir
-        if names.count(run.name) > 1:
-            run.name = f"{run.name} ({run.path.name})"
+        loaded.append((path, summary, splits))
+    names = run_names([path for path, _, _ in loaded], [summary for _, summary, _ in loaded])
+    runs = [Run(name, path, summary, splits) for name, (path, summary, splits) in zip(names, loaded)]
     reference = runs[0]
     for run in runs[1:]:
         if set(run.splits) != set(reference.splits):
