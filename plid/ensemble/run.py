@@ -16,7 +16,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from plid.ensemble.weights import search_weights
 from plid.errors import UserInputError
 from plid.evaluation import classification_metrics, youden_threshold
 from plid.utils.io import atomic_write, claim_output_dir, write_json
+from plid.utils.sorting import natural_key
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,6 @@ def _has_predictions(path: Path) -> bool:
     return (path / "predictions" / "val.npz").is_file()
 
 
-def _natural(path) -> list:
-    """Sort key that puts multirun job 2 before job 10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
 def resolve_runs(runs: str | list[str]) -> list[Path]:
     """Run dirs from paths or glob patterns; a dir without predictions that holds runs (a multirun) gives those."""
     patterns = [runs] if isinstance(runs, str) else list(runs or [])
@@ -65,7 +60,7 @@ def resolve_runs(runs: str | list[str]) -> list[Path]:
         raise UserInputError("no runs given: pass runs='[dir1,dir2]' or a glob such as runs='logs/train/multiruns/<time>/*'")
     found: list[Path] = []
     for pattern in map(str, patterns):
-        matches = sorted(glob.glob(str(Path(pattern).expanduser())), key=_natural)
+        matches = sorted(glob.glob(str(Path(pattern).expanduser())), key=natural_key)
         if not matches:
             raise UserInputError(f"runs: {pattern} matches no file or folder")
         for match in map(Path, matches):
@@ -74,7 +69,7 @@ def resolve_runs(runs: str | list[str]) -> list[Path]:
             if _has_predictions(match):
                 found.append(match.resolve())
                 continue
-            jobs = [p.resolve() for p in sorted(match.iterdir(), key=_natural) if p.is_dir() and _has_predictions(p)]
+            jobs = [p.resolve() for p in sorted(match.iterdir(), key=natural_key) if p.is_dir() and _has_predictions(p)]
             if not jobs and any((match / "predictions").glob("*/val.npz")):
                 raise UserInputError(f"run {match} is a multi-task classifier (model=grade_*: predictions per grading "
                                      f"in predictions/<grading>/); plid.ensemble does not combine those yet")
