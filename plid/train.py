@@ -26,8 +26,7 @@ from plid.utils.hydra import (
     config_to_dict,
     instantiate_callbacks,
     instantiate_loggers,
-    metric_value,
-    run_task,
+    run_optimized_task,
 )
 from plid.utils.io import claim_output_dir, write_json
 
@@ -126,8 +125,7 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = run_task(train, cfg)
-    return metric_value(metrics, cfg.get("optimized_metric"))
+    return run_optimized_task(train, cfg)
 
 
 if __name__ == "__main__":
