@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from plid.datamodules.io import list_scans  # noqa: E402
+from plid.data.scans import list_scans  # noqa: E402
 from plid.datamodules.synthetic import generate_case  # noqa: E402
 from plid.pipeline.batch import predict_files  # noqa: E402
 from plid.pipeline.core import Pipeline  # noqa: E402

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SPIDER2D, compose, environment, parser, save, setup_torch  # noqa: E402
 from pipeline import Recorder  # noqa: E402
 
-from plid.datamodules.dicom import discover  # noqa: E402
-from plid.datamodules.io import read_case  # noqa: E402
+from plid.data.dicom import discover  # noqa: E402
+from plid.data.scans import read_case  # noqa: E402
 from plid.datamodules.synthetic import generate_case  # noqa: E402
 from plid.pipeline.batch import predict_inputs  # noqa: E402
 from plid.pipeline.core import Pipeline  # noqa: E402

@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from plid.models.detection import DetectorSettings, evaluate_detector, train_detector
-from plid.utils.hydra import config_choices, config_to_dict, instantiate_loggers, metric_value, run_task
+from plid.utils.hydra import config_choices, config_to_dict, instantiate_loggers, run_optimized_task
 from plid.utils.io import claim_output_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,7 @@ def detect(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="detect")
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = run_task(detect, cfg)
-    return metric_value(metrics, cfg.get("optimized_metric"))
+    return run_optimized_task(detect, cfg)
 
 
 if __name__ == "__main__":

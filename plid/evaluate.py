@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from plid.evaluation import (
 )
 from plid.utils.hydra import run_task
 from plid.utils.io import atomic_write, claim_output_dir, write_json
+from plid.utils.sorting import natural_key
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +94,6 @@ def run_folds(cfg: DictConfig, output_dir: Path) -> list[Path]:
     return runs
 
 
-def _natural(path: Path) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
-
-
 def collect_runs(runs: str | list[str]) -> list[Path]:
     """Run folders (with summary.json) from a list, a glob, or a multirun folder holding one per job."""
     items = [runs] if isinstance(runs, str) else list(runs)
@@ -109,7 +105,8 @@ def collect_runs(runs: str | list[str]) -> list[Path]:
             if (match / "summary.json").is_file():
                 found.append(match.resolve())
             elif match.is_dir():
-                found += sorted((p.resolve() for p in match.iterdir() if (p / "summary.json").is_file()), key=_natural)
+                found += sorted((p.resolve() for p in match.iterdir() if (p / "summary.json").is_file()),
+                                key=lambda p: natural_key(p.name))
     if not found:
         raise UserInputError(f"runs={runs}: no run folder with a summary.json there")
     return found

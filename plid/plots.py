@@ -15,17 +15,10 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from plid.labels import CLASS_COLOURS, CLASS_NAMES  # noqa: E402
-from plid.utils.io import atomic_write  # noqa: E402
+from plid.utils.figures import save_figure  # noqa: E402
 
 # background transparent, the classes in plid's colours at 60 % opacity
 MASK_COLOURS = ListedColormap([(0, 0, 0, 0), *((r / 255, g / 255, b / 255, 0.6) for r, g, b in CLASS_COLOURS[1:])])
-
-
-def save(figure, path: str | Path, dpi: int = 120) -> Path:
-    with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(figure)
-    return Path(path)
 
 
 def training_curves(logs: dict[str, str | Path], path: str | Path, metrics: Sequence[str] | None = None) -> Path | None:
@@ -59,7 +52,7 @@ def training_curves(logs: dict[str, str | Path], path: str | Path, metrics: Sequ
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     figure.tight_layout()
-    return save(figure, path)
+    return save_figure(figure, path, close=True)
 
 
 def roc_curve(positive_probs: np.ndarray, targets: np.ndarray, path: str | Path, title: str = "ROC") -> Path:
@@ -77,7 +70,7 @@ def roc_curve(positive_probs: np.ndarray, targets: np.ndarray, path: str | Path,
     ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (recall)", title=title,
            xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
-    return save(figure, path)
+    return save_figure(figure, path, close=True)
 
 
 def reliability_diagram(positive_probs: np.ndarray, targets: np.ndarray, path: str | Path, title: str = "reliability",
@@ -98,7 +91,7 @@ def reliability_diagram(positive_probs: np.ndarray, targets: np.ndarray, path: s
     hist.bar((np.arange(bins) + 0.5) / bins, counts, width=0.9 / bins, color="grey")
     hist.set(xlabel="predicted probability", ylabel="cases", yscale="log" if counts.max(initial=0) > 50 else "linear")
     figure.tight_layout()
-    return save(figure, path)
+    return save_figure(figure, path, close=True)
 
 
 def confusion_matrix(positive_probs: np.ndarray, targets: np.ndarray, path: str | Path,
@@ -113,7 +106,7 @@ def confusion_matrix(positive_probs: np.ndarray, targets: np.ndarray, path: str 
         ax.text(j, i, str(count), ha="center", va="center", color="black" if count < matrix.max() / 2 else "white")
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=labels, yticklabels=labels, xlabel="predicted",
            ylabel="reference", title=f"confusion matrix (threshold {threshold})")
-    return save(figure, path)
+    return save_figure(figure, path, close=True)
 
 
 def segmentation_grid(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], predictions: Sequence[np.ndarray],
@@ -132,4 +125,4 @@ def segmentation_grid(images: Sequence[np.ndarray], truths: Sequence[np.ndarray]
     handles = [matplotlib.patches.Patch(color=MASK_COLOURS(k), label=n) for k, n in enumerate(CLASS_NAMES) if k]
     figure.legend(handles=handles, loc="lower center", ncol=3, fontsize=8)
     figure.tight_layout(rect=(0, 0.03, 1, 1))
-    return save(figure, path)
+    return save_figure(figure, path, close=True)

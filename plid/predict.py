@@ -5,7 +5,7 @@
     python -m plid.predict input=/studies/patient7 model_dir=/models/plid slices=5 slice_aggregation=max
 
 ``input`` is a file, a series folder or a study folder, searched recursively; DICOM files are recognised by
-content and grouped into series (:mod:`plid.datamodules.dicom`); each series, volume or image is one case.
+content and grouped into series (:mod:`plid.data.dicom`); each series, volume or image is one case.
 Writes into ``out``: ``report.json`` (every case, the series skipped and why, every file that failed),
 ``overlays/<case>.png`` (boxes, levels, probabilities, mask), ``masks/<case>.png`` (2D inputs) or
 ``masks/<case>.nii.gz`` (volumes and series, in their geometry) and ``report.html`` (all cases on one page). A

@@ -12,13 +12,12 @@ import hydra
 from omegaconf import DictConfig
 
 from plid.training import train
-from plid.utils.hydra import metric_value, run_task
+from plid.utils.hydra import run_optimized_task
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = run_task(train, cfg)
-    return metric_value(metrics, cfg.get("optimized_metric"))
+    return run_optimized_task(train, cfg)
 
 
 if __name__ == "__main__":

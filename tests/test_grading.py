@@ -180,7 +180,7 @@ def test_grading_run_writes_scores_thresholds_and_predictions_per_grading(compos
 def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(tmp_path, compose, use_measurements):
     from omegaconf import OmegaConf
 
-    from plid.datamodules.io import Scan
+    from plid.data.scans import Scan
     from plid.datamodules.synthetic import generate_case
     from plid.errors import UserInputError
     from plid.pipeline.batch import predict_files

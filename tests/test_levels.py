@@ -148,7 +148,7 @@ class _MaskSegmenter(torch.nn.Module):
 def test_the_pipeline_reports_a_missed_lowest_disc_and_keeps_the_names(compose, case):
     from pathlib import Path
 
-    from plid.datamodules.io import Scan
+    from plid.data.scans import Scan
     from plid.models.detection import RoiCropper
     from plid.pipeline.core import Pipeline
     from plid.pipeline.model_dir import LoadedModule

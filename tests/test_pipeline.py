@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from plid.datamodules.io import ScanReadError, list_scans, read_scan
+from plid.data.scans import ScanReadError, list_scans, read_scan
 from plid.datamodules.synthetic import generate_case
 from plid.labels import LEVEL_NAMES
 from plid.models.detection import RoiCropper
@@ -109,7 +109,7 @@ def test_pipeline_report_per_disc(compose, case):
     classifiers = [LoadedModule("a", _MeanIntensity(1.0), 32, 0.1), LoadedModule("b", _MeanIntensity(-2.0), 32, 0.1)]
     # levels counted: this segmenter is untrained (levels from the anatomy: tests/test_levels.py)
     pipeline = Pipeline(_models(compose, classifiers, [0.3, 0.9]), cropper=_truth_cropper(case), levels="count")
-    from plid.datamodules.io import Scan
+    from plid.data.scans import Scan
 
     result = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image"))
     report = result.report
@@ -144,7 +144,7 @@ def test_pipeline_report_per_disc(compose, case):
 
 def test_no_lumbar_region_is_reported_per_image(compose, case):
     cropper = RoiCropper(lambda image: (np.zeros((0, 4)), np.zeros(0)), lambda region: (np.zeros((0, 4)), np.zeros(0)))
-    from plid.datamodules.io import Scan
+    from plid.data.scans import Scan
 
     report = Pipeline(_models(compose), cropper=cropper)(Scan("c", Path("c.png"), case.image, None, "image")).report
     assert report["status"] == "no_lumbar_region" and report["discs"] == [] and "no lumbar region" in report["message"]
@@ -284,7 +284,7 @@ def test_predict_applies_the_thresholds_chosen_on_validation(tmp_path, compose, 
     one = export_model_dir(tmp_path / "one", detector_runs["lumbar"], detector_runs["ivd"], seg, classifiers[1:])
     pipeline = Pipeline(load_model_dir(one), cropper=_truth_cropper(case))
     assert pipeline.classifier_description()["threshold"] == 0.6
-    from plid.datamodules.io import Scan
+    from plid.data.scans import Scan
 
     discs = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report["discs"]
     assert discs and all(d["herniation_positive"] == (d["herniation_probability"] > 0.6) for d in discs)

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from plid.datamodules.dicom import discover
-from plid.datamodules.io import read_case
+from plid.data.dicom import discover
+from plid.data.scans import read_case
 from plid.datamodules.synthetic import generate_case
 from plid.models.detection import RoiCropper
 from plid.pipeline.batch import predict_files, predict_inputs
@@ -251,7 +251,7 @@ def test_series_that_cannot_be_analysed_say_why(tmp_path, slices):
     assert reasons["mixed_s9_T2_SAG"].startswith("slices disagree in orientation")
     ct = next(c for c in found.cases if c.name == "ct_s8_T2_SAG")
     assert "CT modality" in ct.warnings[0]
-    from plid.datamodules.io import CaseSkipped
+    from plid.data.scans import CaseSkipped
 
     volumes = {c.name: c for c in found.cases if c.kind == "volume"}
     with pytest.raises(CaseSkipped, match="axial volume"):

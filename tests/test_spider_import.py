@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import run_module
 
+from plid.data.spider import SpiderImportError, import_spider, remap_labels
 from plid.datamodules.contract import DISC_COLUMNS, IMAGE_COLUMNS, load_dataset
-from plid.datamodules.spider import SpiderImportError, import_spider, remap_labels
 
 # canonical volumes are indexed (left-right slice, row from the top, column from anterior): the layout the
 # importer must recover whatever the file's orientation

@@ -1,1 +1,2 @@
-"""Command-line importers of public datasets into the spider2d layout (``python -m plid.data.spider``)."""
+"""Scans in, slices out: the SPIDER importer (``python -m plid.data.spider``) and the readers of new scans for
+inference, which cut volumes into contract slices with the same code (:mod:`plid.data.sagittal`)."""

@@ -45,6 +45,13 @@ class Predictions:
         return len(self.ids)
 
 
+def run_names(paths: list[Path], summaries: list[dict]) -> list[str]:
+    """Each run's name in an ensemble (and so in a model_dir's ``ensemble_weights.json``): its model choice in
+    summary.json, else its folder's name; runs of one model (folds, seeds) are told apart by their folder."""
+    names = [str((summary.get("choices") or {}).get("model") or path.name) for path, summary in zip(paths, summaries)]
+    return [f"{name} ({path.name})" if names.count(name) > 1 else name for name, path in zip(names, paths)]
+
+
 def save_predictions(path: str | Path, predictions: Predictions) -> Path:
     path = Path(path)
     with atomic_write(path, "wb") as handle:

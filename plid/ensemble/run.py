@@ -16,7 +16,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,14 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, ListConfig
 
-from plid.ensemble.predictions import SPLITS, Predictions, load_predictions
+from plid.ensemble.predictions import SPLITS, Predictions, load_predictions, run_names
 from plid.ensemble.scoring import ClassificationScorer, SegmentationScorer
 from plid.ensemble.weights import search_weights
 from plid.errors import UserInputError
 from plid.evaluation import classification_metrics, youden_threshold
 from plid.labels import CLASS_NAMES
 from plid.utils.io import atomic_write, claim_output_dir, write_json
+from plid.utils.sorting import natural_key
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,6 @@ def _has_predictions(path: Path) -> bool:
     return (path / "predictions" / "val.npz").is_file()
 
 
-def _natural(path) -> list:
-    """Sort key that puts multirun job 2 before job 10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
 def resolve_runs(runs: str | list[str]) -> list[Path]:
     """Run dirs from paths or glob patterns; a dir without predictions that holds runs (a multirun) gives those."""
     patterns = [runs] if isinstance(runs, str) else list(runs or [])
@@ -65,7 +60,7 @@ def resolve_runs(runs: str | list[str]) -> list[Path]:
         raise UserInputError("no runs given: pass runs='[dir1,dir2]' or a glob such as runs='logs/train/multiruns/<time>/*'")
     found: list[Path] = []
     for pattern in map(str, patterns):
-        matches = sorted(glob.glob(str(Path(pattern).expanduser())), key=_natural)
+        matches = sorted(glob.glob(str(Path(pattern).expanduser())), key=natural_key)
         if not matches:
             raise UserInputError(f"runs: {pattern} matches no file or folder")
         for match in map(Path, matches):
@@ -74,7 +69,7 @@ def resolve_runs(runs: str | list[str]) -> list[Path]:
             if _has_predictions(match):
                 found.append(match.resolve())
                 continue
-            jobs = [p.resolve() for p in sorted(match.iterdir(), key=_natural) if p.is_dir() and _has_predictions(p)]
+            jobs = [p.resolve() for p in sorted(match.iterdir(), key=natural_key) if p.is_dir() and _has_predictions(p)]
             if not jobs and any((match / "predictions").glob("*/val.npz")):
                 raise UserInputError(f"run {match} is a multi-task classifier (model=grade_*: predictions per grading "
                                      f"in predictions/<grading>/); plid.ensemble does not combine those yet")
@@ -88,13 +83,9 @@ def resolve_runs(runs: str | list[str]) -> list[Path]:
     return unique
 
 
-def _model_name(path: Path, summary: dict) -> str:
-    return (summary.get("choices") or {}).get("model") or path.name
-
-
 def load_runs(paths: list[Path], task: str, data_root: str | None = None) -> list[Run]:
     """Each run's saved predictions, checked to cover the same cases and targets as the first run."""
-    runs = []
+    loaded = []
     for path in paths:
         summary_file = path / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
@@ -109,11 +100,9 @@ def load_runs(paths: list[Path], task: str, data_root: str | None = None) -> lis
             if pred.probs.ndim != TASKS[task]:
                 raise UserInputError(f"run {path}: {split} probabilities have shape {pred.probs.shape}, not those of "
                                      f"task={task} ({TASKS[task]} dims); is it a run of the other task?")
-        runs.append(Run(_model_name(path, summary), path, summary, splits))
-    names = [r.name for r in runs]
-    for run in runs:  # two runs of one model (folds, seeds): tell them apart by their dir
-        if names.count(run.name) > 1:
-            run.name = f"{run.name} ({run.path.name})"
+        loaded.append((path, summary, splits))
+    names = run_names([path for path, _, _ in loaded], [summary for _, summary, _ in loaded])
+    runs = [Run(name, path, summary, splits) for name, (path, summary, splits) in zip(names, loaded)]
     reference = runs[0]
     for run in runs[1:]:
         if set(run.splits) != set(reference.splits):

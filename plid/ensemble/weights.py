@@ -7,7 +7,8 @@ Weights lie on a grid in [0, 1] with a fixed step (0.1 in the paper), so a candi
 vector (entries with greatest common divisor 1); the all-zero vector is no ensemble and is skipped.
 
 For 8 models at step 0.1 this dedup removes less than 1 % of the 11^8 vectors: 212,607,425 directions are
-left: minutes of scoring for classification, hours for a segmentation validation set on a few CPU cores. So
+left, affordable for classification, far too many for a segmentation validation set (the rates: see
+benchmarks/ensemble_search.py). So
 when the unique grid holds more than ``max_candidates`` directions the search goes coarse to fine: every
 direction of the finest grid whose step is a multiple of ``step`` (0.2, 0.5, 1 for step 0.1) and that fits the
 budget, then a hill climb on the fine grid from the ``top_k`` best, moving each coordinate one step up, down or

@@ -186,8 +186,8 @@ class YoloDetector:
     Per image it runs ultralytics' own steps, as ``model.predict`` does: the predictor's letterbox, the network,
     then confidence filter, NMS and boxes scaled back to the image. After the first call (``model.predict``
     itself, which builds the predictor) it calls those three steps directly: ``predict`` also sets up a source
-    loader, profilers and result bookkeeping on every call, which on a CPU costs as much as a small detector's
-    forward. ``tests/test_detection.py`` checks that both give the same boxes.
+    loader, profilers and result bookkeeping on every call, a fixed cost per image beside a small detector's
+    forward (see benchmarks/pipeline.py). ``tests/test_detection.py`` checks that both give the same boxes.
     """
 
     def __init__(self, model: Any, conf: float = 0.25, imgsz: int | None = None, device: str = "cpu",

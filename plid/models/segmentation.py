@@ -27,8 +27,7 @@ class SegmentationModule(SpineModule):
         optimizer / scheduler: partials, completed in ``configure_optimizers``.
         monitor: the validation metric that selects checkpoints and drives the scheduler.
         channels_last: keep weights and inputs in channels-last memory order, which oneDNN (CPU) and cuDNN
-            convolutions run faster (benchmarks/README.md: U-Net ResNet34 on CPU, training steps about 10 %
-            and inference about 20 % faster); the numbers are the same.
+            convolutions run faster (see benchmarks/inference.py); the numbers are the same.
     """
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None = None,

@@ -22,8 +22,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from plid.datamodules.dicom import CaseSource, Found, Skipped, collect, discover
-from plid.datamodules.io import Case, CaseSkipped, Scan, ScanReadError, read_case
+from plid.data.dicom import CaseSource, Found, Skipped, collect, discover
+from plid.data.scans import Case, CaseSkipped, Scan, ScanReadError, read_case
 from plid.pipeline.core import ImageResult, Pipeline
 from plid.pipeline.report import overlay, write_html, write_label_map, write_png
 from plid.pipeline.slices import SliceOptions, aggregate, analysed_slices, choose_slice

@@ -33,7 +33,7 @@ import torch
 from torch.nn import functional as F
 
 from plid.boxes import crop, enlarge_box
-from plid.datamodules.io import Scan
+from plid.data.scans import Scan
 from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
 from plid.labels import CLASS_NAMES, LEVEL_NAMES, grading, probability_key

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from plid.ensemble.predictions import run_names
 from plid.errors import UserInputError
 from plid.models.detection import NMS_IOU
 from plid.utils.io import atomic_dir, atomic_write, write_json
@@ -187,17 +188,6 @@ def portable_config(cfg: DictConfig) -> dict[str, Any]:
     return cleared
 
 
-def run_name(run: str | Path) -> str:
-    """A classifier's name as the ensemble names it: its model choice in summary.json, else the folder name."""
-    run = Path(run).expanduser().resolve()
-    summary = run / "summary.json"
-    if summary.is_file():
-        choice = json.loads(summary.read_text()).get("choices", {}).get("model")
-        if choice:
-            return str(choice)
-    return run.name
-
-
 def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Path, seg_run: str | Path,
                      cls_runs: list[str | Path] | None = None, ensemble: str | Path | None = None,
                      conf: float = 0.25, iou: float = NMS_IOU, overwrite: bool = False) -> Path:
@@ -218,13 +208,12 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
         }
         manifest["segmenter"] = {"dir": "segmenter", **export_module(seg_run, tmp / "segmenter")}
         classifiers = {}
-        cls_runs = list(cls_runs or [])
-        if len({Path(r).expanduser().resolve() for r in cls_runs}) != len(cls_runs):
+        runs = [Path(r).expanduser().resolve() for r in cls_runs or []]
+        if len(set(runs)) != len(runs):
             raise UserInputError(f"cls_runs names a run twice: {[str(r) for r in cls_runs]}")
-        names = [run_name(r) for r in cls_runs]
-        # two runs of one model (folds, seeds): told apart by their folder, as plid.ensemble names them
-        names = [f"{n} ({Path(r).resolve().name})" if names.count(n) > 1 else n for n, r in zip(names, cls_runs or [])]
-        for name, run in zip(names, cls_runs or []):
+        summaries = [json.loads((r / "summary.json").read_text()) if (r / "summary.json").is_file() else {}
+                     for r in runs]
+        for name, run in zip(run_names(runs, summaries), runs):  # the names plid.ensemble gives the same runs
             folder = "classifiers/" + re.sub(r"[^\w.-]+", "_", name).strip("_")
             classifiers[name] = {"dir": folder, **export_module(run, tmp / folder)}
         if len(classifiers) > 1 and any("targets" in entry for entry in classifiers.values()):

@@ -115,7 +115,8 @@ def grading_summary(disc: dict[str, Any], classifier: dict[str, Any] | None, onl
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
-    # fast compression: the default level costs more than the models on small images, for a few % of file size
+    # fast compression: the default level costs more time than the models on small images and saves little space
+    # (see benchmarks/pipeline.py)
     ok, encoded = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise RuntimeError(f"cannot encode {path} as PNG")

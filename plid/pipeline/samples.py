@@ -1,5 +1,5 @@
 """Sample scans in each format predict reads, written from an 8-bit upright sagittal image: for the study's
-demonstration and the tests. What comes back through :func:`plid.datamodules.io.read_scan` should be the same
+demonstration and the tests. What comes back through :func:`plid.data.scans.read_scan` should be the same
 picture, whatever the format stored."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def write_volume(image: np.ndarray, path: str | Path, spacing_mm: float = 0.5, s
     ``stored_orientation`` (not the PIL of the contract), so that reading it back exercises the reorientation."""
     import SimpleITK as sitk
 
-    from plid.datamodules.spider import ORIENTATION
+    from plid.data.sagittal import ORIENTATION
 
     volume = sitk.GetImageFromArray(np.repeat(image[None], slices, axis=0))  # (left, inferior, posterior)
     volume.SetSpacing((spacing_mm, spacing_mm, 3.0))

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from plid.datamodules.spider import central_slices
+from plid.data.sagittal import slice_window
 from plid.errors import UserInputError
 
 SLICE_MODES = ("anatomical", "center")
@@ -56,13 +56,13 @@ class SliceOptions:
 
 def candidates(num: int) -> list[int]:
     """The central slices ``slice=anatomical`` chooses among."""
-    return central_slices(num, None, max(1, math.ceil(num * CANDIDATE_FRACTION)))
+    return slice_window(num, max(1, math.ceil(num * CANDIDATE_FRACTION)))
 
 
 def choose_slice(volume, lumbar_detector, mode: str) -> tuple[int, dict[str, Any]]:
     """The slice index to analyse (counting to the patient's left) and how it was chosen, for the report."""
     num = volume.num_slices
-    centre = central_slices(num, None, 1)[0]
+    centre = slice_window(num, 1)[0]
     if mode == "center" or num == 1:
         return centre, {"method": "center"}
     indices = candidates(num)

@@ -7,10 +7,15 @@ from pathlib import Path
 from plid.utils.io import atomic_write
 
 
-def save_figure(figure, path: str | Path, dpi: int = 120) -> Path:
-    """Save a matplotlib figure as PNG at ``path`` (temp name, then rename)."""
+def save_figure(figure, path: str | Path, dpi: int = 120, close: bool = False) -> Path:
+    """Save a matplotlib figure as PNG at ``path`` (temp name, then rename); ``close`` frees it afterwards,
+    for a figure that is not sent to a logger as well."""
     with atomic_write(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
     return Path(path)
 
 

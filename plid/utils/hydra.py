@@ -76,15 +76,6 @@ def config_to_dict(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
 
 
-def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
-    """The value of ``name`` in ``metrics`` as a float, for a sweeper to optimise."""
-    if not name:
-        return None
-    if name not in metrics:
-        raise KeyError(f"optimized_metric {name!r} was not logged; logged: {sorted(metrics)}")
-    return float(metrics[name])
-
-
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run an entry point's ``task(cfg)``: print the config where ``extras.print_config`` asks, and end the
     process with one clear line (no trace) when the cause is bad user input (:class:`UserInputError`)."""
@@ -98,3 +89,15 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             raise
         log.error("%s", user_error)
         sys.exit(f"error: {user_error}")
+
+
+def run_optimized_task(task: Callable[[DictConfig], tuple[dict[str, Any], Any]], cfg: DictConfig) -> float | None:
+    """:func:`run_task` for a training entry point's ``task(cfg) -> (metrics, objects)``: the value of
+    ``cfg.optimized_metric`` in its metrics as a float, for a sweeper to optimise (None where none is named)."""
+    metrics, _ = run_task(task, cfg)
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric {name!r} was not logged; logged: {sorted(metrics)}")
+    return float(metrics[name])

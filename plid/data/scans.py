@@ -2,15 +2,15 @@
 
 What the models were trained on is the spider2d contract (``../shared/data/spider2d/README.md``): 8-bit
 grayscale, upright, anterior on the left, square pixels, intensities scaled per volume. Each case found by
-:func:`plid.datamodules.dicom.discover` is read here as a :class:`Case`:
+:func:`plid.data.dicom.discover` is read here as a :class:`Case`:
 
 - PNG / JPEG / BMP / TIFF (cv2): one image taken as it is (already 8-bit and upright); pixel spacing unknown.
 - NIfTI / MHA / NRRD volumes (SimpleITK) and DICOM series (SimpleITK's ``ImageSeriesReader`` on the files in
-  the order :mod:`plid.datamodules.dicom` checked; GDCM applies rescale slope and intercept and inverts
+  the order :mod:`plid.data.dicom` checked; GDCM applies rescale slope and intercept and inverts
   ``MONOCHROME1``): a :class:`Volume` reoriented to ``PIL`` with ``DICOMOrient`` (slice index growing to the
   patient's left, each slice upright with anterior on the left), intensities scaled between the volume's 0.5 and 99.5
   percentiles to 8 bits and each slice resampled to square pixels, with the SPIDER importer's own code
-  (:mod:`plid.datamodules.spider`), so a scan is read exactly as training data were made. The volume as read
+  (:mod:`plid.data.sagittal`), so a scan is read exactly as training data were made. The volume as read
   (``Volume.stored``) keeps the input's geometry, which masks are written back in.
 
 The plane of a volume file comes from its direction matrix: the slice axis is the one with the coarsest
@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from plid.datamodules.dicom import (  # noqa: F401 - re-exported: the suffixes predict reads
+from plid.data.dicom import (
     DICOM_SUFFIXES,
     IMAGE_SUFFIXES,
     VOLUME_SUFFIXES,
@@ -40,6 +40,7 @@ from plid.datamodules.dicom import (  # noqa: F401 - re-exported: the suffixes p
     recheck,
     scan_suffix,
 )
+from plid.data.sagittal import ORIENTATION, scale_to_uint8, square_pixels
 from plid.errors import UserInputError
 
 SCAN_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES + VOLUME_SUFFIXES
@@ -64,11 +65,6 @@ class Scan:
     spacing_mm: float | None  # side of a (square) pixel in mm; None where the file does not say
     format: str  # image, dicom or volume
     slice_index: int | None = None  # the sagittal slice taken from a volume (index in the reoriented volume)
-
-
-def scan_name(path: Path) -> str:
-    suffix = scan_suffix(path)
-    return path.name[: len(path.name) - len(suffix)] if suffix else path.name
 
 
 def list_scans(path: str | Path) -> list[Path]:
@@ -104,8 +100,6 @@ class Volume:
 
     def image(self, k: int) -> np.ndarray:
         """Slice ``k`` (counting to the patient's left) upright, anterior on the left, square pixels."""
-        from plid.datamodules.spider import square_pixels
-
         return square_pixels(self.scaled[k], self.row_spacing, self.col_spacing, cv2.INTER_LINEAR)
 
     def label_map(self, masks: dict[int, np.ndarray]):
@@ -197,8 +191,6 @@ def _read_image(source: CaseSource) -> Case:
 
 def _volume(source: CaseSource, stored) -> Case:
     import SimpleITK as sitk
-
-    from plid.datamodules.spider import ORIENTATION, scale_to_uint8
 
     oriented = sitk.DICOMOrient(stored, ORIENTATION)
     array = sitk.GetArrayFromImage(oriented)  # (left, inferior, posterior); GDCM has inverted MONOCHROME1

@@ -21,7 +21,7 @@ goes on without it.
 Series are grouped and ordered here from pydicom's headers rather than with GDCM's
 ``GetGDCMSeriesIDs``/``GetGDCMSeriesFileNames``: those look in one folder only and silently drop a file they
 cannot read (a truncated slice vanishes, leaving a gap no one is told of); the pixels are then read by
-SimpleITK's ``ImageSeriesReader`` in this order (:mod:`plid.datamodules.io`), which gives the geometry.
+SimpleITK's ``ImageSeriesReader`` in this order (:mod:`plid.data.scans`), which gives the geometry.
 """
 
 from __future__ import annotations
