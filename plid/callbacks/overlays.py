@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from plid.datamodules.contract import CLASS_NAMES
-from plid.models.metrics import predicted_classes
+from plid.metrics import predicted_classes
 from plid.utils.figures import log_figure, save_figure
 
 # background transparent; vertebra, disc, canal in colours that stay apart for colour-blind readers

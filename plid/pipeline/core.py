@@ -38,8 +38,8 @@ from plid.datamodules.io import Scan
 from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
 from plid.gradings import grading, probability_key
+from plid.metrics import predicted_classes
 from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
-from plid.models.metrics import predicted_classes
 from plid.pipeline.levels import LEVEL_NAMES, assign_levels, level_names  # noqa: F401
 from plid.pipeline.measurements import measure_discs
 from plid.pipeline.model_dir import LoadedModels

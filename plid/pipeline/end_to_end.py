@@ -23,7 +23,7 @@ import numpy as np
 
 from plid.datamodules.contract import CLASS_NAMES, LUMBAR_BOX, SpineDataset
 from plid.errors import UserInputError
-from plid.evaluation import batched_patient_bootstrap
+from plid.metrics import batched_patient_bootstrap
 from plid.pipeline.batch import predict_files
 from plid.pipeline.core import Pipeline
 from plid.pipeline.scoring import (
