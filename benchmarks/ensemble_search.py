@@ -31,7 +31,7 @@ from plid.datamodules.synthetic import generate_case  # noqa: E402
 from plid.ensemble.predictions import Predictions, load_predictions, save_predictions  # noqa: E402
 from plid.ensemble.scoring import ClassificationScorer, SegmentationScorer  # noqa: E402
 from plid.ensemble.weights import count_unique, iter_unique, search_weights  # noqa: E402
-from plid.models.metrics import segmentation_scores  # noqa: E402
+from plid.metrics import segmentation_metric  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def loop_segmentation(preds: list[Predictions], candidates: np.ndarray, metric: 
         ensemble = sum(w * p.probs.astype(np.float32) for w, p in zip(weights, preds)) / weights.sum()
         pred = ensemble.argmax(1)
         confusion = np.bincount((targets * 4 + pred).ravel(), minlength=16).reshape(4, 4)
-        scores.append(segmentation_scores(torch.as_tensor(confusion))[metric])
+        scores.append(float(segmentation_metric(torch.as_tensor(confusion), metric)))
     return np.array(scores)
 
 

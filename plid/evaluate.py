@@ -25,26 +25,32 @@ from typing import Any
 
 import hydra
 import numpy as np
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from plid.datamodules import splits as splits_lib
 from plid.datamodules.contract import load_dataset
 from plid.ensemble.predictions import Predictions, load_predictions
 from plid.errors import UserInputError
-from plid.evaluation import (
+from plid.labels import CLASS_NAMES
+from plid.metrics import (
     CLASSIFICATION_METRICS,
-    SEGMENTATION_METRICS,
-    case_confusions,
-    classification_metrics,
+    binary_scores,
+    case_segmentation_scores,
+    confusions_per_case,
     fold_summary,
     patient_bootstrap,
-    segmentation_metrics,
+    predicted_classes,
 )
 from plid.utils.hydra import run_task
 from plid.utils.io import atomic_write, claim_output_dir, write_json
 from plid.utils.sorting import natural_key
 
 log = logging.getLogger(__name__)
+# the segmentation figures of the tables (paper Table 4): dice / dice_<class> pooled over the pixels of all cases
+# (dice_pooled), dice_per_case: nnU-Net's per-case mean (plid.metrics)
+SEGMENTATION_TABLE = ("dice", "dice_per_case", "miou", "miou_fg", *(f"dice_{c}" for c in CLASS_NAMES[1:]),
+                      *(f"dice_per_case_{c}" for c in CLASS_NAMES[1:]), *(f"iou_{c}" for c in CLASS_NAMES[1:]))
 
 
 def fold_plan(cfg: DictConfig, folds: list[int]) -> dict[int, dict[str, list[str]]]:
@@ -135,13 +141,16 @@ def split_scores(task: str, predictions: Predictions, patient_of: dict[str, str]
         thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), positive.shape)
 
         def statistic(index):
-            return classification_metrics(positive[index], targets[index], thresholds[index])
+            scores = binary_scores(positive[index], targets[index], thresholds[index])
+            return {name: scores[name] for name in CLASSIFICATION_METRICS}
     else:
-        confusions = case_confusions(predictions.probs.astype(np.float32), predictions.targets)
+        probs = torch.from_numpy(predictions.probs.astype(np.float32))
+        confusions = confusions_per_case(predicted_classes(probs), torch.from_numpy(predictions.targets),
+                                         probs.shape[1]).numpy()
 
         def statistic(index):
-            scores = segmentation_metrics(confusions[index])
-            return {name: scores[name] for name in SEGMENTATION_METRICS}
+            scores = case_segmentation_scores(confusions[index], CLASS_NAMES)
+            return {name: scores[name] for name in SEGMENTATION_TABLE}
     scores = patient_bootstrap(patients, statistic, **bootstrap)
     return {"cases": len(predictions), "patients": len(set(patients)), "metrics": scores}
 
@@ -217,7 +226,7 @@ def _mean_std(summary: dict[str, float]) -> str:
 def markdown_tables(result: dict[str, Any]) -> str:
     """Rows: each fold on val (with its 95 % CI), mean ± std over folds, pooled out-of-fold val with its CI, and the
     same for the test set; columns: the paper's metrics (Table 2 for classifiers, Table 4 for segmenters)."""
-    metrics = CLASSIFICATION_METRICS if result["task"] == "cls" else SEGMENTATION_METRICS
+    metrics = CLASSIFICATION_METRICS if result["task"] == "cls" else SEGMENTATION_TABLE
     title = "classification (paper Table 2)" if result["task"] == "cls" else "segmentation (paper Table 4)"
     lines = [f"# Cross-validation of {result.get('model') or 'the model'}: {title}\n",
              f"Patient-level bootstrap 95 % intervals in brackets ({result['bootstrap']['samples']} resamples of "

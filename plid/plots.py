@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from plid.labels import CLASS_COLOURS, CLASS_NAMES  # noqa: E402
+from plid.metrics import auc, binary_confusion, roc_points  # noqa: E402
 from plid.utils.figures import save_figure  # noqa: E402
 
 # background transparent, the classes in plid's colours at 60 % opacity
@@ -56,16 +57,10 @@ def training_curves(logs: dict[str, str | Path], path: str | Path, metrics: Sequ
 
 
 def roc_curve(positive_probs: np.ndarray, targets: np.ndarray, path: str | Path, title: str = "ROC") -> Path:
-    """ROC curve with the chance diagonal and the AUC in the legend."""
-    from plid.evaluation import auc
-
-    targets = np.asarray(targets).astype(bool)
-    order = np.argsort(-np.asarray(positive_probs), kind="stable")
-    hits = targets[order]
-    tpr = np.concatenate([[0], np.cumsum(hits) / max(hits.sum(), 1)])
-    fpr = np.concatenate([[0], np.cumsum(~hits) / max((~hits).sum(), 1)])
+    """ROC curve (:func:`plid.metrics.roc_points`) with the chance diagonal and the AUC in the legend."""
+    fpr, tpr, _ = roc_points(positive_probs, targets)
     figure, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot(fpr, tpr, label=f"AUC = {auc(positive_probs, targets):.3f}")
+    ax.plot(fpr.numpy(), tpr.numpy(), label=f"AUC = {auc(positive_probs, targets):.3f}")
     ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
     ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (recall)", title=title,
            xlim=(0, 1), ylim=(0, 1.01))
@@ -96,10 +91,9 @@ def reliability_diagram(positive_probs: np.ndarray, targets: np.ndarray, path: s
 
 def confusion_matrix(positive_probs: np.ndarray, targets: np.ndarray, path: str | Path,
                      labels: Sequence[str] = ("no herniation", "herniation"), threshold: float = 0.5) -> Path:
-    targets = np.asarray(targets).astype(int)
-    predicted = (np.asarray(positive_probs) > threshold).astype(int)
-    matrix = np.zeros((2, 2), int)
-    np.add.at(matrix, (targets, predicted), 1)
+    """Counts of reference (rows) against calls (columns), positive above ``threshold``
+    (:func:`plid.metrics.binary_confusion`)."""
+    matrix = binary_confusion(positive_probs, targets, threshold).numpy()
     figure, ax = plt.subplots(figsize=(4.2, 3.8))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):

@@ -256,25 +256,13 @@ def test_saved_probabilities_give_the_scores_of_the_summary(trained_classifier):
 
 def test_the_decision_threshold_is_chosen_on_validation_and_applied_to_test(trained_classifier):
     from plid.ensemble.predictions import load_predictions
-    from plid.evaluation import classification_metrics, youden_threshold
+    from plid.metrics import binary_scores, youden_threshold
 
     run, summary = trained_classifier
     val = load_predictions(run / "predictions" / "val.npz")
     test = load_predictions(run / "predictions" / "test.npz")
     assert summary["threshold"] == youden_threshold(val.probs[:, 1], val.targets)
     assert summary["val"]["val/threshold"] == summary["test"]["threshold"] == summary["threshold"]
-    expected = classification_metrics(test.probs[:, 1], test.targets, summary["threshold"])
+    expected = binary_scores(test.probs[:, 1], test.targets, summary["threshold"])
     for name in ("accuracy", "recall", "specificity", "balanced_accuracy"):
         assert summary["test"][name] == pytest.approx(expected[name], abs=1e-6)
-
-
-def test_youden_threshold_by_hand():
-    from plid.evaluation import youden_threshold
-
-    probs = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7])
-    # cut at 0.3 (positive from 0.3 up): sensitivity 1, specificity 2/3 -> J = 2/3, the best
-    assert youden_threshold(probs, np.array([0, 0, 1, 1, 0, 1])) == 0.2
-    # cuts at 0.6 and 0.3 both give J = 2/3: the higher one
-    assert youden_threshold(probs, np.array([0, 0, 1, 0, 1, 1])) == 0.4
-    assert youden_threshold(probs, np.array([1, 1, 1, 1, 1, 1])) == 0.5  # one class: undefined
-    assert youden_threshold(probs, np.array([1, 1, 0, 0, 0, 0])) == 0.5  # no cut beats chance

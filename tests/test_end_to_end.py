@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from plid.datamodules.contract import SpineDataset
 from plid.datamodules.synthetic import SyntheticSpec, ensure_dataset
@@ -17,7 +16,6 @@ from plid.pipeline.scoring import (
     EndToEndScores,
     ImageTruth,
     average_precision,
-    binary_scores,
     crop_confusion,
     match_boxes,
     score_image,
@@ -130,18 +128,6 @@ def test_average_precision_by_hand():
     assert average_precision(detections, 2) == pytest.approx(0.5 + 2 / 3 * 0.5, abs=0.01)
     assert average_precision(np.zeros((0, 2)), 2) == 0.0
     assert np.isnan(average_precision(detections, 0))
-
-
-def test_binary_scores_agree_with_torchmetrics():
-    from torchmetrics.functional.classification import binary_auroc, binary_specificity
-
-    rng = np.random.default_rng(0)
-    target = rng.integers(0, 2, 200).astype(float)
-    probability = np.clip(target * 0.3 + rng.random(200) * 0.7, 0, 1)
-    scores = binary_scores(probability, target, 0.5)
-    p, t = torch.from_numpy(probability), torch.from_numpy(target).long()
-    assert scores["auc"] == pytest.approx(float(binary_auroc(p, t)), abs=1e-6)
-    assert scores["specificity"] == pytest.approx(float(binary_specificity(p, t, threshold=0.5)), abs=1e-6)
 
 
 def test_segmentation_per_case_leaves_absent_classes_out_and_pooled_sums_pixels():
@@ -300,7 +286,7 @@ def test_evaluate_command_on_an_exported_model_dir_writes_every_file(tmp_path, d
 
 def test_batched_figures_equal_the_figures_of_each_resampled_set():
     """A replicate of the bootstrap scored as counts equals the figures of the images repeated that often."""
-    from plid.evaluation import bootstrap_counts
+    from plid.metrics import bootstrap_counts
 
     rng = np.random.default_rng(1)
     scores = []
@@ -323,15 +309,3 @@ def test_batched_figures_equal_the_figures_of_each_resampled_set():
             if name == "disc_map50":  # repeated boxes of one image add points to the curve; counts do not
                 continue
             np.testing.assert_allclose(batch[name][r], value, atol=1e-9, equal_nan=True, err_msg=name)
-
-
-def test_pr_auc_and_auc_agree_with_torchmetrics_with_ties():
-    from torchmetrics.functional.classification import binary_auroc, binary_average_precision
-
-    rng = np.random.default_rng(2)
-    target = rng.integers(0, 2, 300)
-    probability = np.round(np.clip(target * 0.2 + rng.random(300) * 0.8, 0, 1), 1)  # many ties
-    scores = binary_scores(probability, target, 0.4)
-    p, t = torch.from_numpy(probability), torch.from_numpy(target)
-    assert scores["auc"] == pytest.approx(float(binary_auroc(p, t)), abs=1e-6)
-    assert scores["pr_auc"] == pytest.approx(float(binary_average_precision(p, t)), abs=1e-6)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_module
-from torchmetrics.functional.classification import binary_accuracy, binary_auroc, binary_f1_score
+from torchmetrics.functional.classification import binary_auroc
 
 from plid.ensemble.combine import load_ensemble, weighted_average
 from plid.ensemble.predictions import Predictions, load_predictions, save_predictions
@@ -17,7 +17,16 @@ from plid.ensemble.run import load_runs, resolve_runs
 from plid.ensemble.scoring import ClassificationScorer, SegmentationScorer, allocate
 from plid.ensemble.weights import count_unique, iter_unique, primitive, search_weights
 from plid.errors import UserInputError
-from plid.models.metrics import dice_iou, segmentation_scores
+from plid.labels import CLASS_NAMES
+from plid.metrics import (
+    binary_scores,
+    confusions_per_case,
+    dice_iou,
+    multiclass_scores,
+    per_case_dice,
+    predicted_classes,
+    segmentation_metric,
+)
 
 
 def _softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -48,7 +57,7 @@ def _equation_1(probs, weights) -> np.ndarray:
 def _loop_miou(probs, targets, weights) -> float:
     pred = _equation_1(probs, weights).argmax(1)
     confusion = np.bincount((targets * 4 + pred).ravel(), minlength=16).reshape(4, 4)
-    return segmentation_scores(torch.as_tensor(confusion))["miou"]
+    return float(segmentation_metric(torch.as_tensor(confusion), "miou"))
 
 
 def _raw_grid(num_models: int, levels: int):
@@ -88,9 +97,6 @@ def test_segmentation_confusion_equals_full_maps_for_every_candidate():
 
 
 def test_segmentation_ensemble_reports_dice_pooled_and_per_case():
-    from plid.evaluation import case_confusions
-    from plid.models.metrics import per_case_dice
-
     rng = np.random.default_rng(4)
     probs, targets = _seg_case(rng, n=5, strengths=(2.0, 1.0, 0.5))
     targets[0][targets[0] == 3] = 0  # the canal absent from case 0's reference ...
@@ -98,8 +104,9 @@ def test_segmentation_ensemble_reports_dice_pooled_and_per_case():
         p[0, 3] = 0  # ... and from every model's prediction there: NaN for that case, left out of the mean
     scorer = SegmentationScorer(probs, targets, sample_pixels=None)
     for vector in ([1, 0, 0], [1, 2, 3], [0, 1, 1]):
-        scores = scorer.scores(vector)
-        confusions = case_confusions(_equation_1(probs, vector), targets)
+        scores = scorer.scores(vector, CLASS_NAMES)
+        ensemble = torch.as_tensor(_equation_1(probs, vector))
+        confusions = confusions_per_case(predicted_classes(ensemble), torch.as_tensor(targets), 4).numpy()
         np.testing.assert_array_equal(scorer.case_confusions(vector).numpy(), confusions)
         case_dice = per_case_dice(torch.as_tensor(confusions))
         assert np.isnan(dice_iou(torch.as_tensor(confusions[0]))[0][3])
@@ -129,12 +136,9 @@ def test_deduplicated_search_equals_brute_force_segmentation():
 def test_deduplicated_search_equals_brute_force_classification(metric):
     rng = np.random.default_rng(2)
     probs, targets = _cls_case(rng, strengths=(1.0, 0.8, 0.5))
-    target = torch.as_tensor(targets)
-    reference = {"accuracy": binary_accuracy, "f1": binary_f1_score, "auc": binary_auroc}[metric]
 
     def loop_score(vector):
-        p1 = torch.as_tensor(_equation_1(probs, vector)[:, 1])
-        return float(reference(p1, target)) if metric == "auc" else float(reference((p1 > 0.5).long(), target))
+        return binary_scores(_equation_1(probs, vector)[:, 1], targets, 0.5)[metric]
 
     scorer = ClassificationScorer(probs, targets, metric)
     result = search_weights(scorer, 3, step=0.1, max_candidates=None)
@@ -143,17 +147,36 @@ def test_deduplicated_search_equals_brute_force_classification(metric):
     assert loop_score(result.best) == pytest.approx(brute, abs=1e-6)
 
 
-def test_classification_metrics_match_torchmetrics_for_every_candidate():
+def test_classification_scorer_equals_the_metrics_module_for_every_candidate():
+    """The batched fast path against plid.metrics on each candidate's ensemble probabilities (equation 1)."""
     rng = np.random.default_rng(3)
     probs, targets = _cls_case(rng, n=60)
-    target = torch.as_tensor(targets)
     candidates = np.concatenate(list(iter_unique(3, 3)))
-    for metric, reference in [("accuracy", binary_accuracy), ("f1", binary_f1_score), ("auc", binary_auroc)]:
+    for metric in ("accuracy", "f1", "auc"):
         scores = ClassificationScorer(probs, targets, metric)(candidates)
         for vector, score in zip(candidates, scores):
-            p1 = torch.as_tensor(_equation_1(probs, vector)[:, 1])
-            expected = reference(p1, target) if metric == "auc" else reference((p1 > 0.5).long(), target)
-            assert score == pytest.approx(float(expected), abs=1e-6)
+            assert score == pytest.approx(binary_scores(_equation_1(probs, vector)[:, 1], targets, 0.5)[metric],
+                                          abs=1e-6)
+    scorer = ClassificationScorer(probs, targets)
+    for vector in candidates[:5]:
+        expected = binary_scores(_equation_1(probs, vector)[:, 1], targets, 0.5)
+        for name, value in scorer.scores(vector).items():
+            assert value == pytest.approx(expected[name], abs=1e-6), name
+
+
+def test_multiclass_scorer_equals_the_metrics_module_for_every_candidate():
+    rng = np.random.default_rng(6)
+    targets = rng.integers(0, 3, 50)  # class 3 of 4 in no reference, and (weak logits) rarely predicted
+    onehot = np.eye(4)[targets]
+    probs = [_softmax(onehot * s + rng.normal(size=onehot.shape) - 3 * np.eye(4)[3], 1).astype(np.float16)
+             for s in (2.0, 1.0, 0.5)]
+    candidates = np.concatenate(list(iter_unique(3, 3)))
+    for metric in ("accuracy", "f1"):
+        scores = ClassificationScorer(probs, targets, metric)(candidates)
+        for vector, score in zip(candidates, scores):
+            predicted = torch.as_tensor(_equation_1(probs, vector).argmax(1))
+            expected = multiclass_scores(predicted, torch.as_tensor(targets), 4)[metric]
+            assert score == pytest.approx(expected, abs=1e-6), metric
 
 
 def test_weight_lands_on_the_perfect_model():
@@ -266,7 +289,7 @@ def test_classification_ensemble_end_to_end_from_a_multirun_dir(tmp_path):
 
 
 def test_the_ensemble_decision_threshold_is_chosen_on_its_validation_probabilities(tmp_path):
-    from plid.evaluation import classification_metrics, youden_threshold
+    from plid.metrics import youden_threshold
 
     runs = _cls_runs(tmp_path, np.random.default_rng(9), strengths=(1.0, 0.5))
     out = tmp_path / "ensemble"
@@ -283,7 +306,7 @@ def test_the_ensemble_decision_threshold_is_chosen_on_its_validation_probabiliti
     threshold = youden_threshold(*wae("val"))
     assert chosen["threshold"] == summary["threshold"] == summary["val"]["WAE"]["threshold"] == pytest.approx(threshold)
     assert summary["test"]["WAE"]["threshold"] == chosen["threshold"]  # test is scored at the val threshold
-    expected = classification_metrics(*wae("test"), chosen["threshold"])
+    expected = binary_scores(*wae("test"), chosen["threshold"])
     for name in ("recall", "specificity", "f1", "balanced_accuracy"):
         assert summary["test"]["WAE"][name] == pytest.approx(expected[name])
 

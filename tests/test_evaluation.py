@@ -1,4 +1,4 @@
-"""Evaluation statistics: patient bootstrap, metrics, k-fold plan, collecting fold runs into tables."""
+"""The k-fold evaluation: the fold plan, collecting fold runs into tables and figures (its statistics: test_metrics.py)."""
 
 from __future__ import annotations
 
@@ -12,57 +12,6 @@ import pytest
 from plid.ensemble.predictions import Predictions, load_predictions, save_predictions
 from plid.errors import UserInputError
 from plid.evaluate import check_disjoint_folds, evaluate_runs, fold_plan
-from plid.evaluation import auc, case_confusions, classification_metrics, patient_bootstrap, segmentation_metrics
-
-
-def _cases(patients: int, per_patient: int, seed: int):
-    """Scores that separate the classes imperfectly, several cases per patient."""
-    rng = np.random.default_rng(seed)
-    groups = np.repeat([f"p{k}" for k in range(patients)], per_patient)
-    targets = rng.integers(0, 2, len(groups))
-    scores = np.clip(0.5 + (targets - 0.5) * 0.4 + rng.normal(0, 0.25, len(groups)), 0, 1)
-    return groups, scores, targets
-
-
-def _interval(patients: int, seed: int = 0):
-    groups, scores, targets = _cases(patients, 3, seed)
-    return patient_bootstrap(groups, lambda i: classification_metrics(scores[i], targets[i]), samples=300, seed=0)
-
-
-def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_patients():
-    small, large = _interval(20), _interval(400)
-    for name in ("accuracy", "auc", "f1"):
-        for result in (small, large):
-            assert result[name]["low"] <= result[name]["value"] <= result[name]["high"]
-        assert large[name]["high"] - large[name]["low"] < 0.5 * (small[name]["high"] - small[name]["low"])
-
-
-def test_bootstrap_resamples_patients_not_cases():
-    # every case of a patient agrees: an accuracy bootstrap over patients moves in steps of whole patients
-    groups = np.repeat(["a", "b"], [1, 9])
-    correct = np.repeat([0.0, 1.0], [1, 9])
-    result = patient_bootstrap(groups, lambda i: {"acc": float(correct[i].mean())}, samples=200, seed=1)
-    assert result["acc"]["value"] == pytest.approx(0.9)
-    # resampling patients gives 0 (a, a), 0.9 (a, b) or 1 (b, b); resampling cases could never reach 0
-    assert result["acc"]["low"] == 0.0 and result["acc"]["high"] == 1.0
-
-
-def test_bootstrap_is_seeded():
-    assert _interval(30) == _interval(30)
-
-
-def test_metrics_by_hand():
-    assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
-    assert np.isnan(auc(np.array([0.1, 0.2]), np.array([1, 1])))
-    m = classification_metrics(np.array([0.9, 0.8, 0.2, 0.6]), np.array([1, 0, 0, 1]))
-    # predicted 1, 1, 0, 1: tp 2, fp 1, tn 1, fn 0
-    assert (m["accuracy"], m["recall"], m["specificity"]) == (0.75, 1.0, 0.5)
-    assert m["precision"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(0.8)
-    probs = np.zeros((1, 4, 2, 2))
-    probs[0, 2] = 1  # everything predicted disc
-    conf = case_confusions(probs, np.array([[[2, 2], [0, 1]]]))
-    assert conf.shape == (1, 4, 4) and conf[0, 2, 2] == 2 and conf.sum() == 4
-    assert segmentation_metrics(conf)["dice_disc"] == pytest.approx(2 * 2 / (2 * 2 + 2))
 
 
 def test_kfold_driver_never_puts_a_patient_in_two_folds(compose):
@@ -146,18 +95,3 @@ def test_evaluate_smoke_command(tmp_path, data_dir):
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert evaluation["task"] == "seg" and "dice" in evaluation["folds"][0]["val"]["metrics"]
     assert Path(evaluation["figures"]["segmentation_grid"]).is_file()
-
-
-def test_dice_is_reported_pooled_over_pixels_and_per_case_as_nnunet():
-    from plid.evaluation import segmentation_metrics
-
-    # two cases, classes background, vertebra, disc, canal; rows true class, columns predicted
-    big = np.diag([100, 0, 90, 0])  # a large disc found whole; no canal in reference or prediction
-    small = np.array([[100, 0, 0, 0], [0, 0, 0, 0], [10, 0, 0, 0], [0, 0, 0, 20]])  # a small disc missed
-    scores = segmentation_metrics(np.stack([big, small]))
-    assert scores["dice_disc"] == scores["dice_pooled_disc"] == pytest.approx(180 / 190)  # pixels pooled
-    assert scores["dice_per_case_disc"] == pytest.approx((1.0 + 0.0) / 2)  # each case counts the same
-    assert scores["dice_per_case_canal"] == 1.0  # case 1 has no canal anywhere: NaN, left out of the mean
-    assert np.isnan(scores["dice_per_case_vertebra"])  # absent from every case
-    assert scores["dice_per_case"] == pytest.approx((0.5 + 1.0) / 2)  # nanmean over the foreground classes
-    assert scores["dice"] == scores["dice_pooled"] == pytest.approx((180 / 190 + 1.0) / 2)

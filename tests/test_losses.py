@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from plid.models.losses import DiceFocalLoss
-from plid.models.metrics import predicted_classes, segmentation_scores
 
 
 def test_perfect_prediction_has_near_zero_loss():
@@ -34,23 +33,3 @@ def test_focal_weight_zero_is_plain_dice_and_loss_has_gradients():
     assert both > dice_only > 0
     both.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
-
-
-def test_scores_from_confusion_matrix():
-    # rows: true class, columns: predicted; class 3 absent from reference and prediction
-    confusion = torch.tensor([[10, 0, 0, 0], [2, 6, 0, 0], [0, 0, 4, 0], [0, 0, 0, 0]])
-    scores = segmentation_scores(confusion)
-    assert scores["dice_vertebra"] == pytest.approx(2 * 6 / (2 * 6 + 0 + 2))
-    assert scores["iou_background"] == pytest.approx(10 / 12)
-    assert math.isnan(scores["dice_canal"])
-    assert scores["dice"] == pytest.approx((12 / 14 + 1.0) / 2)  # nanmean over vertebra, disc
-    assert scores["miou"] == pytest.approx((10 / 12 + 6 / 8 + 1.0) / 3)
-
-
-def test_predicted_classes_is_argmax_ties_included():
-    scores = torch.randn(3, 4, 9, 7)
-    scores[0, :, 0, 0] = 1.0  # a four-way tie: the first class, as argmax
-    scores[1, 2:, 1, 1] = scores[1, :, 1, 1].max() + 1  # classes 2 and 3 tie above the rest
-    assert torch.equal(predicted_classes(scores), scores.argmax(1))
-    assert predicted_classes(scores)[0, 0, 0] == 0 and predicted_classes(scores)[1, 1, 1] == 2
-    assert torch.equal(predicted_classes(scores[0], dim=0), scores[0].argmax(0))

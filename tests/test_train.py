@@ -156,16 +156,20 @@ def test_summary_reports_dice_pooled_and_per_case_as_the_saved_predictions_give_
     from pathlib import Path
 
     import numpy as np
+    import torch
 
     from plid.ensemble.predictions import load_predictions
-    from plid.evaluation import case_confusions, segmentation_metrics
+    from plid.labels import CLASS_NAMES
+    from plid.metrics import case_segmentation_scores, confusions_per_case, predicted_classes
     from plid.training import train
 
     cfg = compose("debug=smoke", "trainer.limit_test_batches=1.0")
     train(cfg)
     summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
     saved = load_predictions(f"{cfg.paths.output_dir}/predictions/test.npz")
-    expected = segmentation_metrics(case_confusions(saved.probs, saved.targets))
+    probs = torch.from_numpy(saved.probs)
+    confusions = confusions_per_case(predicted_classes(probs), torch.from_numpy(saved.targets), probs.shape[1])
+    expected = case_segmentation_scores(confusions, CLASS_NAMES)
     for name in ("dice_pooled", "dice_per_case", "dice_per_case_disc", "dice_pooled_canal"):
         assert summary["test"][name] == pytest.approx(expected[name], abs=1e-6), name
     assert summary["test"]["dice"] == summary["test"]["dice_pooled"]  # the monitored key keeps its meaning

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
 from plid.labels import CLASS_COLOURS, CLASS_NAMES
-from plid.models.metrics import predicted_classes
+from plid.metrics import predicted_classes
 from plid.utils.figures import log_figure, save_figure
 
 RGB = np.asarray(CLASS_COLOURS, dtype=np.float32) / 255  # background is left transparent

@@ -29,8 +29,8 @@ from plid.ensemble.predictions import SPLITS, Predictions, load_predictions, run
 from plid.ensemble.scoring import ClassificationScorer, SegmentationScorer
 from plid.ensemble.weights import search_weights
 from plid.errors import UserInputError
-from plid.evaluation import classification_metrics, youden_threshold
 from plid.labels import CLASS_NAMES
+from plid.metrics import CLASSIFICATION_METRICS, binary_scores, youden_threshold
 from plid.utils.io import atomic_write, claim_output_dir, write_json
 from plid.utils.sorting import natural_key
 
@@ -144,8 +144,8 @@ def _report(task: str, scorer, rows: dict[str, np.ndarray],
     for row, vector in rows.items():
         scores = scorer.scores(vector)
         if thresholds is not None and scorer.binary:
-            at = classification_metrics(scorer.positive_probs(vector), scorer.targets.numpy(), thresholds[row])
-            scores.update({k: v for k, v in at.items() if k != "auc"}, threshold=thresholds[row])
+            at = binary_scores(scorer.positive_probs(vector), scorer.targets.numpy(), thresholds[row])
+            scores.update({k: at[k] for k in CLASSIFICATION_METRICS if k != "auc"}, threshold=thresholds[row])
         report[row] = scores
     return report
 

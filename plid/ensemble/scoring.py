@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from plid.errors import UserInputError
-from plid.models.metrics import SEGMENTATION_METRICS, per_case_dice, segmentation_metric, segmentation_scores
+from plid.metrics import SEGMENTATION_METRICS, per_case_dice, segmentation_metric, segmentation_scores
 
-CLASSIFICATION_METRICS = ("accuracy", "f1", "auc")
+# the figures of plid.metrics.CLASSIFICATION_METRICS a search can maximise (AUC for two classes only)
+SEARCH_METRICS = ("accuracy", "f1", "auc")
 # elements of the largest (B, cases, classes) block built at once: bounds memory to ~64 MB of float32
 _BLOCK = 1 << 24
 # candidates x pixels of one sign-test block: small enough to stay in cache (measured fastest on 2 CPU cores)
@@ -42,14 +43,17 @@ class ClassificationScorer:
     With two classes (the disc classifiers) a case is predicted positive when ``w . (p1 - p0) > 0``, so a
     batch of candidates is one (B, M) x (M, N) product, a sign test and a second product with the labels that
     counts true and all positive calls; every score but AUC comes from those counts, and only the cases where
-    the models disagree enter the products (the others are called the same by every weighting). F1 is that of the positive class 1 (macro
-    over classes when C > 2); AUC, for two classes only, is the Mann-Whitney statistic, ties counting one half
-    (the ROC area). Zero over zero (e.g. precision with no positive prediction) scores 0, as in torchmetrics.
+    the models disagree enter the products (the others are called the same by every weighting). F1 is that of
+    the positive class 1 (when C > 2 the macro mean over the classes present in reference or prediction); AUC,
+    for two classes only, is the Mann-Whitney statistic, ties counting one half (the ROC area). These equal
+    :func:`plid.metrics.binary_scores` and :func:`plid.metrics.multiclass_scores` of the ensemble's
+    probabilities (``tests/test_ensemble.py``), but for zero over zero (e.g. precision with no positive call),
+    which scores 0 here, so that every candidate has a score to rank, and NaN there.
     """
 
     def __init__(self, probs: Sequence[np.ndarray], targets: np.ndarray, metric: str = "accuracy"):
-        if metric not in CLASSIFICATION_METRICS:
-            raise UserInputError(f"metric={metric!r} is not a classification metric; one of {CLASSIFICATION_METRICS}")
+        if metric not in SEARCH_METRICS:
+            raise UserInputError(f"metric={metric!r} is not a classification metric; one of {SEARCH_METRICS}")
         self.probs = torch.as_tensor(np.stack([np.asarray(p, dtype=np.float32) for p in probs]))  # (M, N, C)
         _, self.num_cases, self.num_classes = self.probs.shape
         self.targets = torch.as_tensor(np.asarray(targets, dtype=np.int64))
@@ -101,8 +105,9 @@ class ClassificationScorer:
             onehot_true = torch.nn.functional.one_hot(self.targets, self.num_classes).double()
             tp = (onehot_pred * onehot_true).sum(-2)
             den = onehot_pred.sum(-2) + onehot_true.sum(-2)
-            out = {"accuracy": (pred == self.targets).double().mean(-1),
-                   "f1": torch.where(den > 0, 2 * tp / den.clamp(min=1), torch.zeros_like(tp)).mean(-1)}
+            present = (den > 0).double()  # classes absent from reference and prediction leave the macro mean
+            f1 = (2 * tp / den.clamp(min=1) * present).sum(-1) / present.sum(-1)
+            out = {"accuracy": (pred == self.targets).double().mean(-1), "f1": f1}
             return {k: v for k, v in out.items() if k in names}
         out = {}
         if "auc" in names:
@@ -300,11 +305,8 @@ class SegmentationScorer:
         counts = torch.bincount(cells, minlength=n * c * c).reshape(n, c * c)
         return (counts + self.case_fixed).reshape(n, c, c)
 
-    def scores(self, vector, class_names: Sequence[str] | None = None) -> dict[str, float]:
+    def scores(self, vector, class_names: Sequence[str]) -> dict[str, float]:
         """Every score of one weighting (per-class Dice and IoU pooled over pixels, dice, miou, miou_fg, and Dice
         per case, ``dice_per_case``), exactly."""
-        confusion = self.confusion([vector])[0]
         case_dice = per_case_dice(self.case_confusions(vector))
-        if class_names:
-            return segmentation_scores(confusion, class_names, case_dice=case_dice)
-        return segmentation_scores(confusion, case_dice=case_dice)
+        return segmentation_scores(self.confusion([vector])[0], class_names, case_dice=case_dice)

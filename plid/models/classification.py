@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,16 +12,10 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MaxMetric, Metric
 from torchmetrics.classification import BinaryConfusionMatrix, BinaryROC
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_average_precision,
-    binary_confusion_matrix,
-    binary_roc,
-)
 from torchmetrics.utilities import dim_zero_cat
 
 from plid.errors import UserInputError
-from plid.evaluation import youden_threshold
+from plid.metrics import binary_confusion, binary_scores, roc_points, youden_threshold
 from plid.models.base import SpineModule
 from plid.models.nets import DiscClassifier, set_trainable
 from plid.utils.figures import log_figure, save_figure
@@ -54,33 +47,6 @@ class StageOutputs(Metric):
         return dim_zero_cat(self.probs), dim_zero_cat(self.targets)
 
 
-def binary_scores(probs: torch.Tensor, targets: torch.Tensor, threshold: float) -> tuple[dict[str, float], dict]:
-    """The paper's scores of positive-class probabilities against 0/1 targets, a case called positive where its
-    probability is above ``threshold``: accuracy, balanced accuracy, specificity, precision, recall, F1 (0/0
-    scores 0, as in torchmetrics), the threshold-free ROC AUC and PR AUC (NaN on a one-class split, as recall
-    or specificity then are) and the confusion counts. Returns them and the confusion matrix and ROC curve."""
-    with warnings.catch_warnings():  # torchmetrics warns of one-class splits; handled below
-        warnings.simplefilter("ignore", UserWarning)
-        confusion = binary_confusion_matrix(probs, targets, threshold=threshold)
-        roc = binary_roc(probs, targets)
-        auc, pr_auc = float(binary_auroc(probs, targets)), float(binary_average_precision(probs, targets))
-    tn, fp, fn, tp = confusion.flatten().tolist()
-
-    def ratio(a: float, b: float) -> float:
-        return a / b if b else 0.0
-
-    recall, specificity = ratio(tp, tp + fn), ratio(tn, tn + fp)
-    scores = {"accuracy": ratio(tp + tn, tn + fp + fn + tp), "specificity": specificity,
-              "precision": ratio(tp, tp + fp), "recall": recall, "f1": ratio(2 * tp, 2 * tp + fp + fn),
-              "auc": auc, "pr_auc": pr_auc}
-    if min(tn + fp, fn + tp) == 0:  # torchmetrics scores what a one-class split leaves undefined as 0
-        scores["auc"] = scores["pr_auc"] = float("nan")
-        scores["recall" if fn + tp == 0 else "specificity"] = float("nan")
-    scores["balanced_accuracy"] = float(torch.tensor([scores["recall"], scores["specificity"]]).nanmean())
-    scores.update(tn=tn, fp=fp, fn=fn, tp=tp, threshold=float(threshold))
-    return scores, {"confusion": confusion, "roc": roc}
-
-
 class ClassificationModule(SpineModule):
     """Trains a :class:`DiscClassifier` with class-weighted cross-entropy; logs accuracy, balanced accuracy,
     specificity, precision, recall, F1, ROC AUC, PR AUC, the confusion matrix (``tn``, ``fp``, ``fn``,
@@ -88,7 +54,7 @@ class ClassificationModule(SpineModule):
 
     The decision threshold (a case is positive where its probability is above it) is chosen at the end of every
     validation epoch on that epoch's validation probabilities, by Youden's J
-    (:func:`plid.evaluation.youden_threshold`; 0.5 where the split holds one class), kept as
+    (:func:`plid.metrics.youden_threshold`; 0.5 where the split holds one class), kept as
     :attr:`threshold`, and used for that epoch's validation scores and for testing: a test run therefore
     scores the threshold of the last validation of the same weights (``plid.train`` validates the best
     checkpoint just before testing it). After testing it writes ``roc_curve_test.png`` and
@@ -155,38 +121,39 @@ class ClassificationModule(SpineModule):
     def update_metrics(self, logits: torch.Tensor, batch: dict, stage: str) -> None:
         self.outputs[stage].update(logits.softmax(1)[:, 1], batch["target"])
 
-    def _log_scores(self, stage: str) -> tuple[dict[str, float], dict]:
-        """Log the stage's scores (choosing the threshold first on val); returns them and the confusion matrix
-        and ROC curve."""
+    def _log_scores(self, stage: str) -> tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor]]:
+        """Log the stage's scores (:func:`plid.metrics.binary_scores`, choosing the threshold first on val);
+        returns them and the probabilities and targets they come from."""
         probs, targets = self.outputs[stage].compute()
         self.outputs[stage].reset()
         if stage == "val" and not self.trainer.sanity_checking:
             self.threshold = youden_threshold(probs.cpu().numpy(), targets.cpu().numpy())
-        scores, computed = binary_scores(probs, targets, self.threshold)
+        scores = {**binary_scores(probs, targets, self.threshold), "threshold": float(self.threshold)}
         if min(scores["tn"] + scores["fp"], scores["fn"] + scores["tp"]) == 0:
             log.warning("the %s split holds one class only (%d negative, %d positive): its AUCs are NaN", stage,
                         scores["tn"] + scores["fp"], scores["fn"] + scores["tp"])
         self.log_dict({f"{stage}/{k}": float(v) for k, v in scores.items()})
-        return scores, computed
+        return scores, (probs, targets)
 
     def on_validation_epoch_end(self) -> None:
         scores, _ = self._log_scores("val")
         self.log_monitor_best(scores)
 
     def on_test_epoch_end(self) -> None:
-        scores, computed = self._log_scores("test")
+        scores, cases = self._log_scores("test")
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            self._save_figures("test", scores, computed)
+            self._save_figures("test", scores, *cases)
 
-    def _save_figures(self, stage: str, scores: dict[str, float], computed: dict) -> None:
+    def _save_figures(self, stage: str, scores: dict[str, float], probs: torch.Tensor, targets: torch.Tensor) -> None:
         """ROC curve and confusion matrix as PNGs in the run's folder, and to the loggers that take images."""
         import matplotlib.pyplot as plt
 
         out = Path(self.trainer.default_root_dir)
-        title = f"{self.class_names[1]} ({stage}, {int(computed['confusion'].sum())} cases)"
+        title = f"{self.class_names[1]} ({stage}, {len(targets)} cases)"
         figures = {
-            "roc_curve": BinaryROC().plot(curve=computed["roc"])[0],
-            "confusion_matrix": BinaryConfusionMatrix().plot(val=computed["confusion"], labels=self.class_names)[0],
+            "roc_curve": BinaryROC().plot(curve=roc_points(probs, targets))[0],
+            "confusion_matrix": BinaryConfusionMatrix().plot(val=binary_confusion(probs, targets, self.threshold),
+                                                             labels=self.class_names)[0],
         }
         axes = figures["roc_curve"].axes[0]
         axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)  # chance

@@ -12,7 +12,6 @@ out of that head's loss and metrics, and still trains the others.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,16 +20,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MaxMetric
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_average_precision,
-    multiclass_cohen_kappa,
-    multiclass_confusion_matrix,
-)
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from plid.errors import UserInputError
-from plid.evaluation import youden_threshold
 from plid.labels import MISSING, Grading, gradings
+from plid.metrics import binary_scores, ordinal_scores, youden_threshold
 from plid.models.base import SpineModule
 from plid.models.classification import DEFAULT_LR
 from plid.models.nets import DiscClassifier, build_classifier, set_trainable
@@ -115,38 +109,12 @@ def build_grader(name: str, targets: Sequence[str], pretrained: bool = False, we
     return net
 
 
-def binary_scores(probs: torch.Tensor, target: torch.Tensor, threshold: float) -> dict[str, float]:
-    """AUC, PR AUC, and at ``threshold``: sensitivity, specificity, balanced accuracy (NaN where undefined)."""
-    nan = float("nan")
-    positives, negatives = int(target.sum()), int((1 - target).sum())
-    predicted = probs > threshold  # as plid.evaluation.youden_threshold chooses it, and predict calls it
-    sensitivity = float((predicted & (target == 1)).sum() / positives) if positives else nan
-    specificity = float((~predicted & (target == 0)).sum() / negatives) if negatives else nan
-    both = positives and negatives
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        auc = float(binary_auroc(probs, target)) if both else nan
-        pr_auc = float(binary_average_precision(probs, target)) if both else nan
-    return {"auc": auc, "pr_auc": pr_auc, "sensitivity": sensitivity, "specificity": specificity,
-            "balanced_accuracy": float(np.nanmean([sensitivity, specificity])) if positives or negatives else nan,
-            "positives": positives, "negatives": negatives}
-
-
-def ordinal_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """Balanced accuracy (mean recall over the grades present), quadratic-weighted kappa, accuracy within one
-    grade, exact accuracy."""
-    nan = float("nan")
-    if target.numel() == 0:
-        return {"balanced_accuracy": nan, "kappa": nan, "within_one": nan, "accuracy": nan, "count": 0}
-    recalls = [float((pred[target == k] == k).float().mean()) for k in range(num_classes) if (target == k).any()]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        kappa = float(multiclass_cohen_kappa(pred, target, num_classes, weights="quadratic"))
-    if target.min() == target.max() and pred.min() == pred.max():
-        kappa = nan  # one grade in reference and prediction: agreement beyond chance is undefined
-    return {"balanced_accuracy": float(np.mean(recalls)), "kappa": kappa,
-            "within_one": float(((pred - target).abs() <= 1).float().mean()),
-            "accuracy": float((pred == target).float().mean()), "count": int(target.numel())}
+def grading_scores(scores: dict[str, float]) -> dict[str, float]:
+    """What a binary grading logs of :func:`plid.metrics.binary_scores`: AUC, PR AUC, and at the threshold
+    sensitivity, specificity, balanced accuracy, with the counts of positive and negative discs."""
+    return {"auc": scores["auc"], "pr_auc": scores["pr_auc"], "sensitivity": scores["recall"],
+            "specificity": scores["specificity"], "balanced_accuracy": scores["balanced_accuracy"],
+            "positives": scores["tp"] + scores["fn"], "negatives": scores["tn"] + scores["fp"]}
 
 
 class GradingModule(SpineModule):
@@ -275,7 +243,8 @@ class GradingModule(SpineModule):
             p = probs[g.name][labelled].float()
             if choose_thresholds:
                 self.thresholds[k] = youden_threshold(p.cpu().numpy(), t.cpu().numpy())
-            scores[g.name] = {**binary_scores(p, t, float(self.thresholds[k])), "threshold": float(self.thresholds[k])}
+            scores[g.name] = grading_scores(binary_scores(p, t, float(self.thresholds[k])))
+            scores[g.name]["threshold"] = float(self.thresholds[k])
         return scores, confusion
 
     def _log_scores(self, stage: str, scores: dict[str, dict[str, float]]) -> float:

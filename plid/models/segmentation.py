@@ -11,15 +11,15 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from plid.errors import UserInputError
 from plid.labels import CLASS_NAMES
+from plid.metrics import CaseDice, predicted_classes, segmentation_scores
 from plid.models.base import SpineModule
-from plid.models.metrics import CaseDice, predicted_classes, segmentation_scores
 
 
 class SegmentationModule(SpineModule):
     """Trains ``net`` (any smp model) with ``loss``; logs per-class Dice and IoU, mIoU and the best value
     of ``monitor`` under ``val/...`` and ``test/...``. Dice comes pooled over the split's pixels (``dice``,
     ``dice_<class>``, also as ``dice_pooled``, ``dice_pooled_<class>``) and per case, nnU-Net's way
-    (``dice_per_case``, ``dice_per_case_<class>``): see :mod:`plid.models.metrics`.
+    (``dice_per_case``, ``dice_per_case_<class>``): see :mod:`plid.metrics`.
 
     Args:
         net: the network, logits of shape (N, classes, H, W).

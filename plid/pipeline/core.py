@@ -38,8 +38,8 @@ from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
 from plid.labels import CLASS_NAMES, LEVEL_NAMES, grading, probability_key
 from plid.measurements import measure_discs
+from plid.metrics import predicted_classes
 from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
-from plid.models.metrics import predicted_classes
 from plid.pipeline.levels import assign_levels
 from plid.pipeline.model_dir import LoadedModels
 

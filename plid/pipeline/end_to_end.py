@@ -23,8 +23,8 @@ import numpy as np
 
 from plid.datamodules.contract import LUMBAR_BOX, SpineDataset
 from plid.errors import UserInputError
-from plid.evaluation import batched_patient_bootstrap
 from plid.labels import CLASS_NAMES
+from plid.metrics import batched_patient_bootstrap
 from plid.pipeline.batch import predict_files
 from plid.pipeline.core import Pipeline
 from plid.pipeline.scoring import (

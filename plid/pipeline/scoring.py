@@ -4,7 +4,7 @@ One :class:`ImageScore` per image holds what the end-to-end evaluation needs of 
 IoU with the labelled one, the disc boxes matched one-to-one to the labelled discs, the levels of the matched
 discs, the gradings' probabilities on the matched discs, and the segmentation's confusion matrix on the lumbar
 crop the pipeline chose. :class:`EndToEndScores` turns a set of images into every figure at once, so that
-the patient-level bootstrap of :func:`plid.evaluation.patient_bootstrap` resamples patients for all of them.
+the patient-level bootstrap of :func:`plid.metrics.batched_patient_bootstrap` resamples patients for all of them.
 
 Definitions (also in the README's "Evaluating a model_dir end to end"):
 
@@ -49,7 +49,7 @@ from torchvision.ops import box_iou
 
 from plid.datamodules.contract import DISC_BOX, LUMBAR_BOX, SpineDataset
 from plid.labels import ALL_GRADINGS, CLASS_NAMES
-from plid.models.metrics import dice_iou
+from plid.metrics import confusions_per_case, dice_iou, ratio, weighted_binary_scores, weighted_ordinal_scores
 
 MATCH_IOU = 0.5
 SUSPECTED_IOU = 0.3  # a missed labelled disc counts as flagged where a reported suspected disc overlaps it this much
@@ -220,31 +220,6 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
     return score
 
 
-def weighted_ordinal_scores(grade: np.ndarray, target: np.ndarray, weights: np.ndarray, num_classes: int,
-                            first: int = 0) -> dict[str, np.ndarray]:
-    """Balanced accuracy (mean recall over the grades present), quadratic-weighted Cohen's kappa and the share
-    within one grade of discs counted ``weights`` (R, n) times; grades ``first .. first + num_classes - 1``."""
-    weights = np.asarray(weights, dtype=np.float64)
-    k = num_classes
-    t = np.clip(np.asarray(target, dtype=np.int64) - first, 0, k - 1)
-    g = np.clip(np.asarray(grade, dtype=np.int64) - first, 0, k - 1)
-    cells = np.zeros((len(t), k * k))
-    cells[np.arange(len(t)), t * k + g] = 1
-    observed = (weights @ cells).reshape(len(weights), k, k)  # [sample, true, predicted]
-    total = observed.sum((1, 2))
-    rows, columns = observed.sum(2), observed.sum(1)
-    expected = _ratio(rows[:, :, None] * columns[:, None, :], total[:, None, None])
-    penalty = (np.arange(k)[:, None] - np.arange(k)[None]) ** 2
-    kappa = 1 - _ratio((penalty * observed).sum((1, 2)), (penalty * expected).sum((1, 2)))
-    recall = _ratio(observed[:, np.arange(k), np.arange(k)], rows)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        balanced = np.nanmean(recall, axis=1)
-    near = np.abs(t - g) <= 1
-    return {"balanced_accuracy": np.where(total > 0, balanced, np.nan), "kappa": np.where(total > 0, kappa, np.nan),
-            "within_one": _ratio(weights @ near, total), "accuracy": _ratio(weights @ (t == g), total)}
-
-
 def crop_confusion(predicted: np.ndarray | None, reference: np.ndarray, crop_box, num_classes: int = len(CLASS_NAMES)
                    ) -> np.ndarray:
     """Confusion matrix ``[true, predicted]`` inside the crop the pipeline segmented; the whole image against an
@@ -254,15 +229,8 @@ def crop_confusion(predicted: np.ndarray | None, reference: np.ndarray, crop_box
     else:
         x1, y1, x2, y2 = (int(v) for v in crop_box)
         truth, guess = reference[y1:y2, x1:x2], predicted[y1:y2, x1:x2]
-    flat = truth.astype(np.int64).ravel() * num_classes + guess.astype(np.int64).ravel()
-    return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def _ratio(a, b):
-    """``a / b`` elementwise, NaN where ``b`` is 0."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+    return confusions_per_case(torch.from_numpy(guess.astype(np.int64)[None]),
+                               torch.from_numpy(truth.astype(np.int64)[None]), num_classes)[0].numpy()
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -276,61 +244,6 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     if not values.size:
         return np.full(len(weights), np.nan)
     return np.where(total > 0, (values[low] + values[high]) / 2, np.nan)
-
-
-def _tie_groups(scores: np.ndarray, descending: bool) -> tuple[np.ndarray, int]:
-    """The rank of each score's group of equal scores (0 for the highest with ``descending``), and the count."""
-    unique, inverse = np.unique(scores, return_inverse=True)
-    return ((len(unique) - 1 - inverse) if descending else inverse), len(unique)
-
-
-def _group_sums(weights: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
-    """(R, n) weights summed per group: (R, count)."""
-    out = np.zeros((len(weights), count))
-    np.add.at(out.T, groups, weights.T)
-    return out
-
-
-def weighted_binary_scores(probability: np.ndarray, target: np.ndarray, weights: np.ndarray, threshold: float
-                           ) -> dict[str, np.ndarray]:
-    """ROC AUC, PR AUC, balanced accuracy, sensitivity, specificity at ``threshold`` (positive when the probability
-    is above it, as predict calls a disc positive) and Brier score of discs counted ``weights`` (R, n) times in each of R samples.
-
-    With all weights 1 these are the usual figures (ROC AUC as the Mann-Whitney statistic with ties counting one
-    half, PR AUC as average precision, as torchmetrics and scikit-learn compute them; ``tests/test_end_to_end.py``
-    checks both). Threshold-free figures are NaN where a sample lacks one class.
-    """
-    target = target.astype(bool)
-    weights = np.asarray(weights, dtype=np.float64)
-    positive_w, negative_w = weights[:, target].sum(1), weights[:, ~target].sum(1)
-    called = probability > threshold
-    sensitivity = _ratio(weights[:, target & called].sum(1), positive_w)
-    specificity = _ratio(weights[:, ~target & ~called].sum(1), negative_w)
-    both = (positive_w > 0) & (negative_w > 0)
-    # ROC AUC: for each positive, the weight of negatives scored below it, plus half of those tied with it
-    groups, count = _tie_groups(probability, descending=False)
-    negatives = _group_sums(weights * ~target, groups, count)
-    below = np.cumsum(negatives, axis=1) - negatives
-    credit = below[:, groups] + 0.5 * negatives[:, groups]
-    auc_value = _ratio((weights * target * credit).sum(1), positive_w * negative_w)
-    # PR AUC: precision at each distinct threshold, weighted by the recall it adds
-    groups, count = _tie_groups(probability, descending=True)
-    true = np.cumsum(_group_sums(weights * target, groups, count), axis=1)
-    false = np.cumsum(_group_sums(weights * ~target, groups, count), axis=1)
-    recall = _ratio(true, positive_w[:, None])
-    added = np.diff(np.concatenate([np.zeros((len(weights), 1)), recall], axis=1), axis=1)
-    pr_auc = np.nansum(added * _ratio(true, true + false), axis=1)
-    brier = _ratio((weights * (probability - target) ** 2).sum(1), weights.sum(1))
-    return {"auc": np.where(both, auc_value, np.nan), "pr_auc": np.where(both, pr_auc, np.nan),
-            "balanced_accuracy": np.where(both, (sensitivity + specificity) / 2, np.nan),
-            "sensitivity": sensitivity, "specificity": specificity, "brier": brier}
-
-
-def binary_scores(probability: np.ndarray, target: np.ndarray, threshold: float) -> dict[str, float]:
-    """:func:`weighted_binary_scores` of one sample, every disc once."""
-    scores = weighted_binary_scores(np.asarray(probability, dtype=np.float64), np.asarray(target),
-                                    np.ones((1, len(target))), threshold)
-    return {name: float(value[0]) for name, value in scores.items()}
 
 
 def weighted_average_precision(detections: np.ndarray, weights: np.ndarray, references: np.ndarray) -> np.ndarray:
@@ -423,21 +336,21 @@ class EndToEndScores:
         out: dict[str, np.ndarray] = {}
         boxed = ~np.isnan(self.lumbar_iou)
         out["lumbar_iou_median"] = _weighted_median(self.lumbar_iou[boxed], w[:, boxed])
-        out["lumbar_iou_at_least_0.5"] = _ratio(w[:, boxed] @ (self.lumbar_iou[boxed] >= 0.5), w[:, boxed].sum(1))
-        out["no_lumbar_region"] = _ratio(w @ (1 - self.lumbar_found), w.sum(1))
+        out["lumbar_iou_at_least_0.5"] = ratio(w[:, boxed] @ (self.lumbar_iou[boxed] >= 0.5), w[:, boxed].sum(1))
+        out["no_lumbar_region"] = ratio(w @ (1 - self.lumbar_found), w.sum(1))
         tp, reported, references = w @ self.matched, w @ self.reported, w @ self.references
-        out["disc_precision"] = _ratio(tp, reported)
-        out["disc_recall"] = _ratio(tp, references)
-        out["disc_f1"] = _ratio(2 * tp, reported + references)
+        out["disc_precision"] = ratio(tp, reported)
+        out["disc_recall"] = ratio(tp, references)
+        out["disc_f1"] = ratio(2 * tp, reported + references)
         out["disc_map50"] = weighted_average_precision(self.detections, w[:, self.detection_image], references)
-        out["level_accuracy"] = _ratio(w @ self.levels_right, w @ self.levels_labelled)
-        out["missed_discs_flagged"] = _ratio(w @ self.missed_flagged, w @ self.missed)
+        out["level_accuracy"] = ratio(w @ self.levels_right, w @ self.levels_labelled)
+        out["missed_discs_flagged"] = ratio(w @ self.missed_flagged, w @ self.missed)
         # the report's own flag: how right the levels are where it says they are certain, and how often it says so
-        out["level_accuracy_where_certain"] = _ratio(w @ (self.levels_right * self.certain),
+        out["level_accuracy_where_certain"] = ratio(w @ (self.levels_right * self.certain),
                                                      w @ (self.levels_labelled * self.certain))
-        out["images_levels_certain"] = _ratio(w @ self.certain, w.sum(1))
+        out["images_levels_certain"] = ratio(w @ self.certain, w.sum(1))
         levelled = ~np.isnan(self.all_levels_right)
-        out["images_all_levels_right"] = _ratio(w[:, levelled] @ self.all_levels_right[levelled], w[:, levelled].sum(1))
+        out["images_all_levels_right"] = ratio(w[:, levelled] @ self.all_levels_right[levelled], w[:, levelled].sum(1))
         for grading, threshold in self.thresholds.items():
             rows, image = self.gradings[grading]
             for name, values in weighted_binary_scores(rows[:, 0], rows[:, 1], w[:, image], threshold).items():
@@ -462,7 +375,7 @@ class EndToEndScores:
 
         def per_case(values: np.ndarray) -> np.ndarray:  # nanmean over the images of each sample, weighted
             present = ~np.isnan(values)
-            return _ratio(w @ np.where(present, values, 0), w @ present)
+            return ratio(w @ np.where(present, values, 0), w @ present)
 
         case_dice, case_iou = per_case(self.case_dice), per_case(self.case_iou)
         out = {}
