@@ -264,8 +264,8 @@ def weighted_ordinal_scores(grade: np.ndarray, target: np.ndarray, weights: np.n
 def predicted_classes(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """The argmax over the class dimension of logits or probabilities (the first class on a tie, as argmax).
 
-    ``max(dim).indices`` rather than ``argmax(dim)``: on CPU, torch's argmax over a non-last dimension is ~8 times
-    slower on one thread (69 ms against 8.5 ms for a (8, 4, 256, 256) batch; ``benchmarks/inference.py``).
+    ``max(dim).indices`` rather than ``argmax(dim)``: on CPU, torch's argmax over a non-last dimension is several
+    times slower (``benchmarks/inference.py`` measures both).
     """
     return scores.max(dim).indices
 
