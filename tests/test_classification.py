@@ -182,6 +182,7 @@ def test_target_must_be_a_binary_column_of_discs_csv(compose):
             dm.prepare_data()
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_metrics_and_figures(tmp_path):
     out = tmp_path / "run"
     result = run_module("plid.train", "model=cls_resnet50", "debug=smoke", f"hydra.run.dir={out}",

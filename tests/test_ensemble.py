@@ -323,6 +323,7 @@ def test_search_budget_is_per_task(tmp_path):
     assert search["strategy"] == "coarse-to-fine" and search["unique_grid"] == count_unique(3, 10)
 
 
+@pytest.mark.slow
 def test_bad_runs_give_one_clear_line(tmp_path):
     result = run_module("plid.ensemble", f"runs={tmp_path}/nowhere/*", f"hydra.run.dir={tmp_path}/out")
     assert result.returncode != 0
@@ -333,6 +334,7 @@ def test_bad_runs_give_one_clear_line(tmp_path):
     assert "search.max_candidates.seg=500000" in result.stderr
 
 
+@pytest.mark.slow
 def test_segmentation_ensemble_over_two_smoke_training_runs(tmp_path):
     sweep = tmp_path / "sweep"
     trained = run_module("plid.train", "-m", "debug=smoke", "model=unet_resnet34,linknet_resnet34",

@@ -253,6 +253,7 @@ def _two_classifiers(compose, tmp_path) -> list[Path]:
             for name, threshold in (("cls_resnet50", 0.3), ("cls_vgg16", 0.6))]
 
 
+@pytest.mark.slow
 def test_ensemble_and_classifier_names_must_match_both_ways(tmp_path, compose, detector_runs):
     from plid.errors import UserInputError
 

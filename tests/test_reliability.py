@@ -19,6 +19,7 @@ def _args(tmp_path, out):
             "trainer.limit_train_batches=6", "trainer.num_sanity_val_steps=0"]
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "plid.train", *_args(tmp_path, out)], cwd=PROJECT_ROOT,
@@ -56,6 +57,7 @@ def test_crash_during_write_leaves_previous_file_intact(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary left behind
 
 
+@pytest.mark.slow
 def test_two_seeded_runs_give_identical_metrics(compose, tmp_path):
     from plid.training import train
 

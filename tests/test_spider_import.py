@@ -191,6 +191,7 @@ def test_import_loads_in_the_segmentation_datamodule(compose, imported, tmp_path
     assert set(batch["target"].unique().tolist()) <= {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_command_line_import(spider, tmp_path):
     out = tmp_path / "cli"
     result = run_module("plid.data.spider", f"root={spider}", f"out={out}", "slices=2", "debug=smoke", "workers=2",

@@ -135,6 +135,7 @@ def test_wandb_logger_of_a_detection_run_names_stage_and_detector(compose):
     assert cfg.logger.wandb.group == "detect_ivd" and cfg.logger.wandb.name == "ivd_yolov8n"
 
 
+@pytest.mark.slow
 def test_multirun_of_two_models_logs_each_job_to_csv_tensorboard_and_offline_wandb(tmp_path, monkeypatch):
     """A segmenter and a classifier in one multirun: two run folders, each with its CSV, TensorBoard and W&B
     (offline) files and its media: overlays for the segmenter, ROC curve and confusion matrix for the classifier."""
@@ -168,6 +169,7 @@ def test_multirun_of_two_models_logs_each_job_to_csv_tensorboard_and_offline_wan
     assert len(run_ids) == 2
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_two_trials_and_records_the_best_value(tmp_path):
     import yaml
 

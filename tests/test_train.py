@@ -42,6 +42,7 @@ def test_image_size_the_architecture_cannot_take_is_caught_before_training(tmp_p
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_multirun_writes_one_dir_per_model(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_module("plid.train", "-m", "debug=smoke", "model=unet_resnet34,linknet_resnet34",
@@ -84,11 +85,15 @@ def test_summary_reports_the_best_checkpoint_on_validation(compose):
     assert metrics["val/dice"] == pytest.approx(float(checkpoint_score), abs=1e-5)
 
 
+# one launch of the command line in make test; the other names, each another launch of ~10 s, in make test-slow
 @pytest.mark.parametrize("override,expected,a_valid_name", [
     ("model=unet_resnet99", "Available options in 'model'", "unet_resnet34"),          # unknown model config
-    ("model.net.encoder_name=resnet35", "unknown encoder 'resnet35'", "'resnet34'"),   # unknown smp encoder
-    ("model.net.arch=unett", "unknown segmentation architecture", "'unet'"),           # unknown architecture
-    ("model=cls_resnet50 model.net.name=resnet5000", "unknown timm model", "densenet121"),  # unknown backbone
+    pytest.param("model.net.encoder_name=resnet35", "unknown encoder 'resnet35'", "'resnet34'",  # unknown smp encoder
+                 marks=pytest.mark.slow),
+    pytest.param("model.net.arch=unett", "unknown segmentation architecture", "'unet'",          # unknown architecture
+                 marks=pytest.mark.slow),
+    pytest.param("model=cls_resnet50 model.net.name=resnet5000", "unknown timm model", "densenet121",  # unknown backbone
+                 marks=pytest.mark.slow),
 ])
 def test_unknown_names_are_errors_listing_the_valid_ones(tmp_path, override, expected, a_valid_name):
     result = run_module("plid.train", "debug=smoke", *override.split(), f"hydra.run.dir={tmp_path}/run",
