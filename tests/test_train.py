@@ -85,6 +85,19 @@ def test_summary_reports_the_best_checkpoint_on_validation(compose):
     assert metrics["val/dice"] == pytest.approx(float(checkpoint_score), abs=1e-5)
 
 
+def test_a_fixed_schedule_tests_the_last_epoch_whatever_validation_says(compose):
+    from pathlib import Path
+
+    from plid.training import train
+
+    cfg = compose("debug=smoke", "callbacks=fixed_schedule", "trainer.max_epochs=3")
+    assert cfg.callbacks.get("early_stopping") is None and cfg.callbacks.model_checkpoint.monitor is None
+    _, objects = train(cfg)
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert summary["epochs"] == 3 and Path(summary["best_checkpoint"]).name == "epoch_002.ckpt"
+    assert sorted(p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").glob("epoch_*")) == ["epoch_002.ckpt"]
+
+
 # one launch of the command line in make test; the other names, each another launch of ~10 s, in make test-slow
 @pytest.mark.parametrize("override,expected,a_valid_name", [
     ("model=unet_resnet99", "Available options in 'model'", "unet_resnet34"),          # unknown model config
