@@ -70,11 +70,6 @@ def compose(*overrides: str, output_dir: str | None = None):
     return cfg
 
 
-def has_classifier() -> bool:
-    """Whether this checkout has the classification LightningModule and its configs."""
-    return (PROJECT_ROOT / "conf" / "model" / "cls_resnet50.yaml").is_file()
-
-
 def interleave(arms: dict[str, Callable[[], list[float]]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
     """Run each arm ``warmup`` times (discarded), then ``repeats`` rounds, alternating the order (A B, B A, ...)
     so slow drifts of the machine's load fall on both arms. Each call returns a list of samples (seconds)."""

@@ -98,13 +98,9 @@ def class_map(shape: tuple[int, ...], passes: int, repeats: int) -> dict:
 
 
 def classifier(size: int) -> torch.nn.Module:
-    if common.has_classifier():
-        from plid.models.nets import build_classifier
+    from plid.models.nets import build_classifier
 
-        return build_classifier("resnet50", in_chans=1, num_classes=2)
-    import timm
-
-    return timm.create_model("resnet50", num_classes=2, in_chans=1)
+    return build_classifier("resnet50", in_chans=1, num_classes=2)
 
 
 def main() -> None:
@@ -124,7 +120,6 @@ def main() -> None:
             f"ResNet50 classifier {cls_size} px", classifier(cls_size), torch.randn(8, 1, cls_size, cls_size),
             passes, repeats),
     }
-    results["classifier_source"] = "plid build_classifier" if common.has_classifier() else "timm.create_model"
     results["class_map"] = class_map((8, 4, seg_size, seg_size), passes * 5, repeats)
     common.save("inference", env, results, args.quick, args.out)
 

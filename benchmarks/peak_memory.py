@@ -51,12 +51,9 @@ def main() -> None:
                    "test=false", "optimized_metric=null", "logger=csv", "callbacks=none", "data=spider2d_seg"]
     cases = {"segmentation_unet_resnet34_416px_batch3": [*common_args, "model=unet_resnet34",
                                                          "data.image_size=416", "data.batch_size=3"]}
-    if common.has_classifier():
-        cases["classification_resnet50_224px_batch5"] = [
-            *[a for a in common_args if a != "data=spider2d_seg"], "data=spider2d_cls", "model=cls_resnet50",
-            "data.image_size=224", "data.batch_size=5"]
-    else:
-        print("classification: this checkout has no classifier module yet (branch cls): skipped")
+    cases["classification_resnet50_224px_batch5"] = [
+        *[a for a in common_args if a != "data=spider2d_seg"], "data=spider2d_cls", "model=cls_resnet50",
+        "data.image_size=224", "data.batch_size=5"]
     results = {}
     for name, case in cases.items():
         results[name] = peak_rss(case, args.threads)

@@ -132,11 +132,8 @@ def main() -> None:
                          "data.batch_size=4",
                          "model.scheduler=null"],
     }
-    if common.has_classifier():
-        cases["classification"] = ["data=spider2d_cls", "model=cls_resnet50", "data.batch_size=4",
-                                   "model.class_weights=null", "model.scheduler=null"]
-    else:
-        print("classification: this checkout has no classifier module yet (branch cls): skipped")
+    cases["classification"] = ["data=spider2d_cls", "model=cls_resnet50", "data.batch_size=4",
+                               "model.class_weights=null", "model.scheduler=null"]
     results = {name: compare(name, o, steps if name == "segmentation" else steps * 3, repeats)
                for name, o in cases.items() if args.only in (None, name)}
     if args.only in (None, "overhead"):
