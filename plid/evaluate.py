@@ -4,6 +4,7 @@
     python -m plid.evaluate model=unet_resnet34                      # trains every fold, then evaluates
     python -m plid.evaluate model=cls_resnet50 folds=[0,1,2]         # some folds only
     python -m plid.evaluate runs=logs/train/multiruns/<time>         # collects a finished -m data.fold=0,1,... run
+    python -m plid.evaluate runs=[<grade_resnet50 run>]              # a multi-task classifier: every grading
 
 With ``model_dir``, the inference pipeline runs on every image of the split as ``plid.predict`` runs it and
 its reports are scored against the folder's labels (:mod:`plid.pipeline.end_to_end`). Otherwise:
@@ -13,7 +14,9 @@ folds' validation sets, and the held-out test patients are in none. Writes into 
 ``evaluation.json`` (per fold and overall: mean, standard deviation over folds, bootstrap 95 % intervals over
 patients), ``evaluation.md`` (the same as tables, in the shape of the paper's Tables 2 and 4) and figures:
 ``training_curves.png``, ``roc_val.png`` and ``confusion_val.png`` (classifiers), ``segmentation_grid.png``
-(segmenters).
+(segmenters). A multi-task classifier's runs (``model=grade_*``) are scored per grading, each on the discs that
+carry it: a binary grading as a classifier (at the run's threshold for it, chosen on validation), an ordinal one
+by its grades (balanced accuracy, quadratic-weighted kappa, within one grade), with ``roc_val_<grading>.png``.
 """
 
 from __future__ import annotations
@@ -32,16 +35,18 @@ from plid.datamodules import splits as splits_lib
 from plid.datamodules.contract import load_dataset
 from plid.ensemble.predictions import Predictions, load_predictions
 from plid.errors import UserInputError
-from plid.labels import CLASS_NAMES
+from plid.labels import CLASS_NAMES, grading
 from plid.metrics import (
     CLASSIFICATION_METRICS,
     binary_scores,
     case_segmentation_scores,
     confusions_per_case,
     fold_summary,
+    ordinal_scores,
     patient_bootstrap,
     predicted_classes,
 )
+from plid.models.grading import grade_of_distribution
 from plid.utils.hydra import run_task
 from plid.utils.io import atomic_write, claim_output_dir, write_json
 from plid.utils.sorting import natural_key
@@ -51,6 +56,8 @@ log = logging.getLogger(__name__)
 # (dice_pooled), dice_per_case: nnU-Net's per-case mean (plid.metrics)
 SEGMENTATION_TABLE = ("dice", "dice_per_case", "miou", "miou_fg", *(f"dice_{c}" for c in CLASS_NAMES[1:]),
                       *(f"dice_per_case_{c}" for c in CLASS_NAMES[1:]), *(f"iou_{c}" for c in CLASS_NAMES[1:]))
+ORDINAL_TABLE = ("balanced_accuracy", "kappa", "within_one", "accuracy")
+TABLES = {"cls": CLASSIFICATION_METRICS, "seg": SEGMENTATION_TABLE, "ordinal": ORDINAL_TABLE}
 
 
 def fold_plan(cfg: DictConfig, folds: list[int]) -> dict[int, dict[str, list[str]]]:
@@ -120,6 +127,8 @@ def collect_runs(runs: str | list[str]) -> list[Path]:
 
 def _task(summary: dict) -> str:
     task = summary.get("task", "")
+    if summary.get("targets"):  # a multi-task classifier (model=grade_*)
+        return "grade"
     if "Segmentation" in task:
         return "seg"
     if "Classification" in task:
@@ -130,7 +139,8 @@ def _task(summary: dict) -> str:
 def split_scores(task: str, predictions: Predictions, patient_of: dict[str, str], bootstrap: dict,
                  threshold: float | np.ndarray = 0.5) -> dict:
     """Every metric of one split with its patient-level bootstrap interval; a classifier's cases are called positive
-    above ``threshold`` (its run's, chosen on validation; one per case for pooled folds)."""
+    above ``threshold`` (its run's, chosen on validation; one per case for pooled folds), an ordinal grading's
+    grade is the head's rule on the saved distribution."""
     images = [str(i).split(":")[0] for i in predictions.ids]
     missing = sorted({i for i in images if i not in patient_of})
     if missing:
@@ -143,6 +153,12 @@ def split_scores(task: str, predictions: Predictions, patient_of: dict[str, str]
         def statistic(index):
             scores = binary_scores(positive[index], targets[index], thresholds[index])
             return {name: scores[name] for name in CLASSIFICATION_METRICS}
+    elif task == "ordinal":
+        grades, targets, num_classes = grade_of_distribution(predictions.probs), predictions.targets, predictions.probs.shape[1]
+
+        def statistic(index):
+            scores = ordinal_scores(grades[index], targets[index], num_classes)
+            return {name: scores[name] for name in ORDINAL_TABLE}
     else:
         probs = torch.from_numpy(predictions.probs.astype(np.float32))
         confusions = confusions_per_case(predicted_classes(probs), torch.from_numpy(predictions.targets),
@@ -166,13 +182,46 @@ def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bo
         raise UserInputError(f"runs were trained on different datasets: {sorted(map(str, roots))}")
     dataset = load_dataset(roots.pop())
     patient_of = dict(zip(dataset.images["image"].astype(str), dataset.images["patient"].astype(str)))
+    result: dict[str, Any] = {"task": task, "model": summaries[0].get("choices", {}).get("model"),
+                              "data_root": str(dataset.root), "bootstrap": bootstrap}
+    if task == "grade":
+        targets = {tuple(s["targets"]) for s in summaries}
+        if len(targets) != 1:
+            raise UserInputError(f"runs learn different gradings {sorted(targets)}; evaluate one model config at a time")
+        result["gradings"], val_sets = {}, {}
+        for name in targets.pop():
+            kind = "ordinal" if grading(name).ordinal else "cls"
+            scores, val_sets[name] = score_runs(
+                kind, runs, summaries, patient_of, bootstrap, Path("predictions") / name,
+                lambda summary, name=name: float((summary.get("thresholds") or {}).get(name, 0.5)))
+            result["gradings"][name] = {"kind": kind, **scores}
+    else:
+        scores, val_sets = score_runs(task, runs, summaries, patient_of, bootstrap, Path("predictions"),
+                                      lambda summary: float(summary.get("threshold") or 0.5))
+        result.update(scores)
+    write_json(output_dir / "evaluation.json", result)
+    with atomic_write(output_dir / "evaluation.md") as handle:
+        handle.write(markdown_tables(result))
+    if plots:
+        folds = [summary.get("fold") for summary in summaries]
+        result["figures"] = make_figures(result, dict(zip(folds, runs)), val_sets, dataset, output_dir)
+        write_json(output_dir / "evaluation.json", result)
+    log.info("Evaluation written to %s\n%s", output_dir / "evaluation.json", markdown_tables(result))
+    return result
+
+
+def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: dict[str, str], bootstrap: dict,
+               predictions_dir: Path, threshold_of) -> tuple[dict[str, Any], dict[int, Predictions]]:
+    """Per fold (val and test) and overall (mean ± std over folds, pooled out-of-fold val) scores of the runs'
+    saved predictions under ``<run>/<predictions_dir>``, a classifier's at each run's ``threshold_of(summary)``;
+    and each fold's validation predictions."""
     folds, val_sets, thresholds = [], {}, {}
     for run, summary in zip(runs, summaries):
         entry: dict[str, Any] = {"fold": summary.get("fold"), "run": str(run)}
         if task == "cls":  # each fold's classifier at its own threshold, chosen on its validation split
-            entry["threshold"] = thresholds[entry["fold"]] = float(summary.get("threshold") or 0.5)
+            entry["threshold"] = thresholds[entry["fold"]] = threshold_of(summary)
         for split in ("val", "test"):
-            path = run / "predictions" / f"{split}.npz"
+            path = run / predictions_dir / f"{split}.npz"
             if path.is_file():
                 predictions = load_predictions(path)
                 entry[split] = split_scores(task, predictions, patient_of, bootstrap, entry.get("threshold", 0.5))
@@ -184,8 +233,6 @@ def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bo
         raise UserInputError(f"runs hold folds {fold_ids}: a fold appears twice")
     val_patients = {k: sorted({patient_of[str(i).split(':')[0]] for i in p.ids}) for k, p in val_sets.items()}
     check_disjoint_folds({k: {"val": v, "test": []} for k, v in val_patients.items()})
-    result: dict[str, Any] = {"task": task, "model": summaries[0].get("choices", {}).get("model"),
-                              "data_root": str(dataset.root), "bootstrap": bootstrap, "folds": folds}
     overall: dict[str, Any] = {}
     for split in ("val", "test"):
         per_fold = [{k: v["value"] for k, v in f[split]["metrics"].items()} for f in folds if split in f]
@@ -198,15 +245,7 @@ def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bo
                              np.concatenate([p.targets for p in val_sets.values()]))
         per_case = np.concatenate([np.full(len(p.ids), thresholds.get(k, 0.5)) for k, p in val_sets.items()])
         overall["val_pooled"] = split_scores(task, pooled, patient_of, bootstrap, per_case)
-    result["overall"] = overall
-    write_json(output_dir / "evaluation.json", result)
-    with atomic_write(output_dir / "evaluation.md") as handle:
-        handle.write(markdown_tables(result))
-    if plots:
-        result["figures"] = make_figures(task, runs, val_sets, dataset, output_dir)
-        write_json(output_dir / "evaluation.json", result)
-    log.info("Evaluation written to %s\n%s", output_dir / "evaluation.json", markdown_tables(result))
-    return result
+    return {"folds": folds, "overall": overall}, val_sets
 
 
 def _cell(score: dict[str, float]) -> str:
@@ -225,51 +264,79 @@ def _mean_std(summary: dict[str, float]) -> str:
 
 def markdown_tables(result: dict[str, Any]) -> str:
     """Rows: each fold on val (with its 95 % CI), mean ± std over folds, pooled out-of-fold val with its CI, and the
-    same for the test set; columns: the paper's metrics (Table 2 for classifiers, Table 4 for segmenters)."""
-    metrics = CLASSIFICATION_METRICS if result["task"] == "cls" else SEGMENTATION_TABLE
-    title = "classification (paper Table 2)" if result["task"] == "cls" else "segmentation (paper Table 4)"
-    lines = [f"# Cross-validation of {result.get('model') or 'the model'}: {title}\n",
+    same for the test set; columns: the paper's metrics (Table 2 for classifiers, Table 4 for segmenters); a
+    multi-task classifier's tables one per grading."""
+    titles = {"cls": "classification (paper Table 2)", "seg": "segmentation (paper Table 4)",
+              "grade": "every grading of a multi-task classifier"}
+    lines = [f"# Cross-validation of {result.get('model') or 'the model'}: {titles[result['task']]}\n",
              f"Patient-level bootstrap 95 % intervals in brackets ({result['bootstrap']['samples']} resamples of "
              "patients); mean ± standard deviation over folds.\n"]
-    for split in ("val", "test"):
-        rows = [(f"fold {f['fold']}", [_cell(f[split]["metrics"][m]) for m in metrics]) for f in result["folds"]
-                if split in f]
-        if not rows:
-            continue
-        overall = result["overall"]
-        rows.append(("mean ± std", [_mean_std(overall[f"{split}_mean_std"][m]) for m in metrics]))
-        if split == "val" and "val_pooled" in overall:
-            rows.append(("pooled out-of-fold", [_cell(overall["val_pooled"]["metrics"][m]) for m in metrics]))
-        lines += [f"\n## {split}\n", "| | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-        lines += ["| " + name + " | " + " | ".join(cells) + " |" for name, cells in rows]
+    if result["task"] == "grade":
+        for name, scores in result["gradings"].items():
+            lines += [f"\n## {name}\n", *_split_tables(scores, TABLES[scores["kind"]], level="###")]
+    else:
+        lines += _split_tables(result, TABLES[result["task"]], level="##")
     return "\n".join(lines) + "\n"
 
 
-def make_figures(task: str, runs: list[Path], val_sets: dict, dataset, output_dir: Path) -> dict[str, str]:
+def _split_tables(scores: dict[str, Any], metrics, level: str) -> list[str]:
+    lines = []
+    for split in ("val", "test"):
+        rows = [(f"fold {f['fold']}", [_cell(f[split]["metrics"][m]) for m in metrics]) for f in scores["folds"]
+                if split in f]
+        if not rows:
+            continue
+        overall = scores["overall"]
+        rows.append(("mean ± std", [_mean_std(overall[f"{split}_mean_std"][m]) for m in metrics]))
+        if split == "val" and "val_pooled" in overall:
+            rows.append(("pooled out-of-fold", [_cell(overall["val_pooled"]["metrics"][m]) for m in metrics]))
+        lines += [f"\n{level} {split}\n", "| | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        lines += ["| " + name + " | " + " | ".join(cells) + " |" for name, cells in rows]
+    return lines
+
+
+def make_figures(result: dict[str, Any], runs: dict[int, Path], val_sets: dict, dataset, output_dir: Path
+                 ) -> dict[str, str]:
+    """Training curves of every fold's run (``runs``: fold -> run folder) and the figures of ``result["task"]``
+    from the folds' validation predictions (``val_sets``: fold -> predictions; per grading for a multi-task one)."""
     from plid import plots
 
-    figures = {}
-    logs = {f"fold {k}": run / "csv" / "metrics.csv" for k, run in zip(val_sets, runs)}
-    curves = plots.training_curves(logs, output_dir / "training_curves.png",
-                                   ["train/loss", "val/loss", "val/auc" if task == "cls" else "val/dice"])
+    task, figures = result["task"], {}
+    monitored = {"cls": "val/auc", "seg": "val/dice", "grade": "val/score"}[task]
+    logs = {f"fold {k}": run / "csv" / "metrics.csv" for k, run in runs.items()}
+    curves = plots.training_curves(logs, output_dir / "training_curves.png", ["train/loss", "val/loss", monitored])
     if curves:
         figures["training_curves"] = str(curves)
+    if task == "grade":  # a ROC curve of each binary grading, out-of-fold val
+        for name, scores in result["gradings"].items():
+            if scores["kind"] == "cls" and val_sets[name]:
+                positive, targets = _pooled_binary(val_sets[name])
+                figures[f"roc_{name}"] = str(plots.roc_curve(positive, targets, output_dir / f"roc_val_{name}.png",
+                                                             f"ROC {name}, out-of-fold val"))
+        return figures
     pooled = list(val_sets.values())
     if task == "cls":
-        positive = np.concatenate([p.probs[:, 1] for p in pooled]).astype(float)
-        targets = np.concatenate([p.targets for p in pooled])
+        positive, targets = _pooled_binary(val_sets)
         figures["roc"] = str(plots.roc_curve(positive, targets, output_dir / "roc_val.png", "ROC, out-of-fold val"))
         figures["confusion"] = str(plots.confusion_matrix(positive, targets, output_dir / "confusion_val.png"))
         return figures
     # the paper's Figure 6: some validation cases of the first fold, image / ground truth / prediction
     first = pooled[0]
-    cfg = OmegaConf.load(runs[0] / ".hydra" / "config.yaml") if (runs[0] / ".hydra" / "config.yaml").is_file() else None
+    first_run = next(iter(runs.values()))
+    cfg = OmegaConf.load(first_run / ".hydra" / "config.yaml") if (first_run / ".hydra" / "config.yaml").is_file() \
+        else None
     images = _network_inputs(dataset, first.ids[:6], cfg)
     if images is not None:
         figures["segmentation_grid"] = str(plots.segmentation_grid(
             images, first.targets[:6], first.probs[:6].argmax(1), [str(i) for i in first.ids[:6]],
             output_dir / "segmentation_grid.png"))
     return figures
+
+
+def _pooled_binary(val_sets: dict[int, Predictions]) -> tuple[np.ndarray, np.ndarray]:
+    """Positive-class probabilities and targets of every fold's validation cases, one after the other."""
+    return (np.concatenate([p.probs[:, 1] for p in val_sets.values()]).astype(float),
+            np.concatenate([p.targets for p in val_sets.values()]))
 
 
 def _network_inputs(dataset, ids, cfg) -> list[np.ndarray] | None:

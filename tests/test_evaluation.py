@@ -81,6 +81,64 @@ def test_collects_fold_runs_into_tables_and_figures(tmp_path):
         evaluate_runs(runs, tmp_path / "eval2", {"samples": 10, "seed": 0, "confidence": 0.95}, plots=False)
 
 
+def test_a_multi_task_run_is_scored_per_grading_binary_at_its_threshold_and_ordinal_by_grade(tmp_path):
+    """One fold of a model=grade_* run as plid.train leaves it: predictions/<grading>/{val,test}.npz, the discs
+    missing a grading absent from its files, and the thresholds chosen on val in summary.json."""
+    from plid.metrics import ordinal_scores
+    from plid.models.grading import grade_of_distribution
+
+    root = tmp_path / "data"
+    root.mkdir()
+    patients = [f"p{k}" for k in range(12)]
+    pd.DataFrame({"image": [f"{p}_t2" for p in patients], "patient": patients, "has_mask": 0}).to_csv(
+        root / "images.csv", index=False)
+    rng = np.random.default_rng(1)
+    run = tmp_path / "grade"
+    for split, members in (("val", patients[:6]), ("test", patients[6:])):
+        ids = np.array([f"{p}_t2:{level}" for p in members for level in (1, 2, 3)])
+        targets = rng.integers(0, 2, len(ids))
+        p1 = np.clip(0.3 + 0.4 * targets + rng.normal(0, 0.2, len(ids)), 0, 1)
+        save_predictions(run / "predictions" / "disc_bulging" / f"{split}.npz",
+                         Predictions(ids, np.stack([1 - p1, p1], 1), targets))
+        grades = rng.integers(0, 5, len(ids) - 2)  # two discs without a Pfirrmann grade
+        distribution = rng.dirichlet(np.ones(5), len(grades))
+        save_predictions(run / "predictions" / "pfirrman_grade" / f"{split}.npz",
+                         Predictions(ids[2:], distribution, grades))
+    (run / "summary.json").write_text(json.dumps({
+        "task": "GradingModule", "fold": 0, "data_root": str(root), "choices": {"model": "grade_resnet50"},
+        "targets": ["disc_bulging", "pfirrman_grade"], "thresholds": {"disc_bulging": 0.42}}))
+    out = tmp_path / "eval"
+    result = evaluate_runs([run], out, {"samples": 50, "seed": 0, "confidence": 0.95})
+    assert result["task"] == "grade" and set(result["gradings"]) == {"disc_bulging", "pfirrman_grade"}
+    bulging = result["gradings"]["disc_bulging"]
+    test = load_predictions(run / "predictions" / "disc_bulging" / "test.npz")
+    called = test.probs[:, 1] > 0.42
+    assert bulging["kind"] == "cls" and bulging["folds"][0]["threshold"] == 0.42
+    assert bulging["folds"][0]["test"]["metrics"]["recall"]["value"] == pytest.approx(called[test.targets == 1].mean())
+    pfirrmann = result["gradings"]["pfirrman_grade"]
+    saved = load_predictions(run / "predictions" / "pfirrman_grade" / "test.npz")
+    expected = ordinal_scores(grade_of_distribution(saved.probs), saved.targets, 5)
+    scored = pfirrmann["folds"][0]["test"]
+    assert pfirrmann["kind"] == "ordinal" and scored["cases"] == 16
+    for name in ("balanced_accuracy", "kappa", "within_one"):
+        assert scored["metrics"][name]["value"] == pytest.approx(expected[name])
+    table = (out / "evaluation.md").read_text()
+    bulging_table, pfirrmann_table = table.split("## disc_bulging")[1].split("## pfirrman_grade")
+    assert "| auc |" in bulging_table and "kappa" not in bulging_table
+    assert "| kappa |" in pfirrmann_table and "auc" not in pfirrmann_table
+    assert (out / "roc_val_disc_bulging.png").is_file()
+
+
+def test_the_grade_of_a_distribution_is_the_coral_rule():
+    import torch
+
+    from plid.models.grading import grade_distribution, grade_of_distribution, predicted_grade
+
+    # CORAL's logits: one score per disc less increasing biases, so P(grade > k) falls with k
+    logits = torch.randn(200, 1) * 3 - torch.sort(torch.randn(4) * 2).values
+    assert (grade_of_distribution(grade_distribution(logits).numpy()) == predicted_grade(logits).numpy()).all()
+
+
 @pytest.mark.slow
 def test_evaluate_smoke_command(tmp_path, data_dir):
     """python -m plid.evaluate collecting one finished run (made here by python -m plid.train debug=smoke)."""

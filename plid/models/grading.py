@@ -67,6 +67,13 @@ def predicted_grade(logits: torch.Tensor) -> torch.Tensor:
     return (cumulative_probabilities(logits) > 0.5).sum(1)
 
 
+def grade_of_distribution(distribution) -> np.ndarray:
+    """:func:`predicted_grade` from distributions ``P(grade = k)`` (..., K), as saved or averaged over slices: the
+    number of grades k with ``P(grade > k)`` above 0.5."""
+    above = 1 - np.cumsum(np.asarray(distribution, dtype=np.float64), axis=-1)[..., :-1]
+    return (above > 0.5).sum(-1)
+
+
 def coral_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over discs of the summed binary cross-entropy of ``grade > k``, k = 0..K-2."""
     levels = (target[:, None] > torch.arange(logits.shape[1], device=target.device)).to(logits.dtype)

@@ -40,6 +40,7 @@ from plid.labels import CLASS_NAMES, LEVEL_NAMES, grading, probability_key
 from plid.measurements import measure_discs
 from plid.metrics import predicted_classes
 from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
+from plid.models.grading import grade_distribution, grade_of_distribution, predicted_grade
 from plid.pipeline.levels import assign_levels
 from plid.pipeline.model_dir import LoadedModels
 
@@ -154,9 +155,8 @@ class Pipeline:
             for name in self.gradings() or []:
                 distribution = disc.get(f"{name}_distribution")
                 if grading(name).ordinal and distribution is not None:
-                    above = 1 - np.cumsum(distribution)[:-1]
                     disc[f"{name}_grade_chosen_slice"] = disc.get(f"{name}_grade")
-                    disc[f"{name}_grade"] = grading(name).grade(int((above > 0.5).sum()))
+                    disc[f"{name}_grade"] = grading(name).grade(int(grade_of_distribution(distribution)))
         return report
 
     def disc_gradings(self, image: np.ndarray, boxes: list, measurements: list | None = None) -> list[dict[str, Any]]:
@@ -171,8 +171,6 @@ class Pipeline:
         if not boxes:
             return []
         classifier = self.models.classifiers[0]
-        from plid.models.grading import grade_distribution, predicted_grade
-
         crops = self._crops(classifier, image, boxes)
         if getattr(getattr(classifier.net, "hparams", {}), "get", lambda k: False)("use_measurements"):
             from plid.measurements import measurement_features
