@@ -168,7 +168,8 @@ def split_scores(task: str, predictions: Predictions, patient_of: dict[str, str]
             scores = case_segmentation_scores(confusions[index], CLASS_NAMES)
             return {name: scores[name] for name in SEGMENTATION_TABLE}
     scores = patient_bootstrap(patients, statistic, **bootstrap)
-    return {"cases": len(predictions), "patients": len(set(patients)), "metrics": scores}
+    counted = {"positives": int((predictions.targets == 1).sum())} if task == "cls" else {}
+    return {"cases": len(predictions), "patients": len(set(patients)), **counted, "metrics": scores}
 
 
 def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bool = True) -> dict[str, Any]:
@@ -290,7 +291,11 @@ def _split_tables(scores: dict[str, Any], metrics, level: str) -> list[str]:
         rows.append(("mean ± std", [_mean_std(overall[f"{split}_mean_std"][m]) for m in metrics]))
         if split == "val" and "val_pooled" in overall:
             rows.append(("pooled out-of-fold", [_cell(overall["val_pooled"]["metrics"][m]) for m in metrics]))
-        lines += [f"\n{level} {split}\n", "| | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        counts = "; ".join(f"fold {f['fold']}: {f[split]['cases']} cases of {f[split]['patients']} patients"
+                           + (f", {f[split]['positives']} positive" if "positives" in f[split] else "")
+                           for f in scores["folds"] if split in f)
+        lines += [f"\n{level} {split}\n", f"{counts}\n", "| | " + " | ".join(metrics) + " |",
+                  "|---" * (len(metrics) + 1) + "|"]
         lines += ["| " + name + " | " + " | ".join(cells) + " |" for name, cells in rows]
     return lines
 

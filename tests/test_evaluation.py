@@ -71,6 +71,8 @@ def test_collects_fold_runs_into_tables_and_figures(tmp_path):
     calls, truths = np.concatenate(calls), np.concatenate(truths)
     assert pooled["metrics"]["specificity"]["value"] == pytest.approx((~calls[truths == 0]).mean())
     table = (out / "evaluation.md").read_text()
+    assert f"fold 0: 16 cases of 8 patients, {int(load_predictions(runs[0] / 'predictions' / 'val.npz').targets.sum())} " \
+           "positive" in table
     assert "| fold 2 |" in table and "mean ± std" in table and "pooled out-of-fold" in table
     for name in ("evaluation.json", "roc_val.png", "confusion_val.png", "training_curves.png"):
         assert (out / name).is_file()
@@ -115,6 +117,7 @@ def test_a_multi_task_run_is_scored_per_grading_binary_at_its_threshold_and_ordi
     called = test.probs[:, 1] > 0.42
     assert bulging["kind"] == "cls" and bulging["folds"][0]["threshold"] == 0.42
     assert bulging["folds"][0]["test"]["metrics"]["recall"]["value"] == pytest.approx(called[test.targets == 1].mean())
+    assert bulging["folds"][0]["test"]["positives"] == int(test.targets.sum())
     pfirrmann = result["gradings"]["pfirrman_grade"]
     saved = load_predictions(run / "predictions" / "pfirrman_grade" / "test.npz")
     expected = ordinal_scores(grade_of_distribution(saved.probs), saved.targets, 5)
