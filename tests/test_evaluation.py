@@ -27,13 +27,19 @@ def test_kfold_driver_never_puts_a_patient_in_two_folds(compose):
         check_disjoint_folds({0: {"val": ["p1"], "test": []}, 1: {"val": ["p1", "p2"], "test": []}})
 
 
-def test_collects_fold_runs_into_tables_and_figures(tmp_path):
-    """Three classification folds as plid.train leaves them: summary.json and predictions/{val,test}.npz."""
+def _dataset(tmp_path: Path, count: int) -> tuple[Path, list[str]]:
+    """A dataset folder whose images.csv holds one image of each of ``count`` patients (all the evaluation reads)."""
     root = tmp_path / "data"
     root.mkdir()
-    patients = [f"p{k}" for k in range(30)]
+    patients = [f"p{k}" for k in range(count)]
     pd.DataFrame({"image": [f"{p}_t2" for p in patients], "patient": patients, "has_mask": 0}).to_csv(
         root / "images.csv", index=False)
+    return root, patients
+
+
+def test_collects_fold_runs_into_tables_and_figures(tmp_path):
+    """Three classification folds as plid.train leaves them: summary.json and predictions/{val,test}.npz."""
+    root, patients = _dataset(tmp_path, 30)
     rng = np.random.default_rng(0)
     runs = []
     for fold in range(3):
@@ -89,11 +95,7 @@ def test_a_multi_task_run_is_scored_per_grading_binary_at_its_threshold_and_ordi
     from plid.metrics import ordinal_scores
     from plid.models.grading import grade_of_distribution
 
-    root = tmp_path / "data"
-    root.mkdir()
-    patients = [f"p{k}" for k in range(12)]
-    pd.DataFrame({"image": [f"{p}_t2" for p in patients], "patient": patients, "has_mask": 0}).to_csv(
-        root / "images.csv", index=False)
+    root, patients = _dataset(tmp_path, 12)
     rng = np.random.default_rng(1)
     run = tmp_path / "grade"
     for split, members in (("val", patients[:6]), ("test", patients[6:])):
