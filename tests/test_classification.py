@@ -239,6 +239,7 @@ def trained_classifier(tmp_path_factory):
     return run, json.loads((run / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_saved_probabilities_give_the_scores_of_the_summary(trained_classifier):
     from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
@@ -255,6 +256,7 @@ def test_saved_probabilities_give_the_scores_of_the_summary(trained_classifier):
         [summary["test"]["tp"], summary["test"]["fp"]]
 
 
+@pytest.mark.slow
 def test_the_decision_threshold_is_chosen_on_validation_and_applied_to_test(trained_classifier):
     from plid.ensemble.predictions import load_predictions
     from plid.metrics import binary_scores, youden_threshold

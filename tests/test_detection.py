@@ -168,6 +168,7 @@ def test_roi_cropper_runs_on_trained_weights_offline(detect_cfg, tmp_path, no_ne
     assert 0 < found[NMS_IOU] < found[0.7]
 
 
+@pytest.mark.slow
 @requires_spider2d
 def test_detect_command_on_real_slices_smoke(tmp_path):
     """``python -m plid.detect`` as a user runs it, on spider2d: the renders without a lumbar box are counted."""

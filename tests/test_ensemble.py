@@ -311,6 +311,7 @@ def test_the_ensemble_decision_threshold_is_chosen_on_its_validation_probabiliti
         assert summary["test"]["WAE"][name] == pytest.approx(expected[name])
 
 
+@pytest.mark.slow
 def test_search_budget_is_per_task(tmp_path):
     rng = np.random.default_rng(8)
     _cls_runs(tmp_path, rng, strengths=(2.0, 0.5, 1.0))

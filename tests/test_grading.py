@@ -307,6 +307,7 @@ def test_the_ensemble_refuses_a_multi_task_run_with_the_reason(tmp_path):
         resolve_runs([str(tmp_path / "a"), str(tmp_path / "b")])
 
 
+@pytest.mark.slow
 @requires_spider2d
 def test_spider2d_discs_carry_every_grading_with_measurements_where_a_mask_is(compose):
     cfg = compose("model=grade_resnet50", "data=spider2d_cls", "data.image_size=32", "data.augment=false",

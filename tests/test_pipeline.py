@@ -272,6 +272,7 @@ def test_ensemble_and_classifier_names_must_match_both_ways(tmp_path, compose, d
         load_model_dir(out)
 
 
+@pytest.mark.slow
 def test_predict_applies_the_thresholds_chosen_on_validation(tmp_path, compose, case, detector_runs):
     seg = _fake_train_run(compose, tmp_path / "seg")
     classifiers = _two_classifiers(compose, tmp_path)

@@ -80,6 +80,7 @@ def test_checkpoints_load_weights_only(compose):
     assert "state_dict" in checkpoint
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_never_overwritten(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

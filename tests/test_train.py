@@ -10,6 +10,7 @@ def _common(tmp_path):
     return [f"paths.data_dir={tmp_path}/data", f"paths.log_dir={tmp_path}/logs"]
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_summary_and_checkpoints(tmp_path):
     out = tmp_path / "run"
     result = run_module("plid.train", "debug=smoke", f"hydra.run.dir={out}", *_common(tmp_path))
@@ -34,6 +35,7 @@ def test_missing_data_root_is_a_clear_error_not_a_trace(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_image_size_the_architecture_cannot_take_is_caught_before_training(tmp_path):
     result = run_module("plid.train", "debug=smoke", "model=fpn_resnet34", "data.image_size=72",
                         f"hydra.run.dir={tmp_path}/run", *_common(tmp_path))
