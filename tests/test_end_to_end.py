@@ -66,7 +66,7 @@ def test_missing_the_lowest_disc_costs_recall_and_shifts_every_level():
     assert out["disc_precision"] == pytest.approx(1.0)
     assert out["disc_f1"] == pytest.approx(2 * 3 / (3 + 4))
     assert out["level_accuracy"] == 0.0
-    assert out["images_all_levels_right"] == 0.0
+    assert out["images_all_levels_right"] == 0.0 and out["images_found_levels_right"] == 0.0
     score = score_image(_report(BOXES[1:], [1, 2, 3]), _truth(), ())
     assert [d["level"] for d in score.missed] == [1] and len(score.wrong_levels) == 3 and not score.extra
     assert out["missed_discs_flagged"] == 0.0
@@ -74,6 +74,8 @@ def test_missing_the_lowest_disc_costs_recall_and_shifts_every_level():
     flagged = {**_report(BOXES[1:], [2, 3, 4]), "missed_discs_suspected": [{"box": [12, 158, 50, 182], "level": 1}]}
     out = _figures([(flagged, _truth())])
     assert out["missed_discs_flagged"] == 1.0 and out["level_accuracy"] == 1.0 and out["disc_recall"] == 0.75
+    # every disc found has its right level, but not every labelled disc was found
+    assert out["images_found_levels_right"] == 1.0 and out["images_all_levels_right"] == 0.0
     # an image whose report says its levels are uncertain leaves the "where certain" figure
     uncertain = {**_report(BOXES[1:], [1, 2, 3]), "levels_uncertain": True}
     out = _figures([(uncertain, _truth()), (_report(BOXES, [1, 2, 3, 4]), _truth("b", "p2"))])

@@ -19,7 +19,9 @@ Definitions (also in the README's "Evaluating a model_dir end to end"):
 - Lumbar region: IoU of the reported box with the labelled one (0 where none was reported), on images that
   have a labelled box; ``no_lumbar_region`` is the share of all images where the pipeline found none.
 - Levels: on matched discs whose labelled disc has an ``ivd_label``, the share whose reported ``level``
-  equals it; per image with at least one labelled level, whether every such disc was found with its right level.
+  equals it; per image with at least one labelled level, whether every such disc was found with its right level
+  (``images_all_levels_right``: detection and levels together), and per image with a matched disc with a level,
+  whether every one of those has its right level (``images_found_levels_right``: the levels alone).
   ``missed_discs_flagged``: the share of missed labelled discs where the report has a ``missed_discs_suspected``
   entry (IoU at least 0.3); ``level_accuracy_where_certain``: level accuracy on the images whose report does not
   say ``levels_uncertain``; ``images_levels_certain``: the share of such images.
@@ -131,6 +133,7 @@ class ImageScore:
     levels_right: int
     all_levels_right: float  # 1/0, NaN where no reference disc of the image has a level
     levels_uncertain: bool = False  # the report's own flag
+    found_levels_right: float = float("nan")  # 1/0: every matched disc with a level has it right; NaN where none
     gradings: dict[str, np.ndarray] = field(default_factory=dict)  # grading -> (matched discs, 2): probability, target
     ordinal: dict[str, np.ndarray] = field(default_factory=dict)  # grading -> (matched discs, 2): grade, target
     confusion: np.ndarray | None = None  # (C, C) on the segmented crop; None where the image has no mask
@@ -191,6 +194,8 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
     score.levels_right = len(right)
     if labelled:
         score.all_levels_right = float(len(right) == len(labelled))
+    if score.levels_labelled:
+        score.found_levels_right = float(len(right) == score.levels_labelled)
     found_reference = set(matched[matched >= 0].tolist())
     missed = [j for j in range(len(reference)) if j not in found_reference]
     suspected = [d["box"] for d in report.get("missed_discs_suspected") or []]
@@ -295,6 +300,7 @@ class EndToEndScores:
         self.missed_flagged = np.array([sum(m["suspected"] for m in x.missed) for x in s], dtype=np.int64)
         self.levels_right = np.array([x.levels_right for x in s], dtype=np.int64)
         self.all_levels_right = np.array([x.all_levels_right for x in s], dtype=np.float64)
+        self.found_levels_right = np.array([x.found_levels_right for x in s], dtype=np.float64)
         self.has_confusion = np.array([x.confusion is not None for x in s], dtype=bool)
         self.detections, self.detection_image = self._rows([x.detections for x in s])
         self.gradings = {g: self._rows([x.gradings.get(g, np.zeros((0, 2))) for x in s]) for g in self.thresholds}
@@ -351,6 +357,8 @@ class EndToEndScores:
         out["images_levels_certain"] = ratio(w @ self.certain, w.sum(1))
         levelled = ~np.isnan(self.all_levels_right)
         out["images_all_levels_right"] = ratio(w[:, levelled] @ self.all_levels_right[levelled], w[:, levelled].sum(1))
+        found = ~np.isnan(self.found_levels_right)
+        out["images_found_levels_right"] = ratio(w[:, found] @ self.found_levels_right[found], w[:, found].sum(1))
         for grading, threshold in self.thresholds.items():
             rows, image = self.gradings[grading]
             for name, values in weighted_binary_scores(rows[:, 0], rows[:, 1], w[:, image], threshold).items():
