@@ -71,11 +71,68 @@ def test_a_missed_lowest_disc_found_by_the_segmenter_keeps_every_name_right(case
 
 def test_a_lowest_disc_missed_by_both_leaves_the_discs_numbered_but_not_named(case):
     boxes, scores = _boxes(case, leave_out=(1,))
-    result = assign_levels(boxes, scores, _without_disc(case.mask, case, 1))
+    result = assign_levels(boxes, scores, _without_disc(case.mask, case, 1), method="anatomy")
     assert not result.anchor_found and result.uncertain
     assert "below the lowest disc" in result.describe()["levels_uncertain_reason"]
     assert all(d.name is None for d in result.discs)
     assert all(d.level_confidence <= 0.25 for d in result.discs)
+
+
+def test_the_lumbar_region_names_discs_right_when_detector_and_segmenter_both_miss_l5_s1(case):
+    boxes, scores = _boxes(case, leave_out=(1,))
+    result = assign_levels(boxes, scores, _without_disc(case.mask, case, 1), lumbar_box=case.lumbar_box)
+    assert result.anchor_found and result.uncertain
+    assert all(_truth(case)[box] == level for box, level in _levels_by_box(result).items())
+    suspected = result.suspected()
+    assert [(d.level, d.name, d.reason) for d in suspected] == [(1, "L5/S1", "lumbar region")]
+    x1, y1, x2, y2 = case.discs[0]["box"]
+    cx, cy = (suspected[0].box[0] + suspected[0].box[2]) / 2, (suspected[0].box[1] + suspected[0].box[3]) / 2
+    assert x1 - 8 <= cx <= x2 + 8 and y1 - 8 <= cy <= y2 + 8  # where L5/S1 is
+    assert "1 disc(s) missed below" in result.describe()["levels_uncertain_reason"]
+    assert all(d.level_confidence == 0.5 for d in result.discs if d.level)
+
+
+def test_two_discs_missed_below_are_both_counted_from_the_lumbar_region(case):
+    boxes, scores = _boxes(case, leave_out=(1, 2))
+    mask = _without_disc(_without_disc(case.mask, case, 1), case, 2)
+    result = assign_levels(boxes, scores, mask, lumbar_box=case.lumbar_box)
+    assert [d.level for d in result.suspected()] == [1, 2]
+    assert all(_truth(case)[box] == level for box, level in _levels_by_box(result).items())
+    assert [d.name for d in sorted(result.discs, key=lambda d: d.level)] == level_names(len(case.discs))
+
+
+def test_every_disc_found_with_the_lumbar_region_agreeing_is_certain(case):
+    boxes, scores = _boxes(case)
+    result = assign_levels(boxes, scores, case.mask, lumbar_box=case.lumbar_box)
+    assert result.anchor_found and not result.uncertain and not result.suspected()
+    assert all(_truth(case)[box] == level for box, level in _levels_by_box(result).items())
+    # without a segmentation the lumbar region alone names them
+    alone = assign_levels(boxes, scores, None, lumbar_box=case.lumbar_box)
+    assert not alone.uncertain and [d.name for d in alone.discs] == level_names(len(case.discs))
+
+
+def test_the_lumbar_region_alone_does_not_add_a_disc_the_segmentation_does_not_support(case):
+    boxes, scores = _boxes(case, leave_out=(1,))
+    # the segmenter shows the sacrum (no bone) right below the lowest disc found: the two disagree
+    mask = _without_disc(case.mask, case, 1).copy()
+    lowest_found = case.discs[1]["box"]
+    mask[lowest_found[3]:, :][mask[lowest_found[3]:, :] == 1] = 0
+    result = assign_levels(boxes, scores, mask, lumbar_box=case.lumbar_box)
+    assert not result.suspected() and not result.anchor_found and all(d.name is None for d in result.discs)
+    assert sorted(d.level for d in result.discs) == list(range(1, len(case.discs)))
+    assert "segmentation shows no vertebral body" in result.describe()["levels_uncertain_reason"]
+    alone = assign_levels(boxes, scores, None, lumbar_box=case.lumbar_box)
+    assert not alone.suspected() and not alone.anchor_found
+
+
+def test_a_disc_below_the_lumbar_region_is_numbered_not_named(case):
+    boxes, scores = _boxes(case)
+    x1, y1, x2, y2 = case.lumbar_box
+    spacing = np.median(np.diff(sorted((b[1] + b[3]) / 2 for b in boxes)))
+    result = assign_levels(boxes, scores, None, lumbar_box=(x1, y1, x2, y2 - 1.6 * spacing))
+    assert not result.anchor_found and all(d.name is None for d in result.discs)
+    assert "below the lumbar region" in result.describe()["levels_uncertain_reason"]
+    assert sorted(d.level for d in result.discs) == list(range(1, len(case.discs) + 1))
 
 
 def test_a_box_on_a_vertebral_body_is_flagged_and_not_numbered(case):

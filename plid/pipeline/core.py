@@ -56,7 +56,7 @@ class Pipeline:
     """Detectors, segmenter and classifiers of a model_dir, applied to one :class:`Scan` at a time."""
 
     def __init__(self, models: LoadedModels, max_named_levels: int = len(LEVEL_NAMES), conf: float | None = None,
-                 cropper: RoiCropper | None = None, iou: float | None = None, levels: str = "anatomy"):
+                 cropper: RoiCropper | None = None, iou: float | None = None, levels: str = "anchor"):
         self.models = models
         detection = models.manifest.get("detection", {})
         conf = float(detection.get("conf", 0.25) if conf is None else conf)
@@ -83,7 +83,7 @@ class Pipeline:
         report["lumbar"] = {"box": _box(roi.lumbar_box), "score": round(roi.lumbar_score, 4)}
         mask, segmentation = self.segment(image, roi.lumbar_box, scan.spacing_mm)
         levels = assign_levels([d.box for d in roi.discs], [d.score for d in roi.discs], mask, self.levels,
-                               self.max_named_levels)
+                               self.max_named_levels, lumbar_box=roi.lumbar_box)
         detected = levels.detected()
         measurements = measure_discs(mask, [d.box for d in detected], image, scan.spacing_mm)
         report["discs"] = [

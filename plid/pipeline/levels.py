@@ -1,8 +1,9 @@
 """Disc levels from the anatomy: the detector's discs checked against the segmentation and against each other.
 
 Counting up from the lowest disc found (``method="count"``, the paper-era rule) names every disc wrongly as soon
-as the lowest one, L5/S1, is missed or a box lands on a vertebral body. ``method="anatomy"`` (the default) uses
-what the segmenter sees in the lumbar crop:
+as the lowest one, L5/S1, is missed or a box lands on a vertebral body. ``method="anatomy"`` uses what the
+segmenter sees in the lumbar crop; ``method="anchor"`` (the default) does the same and takes the L5/S1 anchor from
+the stage-1 lumbar region instead (item 3):
 
 1. **Boxes that are not discs.** A detected box whose inside the segmenter calls vertebra, with (almost) no disc
    pixel, is a box on a vertebral body: it is kept in the report, flagged ``not_a_disc_suspected``, and not
@@ -14,7 +15,11 @@ what the segmenter sees in the lumbar crop:
 3. **The anchor.** SPIDER, and plid's segmenters, label no bone below L5/S1 (the sacrum is background), so the
    lowest disc is L5/S1 when the segmentation shows no vertebral body below it. Where one lies below it, or where
    there is no segmentation to trust (none, or one where most detected boxes hold no disc pixel), the anchor is
-   not found: discs are numbered, not named.
+   not found: discs are numbered, not named. With ``anchor``, the lumbar region's lower edge is L5/S1's lower edge
+   (SPIDER's lumbar box, and plid's derived one, end at the lowest disc): where it lies about one vertical spacing
+   or more below the lowest disc found, the discs between are suspected missed discs (source ``lumbar region``) and
+   counted; where the lowest disc lies a spacing or more below the edge, the discs are numbered, not named. A
+   segmentation showing bone below an anchored L5/S1 makes the levels uncertain, but they stay named.
 4. **Checks on every image**: levels bottom-up and contiguous (by construction), no level twice (two boxes closer
    than half the usual spacing are one disc found twice: the less confident is flagged ``duplicate`` and not
    numbered), spacings plausible. Any finding makes ``levels_uncertain`` true, with the reasons.
@@ -34,11 +39,20 @@ import numpy as np
 
 from plid.labels import LEVEL_NAMES
 
-LEVEL_METHODS = ("anatomy", "count")
+LEVEL_METHODS = ("anchor", "anatomy", "count")
 VERTEBRA, DISC = 1, 2
-GAP_FACTOR = 1.6  # a spacing this many times the median means a disc is missing between
+# a spacing this many times the median means a disc is missing between (one missing gives about 2; on fold 0's val
+# images, gaps of 1.6 and 1.7 occurred between detected discs with no labelled disc between them)
+GAP_FACTOR = 1.8
+NEXT_DISC_MAX = 1.6  # a segmented disc beyond the lowest or highest disc found, at most this many spacings away
 DUPLICATE_FACTOR = 0.5  # two boxes closer than this share of the median spacing are one disc
 MIN_REGION_SHARE = 0.25  # a disc region smaller than this share of the median disc region is noise
+# How far (in vertical disc spacings) the detected lumbar region's lower edge lies below the lower edge of the lowest
+# disc. Where that disc is SPIDER's lowest, this offset was -0.93 to 1.22 on fold 0's val images (t2_SPACE: -0.25
+# to 0.75; mid-sagittal renders, whose boxes are derived, spread wider), so only an offset past these bounds says
+# something: a disc missed below (from MISSED_BELOW on), or a lowest disc below L5/S1 (at -BELOW_TOLERANCE or less).
+MISSED_BELOW = 0.9
+BELOW_TOLERANCE = 1.0
 
 
 def level_names(count: int, max_named: int = len(LEVEL_NAMES)) -> list[str | None]:
@@ -120,10 +134,10 @@ def _vertebra_below(mask: np.ndarray, box, spacing: float) -> bool:
     return band[1] < mask.shape[0] - 2 and _share(mask, band, VERTEBRA) > 0.4
 
 
-def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anatomy",
-                  max_named: int = len(LEVEL_NAMES)) -> Levels:
+def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anchor",
+                  max_named: int = len(LEVEL_NAMES), lumbar_box=None) -> Levels:
     """Levels of the detector's disc ``boxes`` (image pixels) given the segmenter's class ``mask`` over the image
-    (see the module docstring)."""
+    and the stage-1 detector's ``lumbar_box`` (image pixels, before any margin; see the module docstring)."""
     if method not in LEVEL_METHODS:
         raise ValueError(f"levels={method!r} is not one of {LEVEL_METHODS}")
     discs = [LevelledDisc(tuple(float(v) for v in b), float(s), k) for k, (b, s) in enumerate(zip(boxes, scores))]
@@ -181,12 +195,19 @@ def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anatomy
                 reasons.append(f"a gap of {np.linalg.norm(step) / spacing:.1f} times the usual spacing")
             filled.append(disc)
         numbered = filled
-    anchor = bool(numbered) and mask is not None and not _vertebra_below(mask, numbered[0].box, spacing or
+    bone_below = bool(numbered) and mask is not None and _vertebra_below(mask, numbered[0].box, spacing or
                                                                           _height(numbered[0].box) * 3)
-    if numbered and not anchor and mask is None and not reasons:
-        reasons.append("no segmentation to confirm L5/S1")
-    elif numbered and not anchor and mask is not None:
-        reasons.append("a vertebral body lies below the lowest disc found: L5/S1 may be missing")
+    if method == "anchor" and numbered and lumbar_box is not None:
+        anchor = _lumbar_anchor(numbered, lumbar_box, spacing, irregular, reasons, bone_below)
+        if anchor and bone_below and numbered[0].reason != "lumbar region":
+            reasons.append("the segmentation shows a vertebral body below L5/S1")
+            irregular.append(_centre(numbered[0].box)[1])
+    else:
+        anchor = bool(numbered) and mask is not None and not bone_below
+        if numbered and not anchor and mask is None and not reasons:
+            reasons.append("no segmentation to confirm L5/S1")
+        elif numbered and not anchor and mask is not None:
+            reasons.append("a vertebral body lies below the lowest disc found: L5/S1 may be missing")
     names = level_names(len(numbered), max_named) if anchor else [None] * len(numbered)
     for level, (disc, name) in enumerate(zip(numbered, names), start=1):
         y = _centre(disc.box)[1]
@@ -197,10 +218,56 @@ def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anatomy
     return Levels(everything, anchor, list(dict.fromkeys(reasons)))
 
 
+def _lumbar_anchor(numbered: list[LevelledDisc], lumbar_box, spacing: float | None, irregular: list[float],
+                   reasons: list[str], bone_below: bool) -> bool:
+    """The L5/S1 anchor from the lumbar region: its lower edge is the lower edge of L5/S1 (the lumbar box of
+    SPIDER's masks and of plid's derived boxes ends at the lowest disc; the sacrum is not labelled). Where it lies
+    ``MISSED_BELOW`` or more vertical spacings below the lowest disc found, discs were missed below (one more per
+    further spacing): they are added as suspected missed discs (``numbered`` grows at its start), so the names above
+    stay right, but only where the segmentation shows a vertebral body below the lowest disc found (``bone_below``):
+    on fold 0's val images the lumbar region alone also reached a spacing below SPIDER's lowest disc on mid-sagittal
+    T1 renders, where no disc was missed. Without that agreement, or where the lowest disc lies
+    ``BELOW_TOLERANCE`` spacings or more below the edge, L5/S1 is not confirmed: False (numbered, not named)."""
+    lowest = numbered[0]
+    rise = _vertical_spacing(numbered, spacing)
+    offset = (float(lumbar_box[3]) - lowest.box[3]) / rise
+    if offset <= -BELOW_TOLERANCE:
+        reasons.append(f"the lowest disc found lies {-offset:.1f} spacings below the lumbar region: L5/S1 not confirmed")
+        return False
+    missing = int(np.floor(offset + 1 - MISSED_BELOW))
+    if missing < 1:
+        return True
+    if not bone_below:
+        reasons.append(f"the lumbar region reaches {offset:.1f} spacings below the lowest disc found, but the "
+                       "segmentation shows no vertebral body there: L5/S1 not confirmed")
+        return False
+    step = _centre(lowest.box) - _centre(numbered[1].box) if len(numbered) > 1 else np.array([0.0, rise])
+    step *= rise / max(step[1], 1e-6)  # one vertical spacing down, along the column
+    size = np.asarray(lowest.box[2:]) - lowest.box[:2]
+    for k in range(1, missing + 1):
+        centre = _centre(lowest.box) + k * step
+        numbered.insert(0, LevelledDisc(tuple(float(v) for v in (*(centre - size / 2), *(centre + size / 2))), None,
+                                        None, flag="missed_disc_suspected", reason="lumbar region"))
+        irregular.append(centre[1])
+    reasons.append(f"the lumbar region reaches {offset:.1f} spacings below the lowest disc found: "
+                   f"{missing} disc(s) missed below it")
+    return True
+
+
+def _vertical_spacing(discs: list[LevelledDisc], spacing: float | None) -> float:
+    """The usual vertical distance between neighbouring discs (bottom-up ``discs``): the median over neighbours, else
+    three disc heights where fewer than two discs are found."""
+    centres = np.array([_centre(d.box) for d in discs])
+    if len(centres) >= 2:
+        rises = -np.diff(centres[:, 1])
+        return float(max(np.median(rises), 1.0))
+    return float(spacing or 3 * _height(discs[0].box))
+
+
 def _plausible_missed(found: list[LevelledDisc], regions: list) -> list[tuple[float, float, float, float]]:
     """The segmented disc regions that are discs the detector missed: not covered by a detected box, of a size like
     the detected discs (a quarter to four times their median area), and where the column's next disc would be:
-    below the lowest or above the highest disc at 0.6-1.6 times the usual spacing, or inside a gap of at least
+    below the lowest or above the highest disc at 0.6 to ``NEXT_DISC_MAX`` spacings, or inside a gap of at least
     ``GAP_FACTOR`` spacings, at least 0.6 spacings from both its neighbours. Needs three detected discs to know what
     is usual; a segmentation of its own is not trusted to add discs."""
     spacing = _median_spacing(found)
@@ -220,7 +287,7 @@ def _plausible_missed(found: list[LevelledDisc], regions: list) -> list[tuple[fl
             gap = np.linalg.norm(_centre(below[-1]) - _centre(above[0])) / spacing
             plausible = gap >= GAP_FACTOR and min(gap_to) >= 0.6
         else:  # beyond the lowest or the highest disc
-            plausible = 0.6 <= gap_to[0] <= GAP_FACTOR
+            plausible = 0.6 <= gap_to[0] <= NEXT_DISC_MAX
         if plausible:
             accepted.append(box)
     return accepted

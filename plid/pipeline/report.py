@@ -26,7 +26,7 @@ from plid.utils.io import atomic_write
 CLASS_BGR = np.asarray(CLASS_COLOURS, dtype=np.uint8)[:, ::-1]
 LUMBAR_COLOUR = (0, 215, 255)
 DISC_COLOUR = (60, 60, 255)
-SUSPECTED_COLOUR = (0, 200, 255)  # a disc the detector missed, suspected from the segmentation or a gap
+SUSPECTED_COLOUR = (0, 200, 255)  # a disc the detector missed, suspected from the segmentation, a gap or the lumbar region
 MIN_SIDE = 384  # smaller images are enlarged for the overlay so that labels stay legible
 
 
