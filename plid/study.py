@@ -144,7 +144,7 @@ def study(cfg: DictConfig) -> Path:
     evaluations = {}
     for split in cfg.get("evaluate") or []:
         folder = s.run(f"evaluate_{split}", "plid.evaluate", f"model_dir={model_dir}", f"split={split}",
-                       *(f"data.root={root}" for root in [cfg.data.get("root")] if root))
+                       *([f"data.root={cfg.data.root}"] if cfg.data.get("root") else []))
         evaluations[split] = str(folder / "evaluation.md")
     write_json(out / "study.json", {"steps": s.steps, "seconds": round(time.perf_counter() - start, 1),
                                     "model_dir": str(model_dir), "report": str(report / "report.html"),
