@@ -17,8 +17,9 @@ the stage-1 lumbar region instead (item 3):
    there is no segmentation to trust (none, or one where most detected boxes hold no disc pixel), the anchor is
    not found: discs are numbered, not named. With ``anchor``, the lumbar region's lower edge is L5/S1's lower edge
    (SPIDER's lumbar box, and plid's derived one, end at the lowest disc): where it lies about one vertical spacing
-   or more below the lowest disc found, the discs between are suspected missed discs (source ``lumbar region``) and
-   counted; where the lowest disc lies a spacing or more below the edge, the discs are numbered, not named. A
+   or more below the lowest disc found and the segmentation shows a vertebral body below that disc, the discs
+   between are suspected missed discs (source ``lumbar region``) and counted; where the two disagree, or the
+   lowest disc lies a spacing or more below the edge, the discs are numbered, not named. A
    segmentation showing bone below an anchored L5/S1 makes the levels uncertain, but they stay named.
 4. **Checks on every image**: levels bottom-up and contiguous (by construction), no level twice (two boxes closer
    than half the usual spacing are one disc found twice: the less confident is flagged ``duplicate`` and not
@@ -198,7 +199,7 @@ def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anchor"
     bone_below = bool(numbered) and mask is not None and _vertebra_below(mask, numbered[0].box, spacing or
                                                                           _height(numbered[0].box) * 3)
     if method == "anchor" and numbered and lumbar_box is not None:
-        anchor = _lumbar_anchor(numbered, lumbar_box, spacing, irregular, reasons, bone_below)
+        anchor = _lumbar_anchor(numbered, lumbar_box, irregular, reasons, bone_below)
         if anchor and bone_below and numbered[0].reason != "lumbar region":
             reasons.append("the segmentation shows a vertebral body below L5/S1")
             irregular.append(_centre(numbered[0].box)[1])
@@ -218,8 +219,8 @@ def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anchor"
     return Levels(everything, anchor, list(dict.fromkeys(reasons)))
 
 
-def _lumbar_anchor(numbered: list[LevelledDisc], lumbar_box, spacing: float | None, irregular: list[float],
-                   reasons: list[str], bone_below: bool) -> bool:
+def _lumbar_anchor(numbered: list[LevelledDisc], lumbar_box, irregular: list[float], reasons: list[str],
+                   bone_below: bool) -> bool:
     """The L5/S1 anchor from the lumbar region: its lower edge is the lower edge of L5/S1 (the lumbar box of
     SPIDER's masks and of plid's derived boxes ends at the lowest disc; the sacrum is not labelled). Where it lies
     ``MISSED_BELOW`` or more vertical spacings below the lowest disc found, discs were missed below (one more per
@@ -229,7 +230,7 @@ def _lumbar_anchor(numbered: list[LevelledDisc], lumbar_box, spacing: float | No
     T1 renders, where no disc was missed. Without that agreement, or where the lowest disc lies
     ``BELOW_TOLERANCE`` spacings or more below the edge, L5/S1 is not confirmed: False (numbered, not named)."""
     lowest = numbered[0]
-    rise = _vertical_spacing(numbered, spacing)
+    rise = _vertical_spacing(numbered)
     offset = (float(lumbar_box[3]) - lowest.box[3]) / rise
     if offset <= -BELOW_TOLERANCE:
         reasons.append(f"the lowest disc found lies {-offset:.1f} spacings below the lumbar region: L5/S1 not confirmed")
@@ -254,14 +255,13 @@ def _lumbar_anchor(numbered: list[LevelledDisc], lumbar_box, spacing: float | No
     return True
 
 
-def _vertical_spacing(discs: list[LevelledDisc], spacing: float | None) -> float:
+def _vertical_spacing(discs: list[LevelledDisc]) -> float:
     """The usual vertical distance between neighbouring discs (bottom-up ``discs``): the median over neighbours, else
-    three disc heights where fewer than two discs are found."""
-    centres = np.array([_centre(d.box) for d in discs])
-    if len(centres) >= 2:
-        rises = -np.diff(centres[:, 1])
-        return float(max(np.median(rises), 1.0))
-    return float(spacing or 3 * _height(discs[0].box))
+    three disc heights where only one disc is found."""
+    if len(discs) < 2:
+        return 3 * _height(discs[0].box)
+    rises = -np.diff([_centre(d.box)[1] for d in discs])
+    return float(max(np.median(rises), 1.0))
 
 
 def _plausible_missed(found: list[LevelledDisc], regions: list) -> list[tuple[float, float, float, float]]:
