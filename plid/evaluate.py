@@ -33,6 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from plid.datamodules import splits as splits_lib
 from plid.datamodules.contract import load_dataset
+from plid.ensemble.folds import bag_mean, out_of_fold
 from plid.ensemble.predictions import Predictions, load_predictions
 from plid.errors import UserInputError
 from plid.labels import CLASS_NAMES, grading
@@ -45,6 +46,7 @@ from plid.metrics import (
     ordinal_scores,
     patient_bootstrap,
     predicted_classes,
+    youden_threshold,
 )
 from plid.models.grading import grade_of_distribution
 from plid.utils.hydra import run_task
@@ -241,11 +243,17 @@ def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: d
             overall[f"{split}_mean_std"] = fold_summary(per_fold)
     if val_sets:
         # out-of-fold predictions: with every fold present, each non-test patient once
-        pooled = Predictions(np.concatenate([p.ids for p in val_sets.values()]),
-                             np.concatenate([p.probs for p in val_sets.values()]),
-                             np.concatenate([p.targets for p in val_sets.values()]))
+        pooled = out_of_fold([Path(f["run"]) for f in folds if f["fold"] in val_sets], list(val_sets.values()))
         per_case = np.concatenate([np.full(len(p.ids), thresholds.get(k, 0.5)) for k, p in val_sets.items()])
         overall["val_pooled"] = split_scores(task, pooled, patient_of, bootstrap, per_case)
+        tests = [run / predictions_dir / "test.npz" for run in runs]
+        if len(val_sets) > 1 and all(path.is_file() for path in tests):
+            # the runs as the fold bag plid.export makes of them: test probabilities averaged, a classifier called
+            # at the threshold chosen on the pooled out-of-fold predictions
+            bag = bag_mean([load_predictions(path) for path in tests])
+            threshold = youden_threshold(pooled.probs[:, 1], pooled.targets) if task == "cls" else 0.5
+            overall["test_bag"] = {**split_scores(task, bag, patient_of, bootstrap, threshold),
+                                   **({"threshold": threshold} if task == "cls" else {})}
     return {"folds": folds, "overall": overall}, val_sets
 
 
@@ -265,7 +273,8 @@ def _mean_std(summary: dict[str, float]) -> str:
 
 def markdown_tables(result: dict[str, Any]) -> str:
     """Rows: each fold on val (with its 95 % CI), mean ± std over folds, pooled out-of-fold val with its CI, and the
-    same for the test set; columns: the paper's metrics (Table 2 for classifiers, Table 4 for segmenters); a
+    same for the test set, with the fold bag (the folds' mean probabilities, a classifier at the threshold chosen on
+    the pooled out-of-fold predictions); columns: the paper's metrics (Table 2 for classifiers, Table 4 for segmenters); a
     multi-task classifier's tables one per grading."""
     titles = {"cls": "classification (paper Table 2)", "seg": "segmentation (paper Table 4)",
               "grade": "every grading of a multi-task classifier"}
@@ -291,6 +300,8 @@ def _split_tables(scores: dict[str, Any], metrics, level: str) -> list[str]:
         rows.append(("mean ± std", [_mean_std(overall[f"{split}_mean_std"][m]) for m in metrics]))
         if split == "val" and "val_pooled" in overall:
             rows.append(("pooled out-of-fold", [_cell(overall["val_pooled"]["metrics"][m]) for m in metrics]))
+        if split == "test" and "test_bag" in overall:  # the folds' mean, as a model_dir's fold bag predicts
+            rows.append(("fold bag (mean)", [_cell(overall["test_bag"]["metrics"][m]) for m in metrics]))
         counts = "; ".join(f"fold {f['fold']}: {f[split]['cases']} cases of {f[split]['patients']} patients"
                            + (f", {f[split]['positives']} positive" if "positives" in f[split] else "")
                            for f in scores["folds"] if split in f)

@@ -3,7 +3,9 @@
 1. ``python -m plid.detect stage=lumbar``, then ``stage=ivd`` starting from the lumbar weights: the two
    YOLOv8 detectors
 2. ``python -m plid.train model=<classifier>`` for each classifier, then ``python -m plid.ensemble task=cls``
-   (where this plid has classifiers and the ensemble)
+   (where this plid has classifiers and the ensemble); with ``classifiers.folds``, one classifier trained on each
+   of those folds on a fixed schedule, scored by ``python -m plid.evaluate runs=[...]`` (pooled out-of-fold val,
+   the fold bag on test) and exported as a fold bag (:mod:`plid.ensemble.folds`)
 3. ``python -m plid.train model=<segmenter>``
 4. ``python -m plid.export``: the model_dir
 5. ``python -m plid.predict`` on held-out test images, written as PNG, DICOM and NIfTI
@@ -101,9 +103,14 @@ def study(cfg: DictConfig) -> Path:
 
     out = Path(cfg.paths.output_dir).resolve()
     debug = HydraConfig.get().runtime.choices.get("debug") if HydraConfig.initialized() else None
+    d, c, g = cfg.detector, cfg.classifiers, cfg.segmenter
+    models = list(c.models or [])
+    folds = [int(k) for k in c.get("folds") or []]
+    if folds and len(models) != 1:  # refused before any step runs
+        raise UserInputError(f"classifiers.folds={folds} makes a fold bag of one classifier; classifiers.models="
+                             f"{models} names {len(models)} (a weighted ensemble of fold bags is not supported)")
     s = Study(cfg, out, debug)
     start = time.perf_counter()
-    d, c, g = cfg.detector, cfg.classifiers, cfg.segmenter
     gpu = cfg.get("device", "cpu") == "gpu"
     on_device = {"plid.detect": ["detector.device=0"] if gpu else [], "plid.train": ["trainer=gpu"] if gpu else []}
 
@@ -121,11 +128,20 @@ def study(cfg: DictConfig) -> Path:
                 f"detector.weights={lumbar_weights}", *s.data("det"), *on_device["plid.detect"])
 
     cls_runs, ensemble = [], None
-    models = list(cfg.classifiers.models or [])
     for name in models:
-        cls_runs.append(s.run(f"train_{name}", "plid.train", f"model={name}", *sizes(c.image_size, c.epochs),
-                              *s.data("cls"), *on_device["plid.train"]))
-    if len(cls_runs) > 1:
+        if not folds:
+            cls_runs.append(s.run(f"train_{name}", "plid.train", f"model={name}", *sizes(c.image_size, c.epochs),
+                                  *s.data("cls"), *on_device["plid.train"]))
+            continue
+        # a fold bag: one run per fold on a fixed schedule (no checkpoint chosen on the fold's few positives); the
+        # export chooses its thresholds on their pooled out-of-fold predictions (plid.ensemble.folds)
+        for k in folds:
+            cls_runs.append(s.run(f"train_{name}_fold{k}", "plid.train", f"model={name}", f"data.fold={k}",
+                                  "callbacks=fixed_schedule", *sizes(c.image_size, c.epochs), *s.data("cls"),
+                                  *on_device["plid.train"]))
+    if folds:
+        s.run("evaluate_classifier_folds", "plid.evaluate", f"runs=[{','.join(map(str, cls_runs))}]")
+    elif len(cls_runs) > 1:
         ensemble = s.run("ensemble", "plid.ensemble", "task=cls", f"runs=[{','.join(map(str, cls_runs))}]")
 
     seg = s.run("train_segmenter", "plid.train", f"model={g.model}", *sizes(g.image_size, g.epochs), *s.data("seg"),

@@ -244,6 +244,30 @@ def test_a_grading_the_folder_does_not_label_is_skipped_and_said(tmp_path, data_
     assert (tmp_path / "b" / "reliability_disc_herniation.png").is_file()
 
 
+def test_a_fold_bag_is_not_scored_on_patients_its_runs_trained_on(tmp_path, data_dir, compose):
+    from plid.pipeline.end_to_end import evaluate_model_dir
+    from plid.pipeline.model_dir import LoadedModule
+    from tests.test_pipeline import _MeanIntensity
+
+    dataset, pipeline = _dataset_with_truth_cropper(data_dir, compose)
+    pipeline.models.classifiers = [LoadedModule(f"cls ({k})", _MeanIntensity(1.0), 32, 0.1, target="disc_herniation")
+                                   for k in range(2)]
+    pipeline.models.weights = [1.0, 1.0]
+    pipeline.models.bag = {"folds": [0, 1], "selection": "pooled out-of-fold",
+                           "thresholds": {"disc_herniation": 0.5}}
+    images = dataset.images["image"].tolist()[:3]
+    bootstrap = {"samples": 10, "seed": 0, "confidence": 0.95}
+    result = evaluate_model_dir(pipeline, dataset, images, tmp_path / "val", "val", bootstrap, progress=False)
+    assert not result["thresholds"] and "in sample" in result["skipped_gradings"]["disc_herniation"]
+    assert result["classifier_in_sample"] == result["skipped_gradings"]["disc_herniation"]
+    assert "Gradings not scored on this split: in sample" in (tmp_path / "val" / "evaluation.md").read_text()
+    assert "disc_herniation/discs" not in result["groups"]["all"]["counts"]
+    # the test patients trained none of the bag's runs
+    result = evaluate_model_dir(pipeline, dataset, images, tmp_path / "test", "test", bootstrap, progress=False)
+    assert list(result["thresholds"]) == ["disc_herniation"] and not result["skipped_gradings"]
+    assert result["classifier_in_sample"] is None
+
+
 def test_failures_page_lists_the_worst_image_first(tmp_path):
     import cv2
 

@@ -353,3 +353,38 @@ def test_segmentation_ensemble_over_two_smoke_training_runs(tmp_path):
     assert summary["val"]["WAE"]["miou"] == pytest.approx(weights["val_score"])
     assert summary["val"]["WAE"]["miou"] >= max(summary["val"][m]["miou"] for m in ("unet_resnet34", "linknet_resnet34", "AEM"))
     assert (out / "ensemble_table.csv").is_file() and (out / "ensemble_table.md").is_file()
+
+
+def test_a_fold_bag_of_single_target_runs_chooses_its_threshold_on_the_pooled_out_of_fold_predictions(tmp_path):
+    from omegaconf import OmegaConf
+
+    from plid.ensemble.folds import fold_bag, is_fold_bag
+    from plid.metrics import youden_threshold
+
+    rng = np.random.default_rng(0)
+    runs, pooled = [], []
+    for fold in range(3):
+        run = tmp_path / str(fold)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml({"data": {"target": "disc_herniation"}}))
+        (run / "summary.json").write_text(json.dumps({"fold": fold, "choices": {"model": "cls_resnet50"},
+                                                      "threshold": 0.9}))
+        ids = np.array([f"p{fold}_{k}_t2:1" for k in range(20)])
+        targets = (np.arange(20) < 3).astype(int)  # 3 positives per fold, as rare as herniation
+        p1 = np.clip(0.2 + 0.3 * targets + rng.normal(0, 0.15, 20), 0, 1)
+        save_predictions(run / "predictions" / "val.npz", Predictions(ids, np.stack([1 - p1, p1], 1), targets))
+        pooled.append((p1, targets))
+        runs.append(run)
+    bag = fold_bag(runs)
+    cut = youden_threshold(np.concatenate([p for p, _ in pooled]), np.concatenate([t for _, t in pooled]))
+    assert bag.targets == ["disc_herniation"] and not bag.multi_task and bag.folds == [0, 1, 2]
+    assert bag.thresholds == {"disc_herniation": pytest.approx(cut, abs=1e-6)}
+    assert bag.pooled["disc_herniation"]["positives"] == 9 and bag.pooled["disc_herniation"]["cases"] == 60
+    # one fold's own threshold is not what the bag uses
+    assert bag.thresholds["disc_herniation"] != 0.9
+    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+    assert is_fold_bag(summaries)
+    assert not is_fold_bag([summaries[0], {**summaries[1], "choices": {"model": "cls_densenet121"}}])
+    assert not is_fold_bag([summaries[0], {**summaries[1], "fold": 0}])
+    with pytest.raises(UserInputError, match="not a fold bag"):
+        fold_bag([runs[0], runs[0]])

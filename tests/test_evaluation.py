@@ -42,11 +42,13 @@ def test_collects_fold_runs_into_tables_and_figures(tmp_path):
     root, patients = _dataset(tmp_path, 30)
     rng = np.random.default_rng(0)
     runs = []
+    test_ids = np.array([f"{p}_t2:{level}" for p in patients[24:] for level in (1, 2)])
+    test_targets = rng.integers(0, 2, len(test_ids))  # every fold's run predicts the same test discs
     for fold in range(3):
         run = tmp_path / "multirun" / f"{fold}_cls"
         for split, members in (("val", patients[fold * 8:(fold + 1) * 8]), ("test", patients[24:])):
             ids = np.array([f"{p}_t2:{level}" for p in members for level in (1, 2)])
-            targets = rng.integers(0, 2, len(ids))
+            targets = rng.integers(0, 2, len(ids)) if split == "val" else test_targets
             p1 = np.clip(0.3 + 0.4 * targets + rng.normal(0, 0.2, len(ids)), 0, 1)
             save_predictions(run / "predictions" / f"{split}.npz", Predictions(ids, np.stack([1 - p1, p1], 1), targets))
         (run / "csv").mkdir()
@@ -76,10 +78,22 @@ def test_collects_fold_runs_into_tables_and_figures(tmp_path):
         truths.append(saved.targets)
     calls, truths = np.concatenate(calls), np.concatenate(truths)
     assert pooled["metrics"]["specificity"]["value"] == pytest.approx((~calls[truths == 0]).mean())
+    # the fold bag on test: the folds' mean probability, called at Youden's cut of the pooled val predictions
+    from plid.metrics import auc, youden_threshold
+
+    pooled_val = [load_predictions(run / "predictions" / "val.npz") for run in runs]
+    cut = youden_threshold(np.concatenate([p.probs[:, 1] for p in pooled_val]), truths)
+    tests = [load_predictions(run / "predictions" / "test.npz") for run in runs]
+    mean = np.mean([p.probs[:, 1] for p in tests], axis=0)
+    bag = result["overall"]["test_bag"]
+    assert bag["threshold"] == pytest.approx(cut) and bag["cases"] == 12
+    assert bag["metrics"]["auc"]["value"] == pytest.approx(auc(mean, tests[0].targets))
+    assert bag["metrics"]["recall"]["value"] == pytest.approx((mean[tests[0].targets == 1] > cut).mean())
     table = (out / "evaluation.md").read_text()
     assert f"fold 0: 16 cases of 8 patients, {int(load_predictions(runs[0] / 'predictions' / 'val.npz').targets.sum())} " \
            "positive" in table
     assert "| fold 2 |" in table and "mean ± std" in table and "pooled out-of-fold" in table
+    assert "| fold bag (mean) |" in table
     for name in ("evaluation.json", "roc_val.png", "confusion_val.png", "training_curves.png"):
         assert (out / name).is_file()
     # the same patient in two folds' val sets is refused

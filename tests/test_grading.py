@@ -377,3 +377,95 @@ def test_evaluating_a_multi_task_model_dir_scores_binary_at_their_thresholds_and
         assert 0 <= figures[key]["value"] <= 1, key
     page = (tmp_path / "evaluation.md").read_text()
     assert "## pfirrman_grade" in page and "quadratic kappa" in page and "threshold 0.37" in page
+
+
+def _bag_run(compose, folder: Path, fold: int, targets: list[str], seed: int) -> Path:
+    """A multi-task run of ``fold`` as plid.train leaves it (untrained weights of ``seed``), with saved validation
+    predictions of its own patients and test predictions of the shared test patients."""
+    from plid.ensemble.predictions import Predictions, save_predictions
+    from tests.test_pipeline import _fake_train_run
+
+    torch.manual_seed(seed)
+    run = _fake_train_run(compose, folder, "grade_resnet50", "model.net.name=test_resnet",
+                          f"data.targets=[{','.join(targets)}]", fold=fold, targets=targets)
+    rng = np.random.default_rng(seed)
+    for name in targets:
+        classes = grading(name).num_classes
+        for split, patients in (("val", [f"p{fold}{k}" for k in range(6)]), ("test", ["t0", "t1", "t2"])):
+            ids = np.array([f"{p}_t2:{level}" for p in patients for level in (1, 2, 3)])
+            labels = np.arange(len(ids)) % classes  # the same references for every run
+            probs = rng.dirichlet(np.ones(classes), len(ids))
+            save_predictions(run / "predictions" / name / f"{split}.npz", Predictions(ids, probs, labels))
+    return run
+
+
+def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled_thresholds(tmp_path, compose):
+    from plid.data.scans import Scan
+    from plid.datamodules.synthetic import generate_case
+    from plid.ensemble.folds import fold_bag
+    from plid.ensemble.predictions import load_predictions
+    from plid.errors import UserInputError
+    from plid.metrics import youden_threshold
+    from plid.models.detection import load_yolo
+    from plid.models.grading import grade_distribution, grade_of_distribution
+    from plid.pipeline.core import Pipeline
+    from plid.pipeline.model_dir import export_model_dir, load_model_dir
+    from tests.test_pipeline import _fake_train_run, _truth_cropper
+
+    targets = ["disc_bulging", "pfirrman_grade"]
+    runs = [_bag_run(compose, tmp_path / f"fold{k}", k, targets, seed=10 + k) for k in (1, 0)]
+    weights = {}
+    for stage in ("lumbar", "ivd"):
+        yolo = load_yolo("yolov8n.yaml", tmp_path / "ultralytics")
+        yolo.ckpt = {"train_args": {"imgsz": 64}}
+        weights[stage] = tmp_path / f"{stage}.pt"
+        yolo.save(weights[stage])
+    seg = _fake_train_run(compose, tmp_path / "seg")
+    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, runs)
+    bag = json.loads((out / "manifest.json").read_text())["bag"]
+    assert bag["folds"] == [0, 1] and bag["selection"] == "pooled out-of-fold"
+    # the bulging threshold is Youden's cut of both folds' validation predictions together, not either fold's
+    pooled = [load_predictions(r / "predictions" / "disc_bulging" / "val.npz") for r in runs]
+    cut = youden_threshold(np.concatenate([p.probs[:, 1] for p in pooled]),
+                           np.concatenate([p.targets for p in pooled]))
+    assert bag["thresholds"] == {"disc_bulging": pytest.approx(cut, abs=1e-6)}
+    assert bag["pooled_val"]["disc_bulging"]["cases"] == 36 and bag["pooled_val"]["pfirrman_grade"]["cases"] == 36
+    assert bag["pooled_val"]["disc_bulging"]["positives"] == 18
+
+    case = generate_case(np.random.default_rng(3), size=128)
+    loaded = load_model_dir(out)
+    assert len(loaded.classifiers) == 2 and loaded.weights == [1.0, 1.0]
+    pipeline = Pipeline(loaded, cropper=_truth_cropper(case), levels="count")
+    described = pipeline.classifier_description()
+    assert described["thresholds"] == {"disc_bulging": pytest.approx(cut, abs=1e-6)}
+    assert "fold bag" in described["combination"]
+    report = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report
+    boxes = [d["box"] for d in report["discs"]]
+    with torch.inference_mode():
+        outputs = [c.net(Pipeline._crops(c, case.image, boxes)) for c in loaded.classifiers]
+    bulging = torch.stack([o["disc_bulging"].softmax(1)[:, 1] for o in outputs]).mean(0)
+    distribution = torch.stack([grade_distribution(o["pfirrman_grade"]) for o in outputs]).mean(0).numpy()
+    # the two untrained runs disagree, so the mean is neither run's answer
+    assert not torch.allclose(outputs[0]["disc_bulging"], outputs[1]["disc_bulging"])
+    for i, disc in enumerate(report["discs"]):
+        assert disc["disc_bulging_probability"] == pytest.approx(float(bulging[i]), abs=1e-4)
+        assert disc["disc_bulging_positive"] == bool(bulging[i] > cut)
+        assert disc["pfirrman_grade_distribution"] == pytest.approx(distribution[i].tolist(), abs=1e-4)
+        assert disc["pfirrman_grade_grade"] == 1 + int(grade_of_distribution(distribution[i]))
+
+    # runs that validated on the same discs are no fold bag; a bag takes no ensemble weights
+    with pytest.raises(UserInputError, match="both validated on"):
+        fold_bag([runs[0], _overlapping(runs[0], tmp_path / "overlap")])
+    with pytest.raises(UserInputError, match="drop ensemble"):
+        export_model_dir(tmp_path / "with_weights", weights["lumbar"], weights["ivd"], seg, runs,
+                         ensemble=tmp_path / "ensemble_weights.json")
+
+
+def _overlapping(run: Path, folder: Path) -> Path:
+    """A copy of ``run`` as another fold whose validation predictions are those of ``run``'s patients."""
+    import shutil
+
+    shutil.copytree(run, folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "fold": 5}))
+    return folder

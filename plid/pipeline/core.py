@@ -40,7 +40,7 @@ from plid.labels import CLASS_NAMES, LEVEL_NAMES, grading, probability_key
 from plid.measurements import measure_discs
 from plid.metrics import predicted_classes
 from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
-from plid.models.grading import grade_distribution, grade_of_distribution, predicted_grade
+from plid.models.grading import grade_distribution, grade_of_distribution
 from plid.pipeline.levels import assign_levels
 from plid.pipeline.model_dir import LoadedModels
 
@@ -135,8 +135,18 @@ class Pipeline:
                      "threshold": self.decision_threshold()}
         if self.gradings():
             described["targets"] = self.gradings()
-            described["thresholds"] = {t: float(v) for t, v in (classifiers[0].thresholds or {}).items()}
+            described["thresholds"] = self.grading_thresholds()
+        if self.models.bag:
+            described["combination"] = f"mean of a fold bag (folds {self.models.bag['folds']})"
+            described["selection"] = self.models.bag["selection"]
         return described
+
+    def grading_thresholds(self) -> dict[str, float]:
+        """A multi-task classifier's threshold per binary grading: chosen on its validation split, or for a fold
+        bag on the bag's pooled out-of-fold predictions."""
+        if self.models.bag:
+            return {t: float(v) for t, v in self.models.bag["thresholds"].items()}
+        return {t: float(v) for t, v in (self.models.classifiers[0].thresholds or {}).items()}
 
     def aggregated_keys(self) -> list[str]:
         """The report keys of a multi-task classifier aggregated over several slices: the primary probability
@@ -170,27 +180,34 @@ class Pipeline:
                     for p in self.herniation(image, boxes)]
         if not boxes:
             return []
-        classifier = self.models.classifiers[0]
-        crops = self._crops(classifier, image, boxes)
-        if getattr(getattr(classifier.net, "hparams", {}), "get", lambda k: False)("use_measurements"):
-            from plid.measurements import measurement_features
+        probabilities: dict[str, list[torch.Tensor]] = {name: [] for name in self.gradings()}
+        for classifier in self.models.classifiers:
+            crops = self._crops(classifier, image, boxes)
+            if getattr(getattr(classifier.net, "hparams", {}), "get", lambda k: False)("use_measurements"):
+                from plid.measurements import measurement_features
 
-            features = np.stack([measurement_features(m) for m in (measurements or [None] * len(boxes))])
-            logits = classifier.net(crops, torch.from_numpy(features))
-        else:
-            logits = classifier.net(crops)
+                features = np.stack([measurement_features(m) for m in (measurements or [None] * len(boxes))])
+                logits = classifier.net(crops, torch.from_numpy(features))
+            else:
+                logits = classifier.net(crops)
+            for name in self.gradings():
+                spec = grading(name)
+                probabilities[name].append(grade_distribution(logits[name]) if spec.ordinal
+                                           else logits[name].softmax(1)[:, 1])
+        weights, thresholds = self.models.weights, self.grading_thresholds()
         fields: list[dict[str, Any]] = [{} for _ in boxes]
         for name in self.gradings():
             spec = grading(name)
+            combined = weighted_average(probabilities[name], weights)  # a fold bag: the mean of its runs
             if spec.ordinal:
-                grades, distribution = predicted_grade(logits[name]), grade_distribution(logits[name])
+                grades = grade_of_distribution(combined.numpy())
                 for i, row in enumerate(fields):
                     row[f"{name}_grade"] = spec.grade(int(grades[i]))
-                    row[f"{name}_distribution"] = [round(float(v), 4) for v in distribution[i]]
+                    row[f"{name}_distribution"] = [round(float(v), 4) for v in combined[i]]
             else:
-                threshold = float((classifier.thresholds or {}).get(name, 0.5))
+                threshold = float(thresholds.get(name, 0.5))
                 key = probability_key(name)
-                for i, p in enumerate(logits[name].softmax(1)[:, 1].tolist()):
+                for i, p in enumerate(combined.tolist()):
                     fields[i][key] = round(float(p), 4)
                     # the call at the threshold chosen on validation (positive above it, as Youden's J chose it)
                     fields[i][key.removesuffix("_probability") + "_positive"] = bool(p > threshold)

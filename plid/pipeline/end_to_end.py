@@ -95,6 +95,12 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
     predicted = sorted({grading_of(k) for case in summary["cases"] for d in case.get("discs", []) for k, v in d.items()
                         if k.endswith(PROBABILITY_SUFFIX) and v is not None})
     skipped = {g: f"{dataset.root} does not label {g}" for g in predicted if g not in labelled}
+    bag, in_sample = pipeline.models.bag, None
+    if bag and split != "test":  # every patient outside the test split trained some of the bag's runs
+        in_sample = (f"in sample: the fold bag's runs (folds {bag['folds']}) trained on patients of split={split}; "
+                     f"its out-of-fold validation figures are the manifest's bag.pooled_val (python -m plid.evaluate "
+                     f"runs=[<the bag's runs>] scores them with intervals)")
+        skipped.update({g: in_sample for g in predicted if g not in skipped})
     for grading, reason in skipped.items():
         log.warning("grading %s skipped: %s", grading, reason)
     threshold = _threshold(summary["cases"])
@@ -106,10 +112,10 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
     from plid.labels import grading as grading_spec
 
     ordinal = [g for g in described.get("targets") or [] if grading_spec(g).ordinal]
-    for g in [g for g in ordinal if g not in labelled]:
-        skipped[g] = f"{dataset.root} does not label {g}"
+    for g in [g for g in ordinal if g not in labelled or in_sample]:
+        skipped[g] = f"{dataset.root} does not label {g}" if g not in labelled else in_sample
         log.warning("grading %s skipped: %s", g, skipped[g])
-    ordinal = [g for g in ordinal if g in labelled]
+    ordinal = [g for g in ordinal if g not in skipped]
     scores = []
     for image in images:
         score = score_image(reports[image], truths[image], list(thresholds), ordinal)
@@ -123,6 +129,7 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
     result: dict[str, Any] = {
         "model_dir": str(pipeline.models.root), "data_root": str(dataset.root), "split": split,
         "bootstrap": bootstrap, "thresholds": thresholds, "ordinal_gradings": ordinal, "skipped_gradings": skipped,
+        "classifier_in_sample": in_sample,  # why the gradings are not scored on this split, or None
         "classifier": next((c["classifier"] for c in summary["cases"] if c.get("classifier")), None),
         "groups": {},
     }
@@ -310,8 +317,11 @@ def markdown_tables(result: dict[str, Any]) -> str:
                         [[n, str(c[n][f"{grading}/discs"]),
                           *(_cell(f[n].get(f"{grading}/{k}")) for k in ("balanced_accuracy", "kappa", "within_one",
                                                                           "accuracy"))] for n in groups])
+    if result.get("classifier_in_sample"):
+        lines.append(f"\nGradings not scored on this split: {result['classifier_in_sample']}.")
     for grading, reason in result["skipped_gradings"].items():
-        lines.append(f"\n{grading}: not scored ({reason}).")
+        if reason != result.get("classifier_in_sample"):
+            lines.append(f"\n{grading}: not scored ({reason}).")
     if any(c[n]["images_with_mask"] for n in groups):
         classes = CLASS_NAMES[1:]
         lines += ["\n## Segmentation of the lumbar crop the pipeline chose\n",

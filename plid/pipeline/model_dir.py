@@ -12,8 +12,14 @@
 
 A multi-task classifier (``model=grade_*``) is exported as one classifier whose manifest entry carries
 ``targets`` (its gradings, in head order) and ``thresholds`` (per binary grading, chosen on validation by
-Youden's J: the run's summary.json) in place of ``target``; a model_dir holds one such classifier, not an
-ensemble of them.
+Youden's J: the run's summary.json) in place of ``target``; a model_dir holds one such classifier, or a fold
+bag of them.
+
+A **fold bag** (``cls_runs`` = runs of one model config, each on a different ``data.fold``; :mod:`plid.ensemble.folds`)
+exports every run as a classifier and records ``bag`` in the manifest: the folds, and the decision thresholds chosen
+on the runs' pooled out-of-fold validation predictions (with the pool's cases, positives and AUC); prediction
+averages the runs' probabilities (distributions, for ordinal gradings) with equal weights and calls each binary
+grading at the bag's threshold. A bag takes no ``ensemble=`` (its weights are equal by design).
 
 Every ``.pt`` / ``.ckpt`` here holds only tensors and plain values and is read with
 ``torch.load(weights_only=True)``: nothing in a model_dir is unpickled. Detectors are rebuilt from their
@@ -43,6 +49,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from plid.ensemble.folds import fold_bag, is_fold_bag
 from plid.ensemble.predictions import run_names
 from plid.errors import UserInputError
 from plid.models.detection import NMS_IOU
@@ -216,17 +223,25 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
         for name, run in zip(run_names(runs, summaries), runs):  # the names plid.ensemble gives the same runs
             folder = "classifiers/" + re.sub(r"[^\w.-]+", "_", name).strip("_")
             classifiers[name] = {"dir": folder, **export_module(run, tmp / folder)}
-        if len(classifiers) > 1 and any("targets" in entry for entry in classifiers.values()):
+        bag = fold_bag(runs) if is_fold_bag(summaries) else None
+        if bag is None and len(classifiers) > 1 and any("targets" in entry for entry in classifiers.values()):
             raise UserInputError(f"cls_runs: {[n for n, e in classifiers.items() if 'targets' in e]} grade several "
-                                 f"gradings (model=grade_*): a model_dir takes one such classifier alone; an "
-                                 f"ensemble of multi-task classifiers is not supported yet")
+                                 f"gradings (model=grade_*): a model_dir takes one such classifier alone, or a fold "
+                                 f"bag (one model config on different data.fold); a weighted ensemble of multi-task "
+                                 f"classifiers is not supported yet")
         targets = {entry.get("target") for entry in classifiers.values()}
         if len(targets) > 1:
             raise UserInputError(f"the classifiers predict different targets {sorted(map(str, targets))}; "
                                  f"export classifiers of one grading")
         manifest["classifiers"] = classifiers
         manifest["ensemble"] = None
-        if ensemble is not None:
+        if bag is not None:
+            if ensemble is not None:
+                raise UserInputError(f"cls_runs are a fold bag (folds {bag.folds}), averaged with equal weights and "
+                                     f"called at thresholds chosen on their pooled out-of-fold predictions; drop "
+                                     f"ensemble={ensemble}")
+            manifest["bag"] = bag.describe()
+        elif ensemble is not None:
             path = Path(ensemble).expanduser()
             path = path / "ensemble_weights.json" if path.is_dir() else path
             if not path.is_file():
@@ -288,6 +303,7 @@ class LoadedModels:
     classifiers: list[LoadedModule] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)  # per classifier; one classifier: [1.0]
     ensemble_threshold: float = DEFAULT_THRESHOLD  # on the combined probability of several classifiers
+    bag: dict[str, Any] | None = None  # a fold bag's folds and pooled out-of-fold thresholds (manifest "bag")
 
 
 def load_detector(path: Path):
@@ -348,5 +364,8 @@ def load_model_dir(path: str | Path) -> LoadedModels:
         check_ensemble_names(ensemble["weights"], [c.name for c in classifiers], path, "the model_dir's classifiers")
         weights = [float(ensemble["weights"][c.name]) for c in classifiers]
         threshold = float(ensemble.get("threshold", DEFAULT_THRESHOLD))
+    bag = manifest.get("bag")
+    if bag and not classifiers[0].targets:  # a single-target bag: its one pooled threshold
+        threshold = float(bag["thresholds"][classifiers[0].target])
     return LoadedModels(root, manifest, load_detector(root / detectors["lumbar"]["file"]),
-                        load_detector(root / detectors["ivd"]["file"]), segmenter, classifiers, weights, threshold)
+                        load_detector(root / detectors["ivd"]["file"]), segmenter, classifiers, weights, threshold, bag)
