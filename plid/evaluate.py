@@ -33,7 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from plid.datamodules import splits as splits_lib
 from plid.datamodules.contract import load_dataset
-from plid.ensemble.folds import bag_mean, out_of_fold
+from plid.ensemble.folds import bag_mean, is_fold_bag, out_of_fold
 from plid.ensemble.predictions import Predictions, load_predictions
 from plid.errors import UserInputError
 from plid.labels import CLASS_NAMES, grading
@@ -247,11 +247,11 @@ def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: d
         per_case = np.concatenate([np.full(len(p.ids), thresholds.get(k, 0.5)) for k, p in val_sets.items()])
         overall["val_pooled"] = split_scores(task, pooled, patient_of, bootstrap, per_case)
         tests = [run / predictions_dir / "test.npz" for run in runs]
-        if len(val_sets) > 1 and all(path.is_file() for path in tests):
+        if is_fold_bag(summaries) and all(path.is_file() for path in tests):
             # the runs as the fold bag plid.export makes of them: test probabilities averaged, a classifier called
-            # at the threshold chosen on the pooled out-of-fold predictions
+            # at the threshold chosen on the pooled out-of-fold predictions (rounded as the manifest stores it)
             bag = bag_mean([load_predictions(path) for path in tests])
-            threshold = youden_threshold(pooled.probs[:, 1], pooled.targets) if task == "cls" else 0.5
+            threshold = round(youden_threshold(pooled.probs[:, 1], pooled.targets), 6) if task == "cls" else 0.5
             overall["test_bag"] = {**split_scores(task, bag, patient_of, bootstrap, threshold),
                                    **({"threshold": threshold} if task == "cls" else {})}
     return {"folds": folds, "overall": overall}, val_sets

@@ -106,9 +106,9 @@ def study(cfg: DictConfig) -> Path:
     d, c, g = cfg.detector, cfg.classifiers, cfg.segmenter
     models = list(c.models or [])
     folds = [int(k) for k in c.get("folds") or []]
-    if folds and len(models) != 1:  # refused before any step runs
-        raise UserInputError(f"classifiers.folds={folds} makes a fold bag of one classifier; classifiers.models="
-                             f"{models} names {len(models)} (a weighted ensemble of fold bags is not supported)")
+    if folds and (len(models) != 1 or len(set(folds)) != len(folds) or len(folds) < 2):  # before any step runs
+        raise UserInputError(f"classifiers.folds={folds} makes a fold bag of one classifier from two or more different "
+                             f"folds; classifiers.models={models} (a weighted ensemble of fold bags is not supported)")
     s = Study(cfg, out, debug)
     start = time.perf_counter()
     gpu = cfg.get("device", "cpu") == "gpu"

@@ -239,7 +239,7 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
         "pfirrman_grade_distribution"]
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<th>gradings</th>" in page and "Pf " in page and "Modic " in page and "bulg " in page
-    # an ensemble of multi-task classifiers is refused, with the reason
+    # two multi-task runs that are no fold bag (no folds) are refused, with the reason
     other = tmp_path / "grade2"
     import shutil
 

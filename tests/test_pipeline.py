@@ -406,3 +406,48 @@ def test_predict_command_end_to_end_on_trained_tiny_models(tmp_path, data_dir, c
     assert scored["groups"]["all"]["counts"]["images"] > 0 and "disc_herniation" in scored["thresholds"]
     for name in ("evaluation.md", "failures.html", "predict/report.json"):
         assert (evaluation / name).is_file()
+
+
+def test_a_single_target_fold_bag_predicts_the_runs_mean_at_its_pooled_threshold(tmp_path, compose, case,
+                                                                                 detector_runs):
+    from plid.data.scans import Scan
+    from plid.ensemble.predictions import Predictions, save_predictions
+    from plid.errors import UserInputError
+    from plid.metrics import youden_threshold
+
+    seg = _fake_train_run(compose, tmp_path / "seg")
+    rng = np.random.default_rng(0)
+    runs, pooled = [], []
+    for fold in (0, 1):  # folders of one name, as two multiruns' job dirs "0" would be
+        torch.manual_seed(fold)
+        run = _fake_train_run(compose, tmp_path / f"sweep{fold}" / "0", "cls_resnet50", "model.net.name=test_resnet",
+                              "data.image_size=32", fold=fold, threshold=0.99, choices={"model": "cls_resnet50",
+                                                                                       "callbacks": "fixed_schedule"})
+        ids = np.array([f"p{fold}{k}_t2:1" for k in range(10)])
+        targets = (np.arange(10) < 4).astype(int)
+        p1 = np.clip(0.3 + 0.3 * targets + rng.normal(0, 0.2, 10), 0, 1)
+        save_predictions(run / "predictions" / "val.npz", Predictions(ids, np.stack([1 - p1, p1], 1), targets))
+        runs.append(run)
+        pooled.append((p1, targets))
+    cut = round(youden_threshold(np.concatenate([p for p, _ in pooled]), np.concatenate([t for _, t in pooled])), 6)
+    out = export_model_dir(tmp_path / "bag", detector_runs["lumbar"], detector_runs["ivd"], seg, runs)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["version"] == 3 and manifest["bag"]["thresholds"] == {"disc_herniation": cut}
+    # named by their fold, so the two job dirs "0" do not overwrite each other
+    assert list(manifest["classifiers"]) == ["cls_resnet50 (fold 0)", "cls_resnet50 (fold 1)"]
+    loaded = load_model_dir(out)
+    pipeline = Pipeline(loaded, cropper=_truth_cropper(case), levels="count")
+    assert pipeline.decision_threshold() == cut != 0.99  # the bag's, not a run's own
+    discs = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report["discs"]
+    boxes = [d["box"] for d in discs]
+    with torch.inference_mode():
+        mean = torch.stack([c.net(Pipeline._crops(c, case.image, boxes)).softmax(1)[:, 1]
+                            for c in loaded.classifiers]).mean(0)
+    for disc, p in zip(discs, mean.tolist()):
+        assert disc["herniation_probability"] == pytest.approx(p, abs=1e-4)
+        assert disc["herniation_positive"] == (p > cut)
+    # two runs of one model whose folders share a name, not a bag: refused, not one silently overwritten
+    summary = json.loads((runs[1] / "summary.json").read_text())
+    (runs[1] / "summary.json").write_text(json.dumps({**summary, "fold": 0}))
+    with pytest.raises(UserInputError, match="same name"):
+        export_model_dir(tmp_path / "clash", detector_runs["lumbar"], detector_runs["ivd"], seg, runs, tmp_path / "e")

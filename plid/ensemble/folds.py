@@ -42,13 +42,14 @@ class FoldBag:
     folds: list[int]
     targets: list[str]  # a multi-task classifier's gradings, or a single-target classifier's one target
     multi_task: bool
+    data_root: str | None = None  # the folder the runs trained on (their patients are in sample there)
     thresholds: dict[str, float] = field(default_factory=dict)  # per binary grading
     pooled: dict[str, dict[str, Any]] = field(default_factory=dict)  # per grading: cases, positives, auc, threshold
 
     def describe(self) -> dict[str, Any]:
         """What a model_dir's manifest records of the bag."""
         return {"selection": SELECTION, "folds": self.folds, "runs": [str(r) for r in self.runs],
-                "thresholds": self.thresholds, "pooled_val": self.pooled}
+                "data_root": self.data_root, "thresholds": self.thresholds, "pooled_val": self.pooled}
 
 
 def _summary(run: Path) -> dict[str, Any]:
@@ -129,7 +130,7 @@ def fold_bag(runs: list[str | Path]) -> FoldBag:
         raise UserInputError(f"runs {[str(p) for p in paths]} learn different targets {targets}; a bag's runs differ "
                              f"in their fold only")
     multi_task = bool(summaries[0].get("targets"))
-    bag = FoldBag(paths, [int(s["fold"]) for s in summaries], targets[0], multi_task)
+    bag = FoldBag(paths, [int(s["fold"]) for s in summaries], targets[0], multi_task, summaries[0].get("data_root"))
     chosen = [str(p) for p, s in zip(paths, summaries) if (s.get("choices") or {}).get("callbacks") != "fixed_schedule"]
     if chosen:
         log.warning("fold bag: runs %s did not train on callbacks=fixed_schedule; a checkpoint chosen on a run's own "

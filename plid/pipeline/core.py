@@ -1,9 +1,10 @@
 """The inference pipeline: one image in, a per-disc report out.
 
 Per image: the lumbar region (stage-1 detector), the discs inside it (stage-2 detector) numbered bottom-up,
-a herniation probability per disc (one classifier, or the weighted average of several with the ensemble's
-weights) and the call it gives at the decision threshold chosen on validation (``herniation_positive``:
-probability above the threshold; the classifier's own threshold, or the ensemble's with several), and the
+a herniation probability per disc (one classifier, the weighted average of several with the ensemble's
+weights, or the mean of a fold bag's runs) and the call it gives at the decision threshold chosen on validation
+(``herniation_positive``: probability above the threshold; the classifier's own, the ensemble's, or the bag's chosen
+on its pooled out-of-fold predictions), and the
 4-class segmentation of the lumbar crop with the area of each class.
 
 A multi-task classifier (``model=grade_*``) gives every grading it learnt per disc instead: a binary grading as
@@ -119,7 +120,8 @@ class Pipeline:
     def decision_threshold(self) -> float:
         """The threshold applied to the combined per-disc probability (positive above it): the classifier's own
         (chosen on its validation split) with one classifier, the ensemble's (chosen on the ensemble's
-        validation probabilities) with several; 0.5 for a model_dir written before thresholds were chosen."""
+        validation probabilities) with several, a fold bag's (chosen on its pooled out-of-fold predictions); 0.5
+        for a model_dir written before thresholds were chosen."""
         classifiers = self.models.classifiers
         if len(classifiers) == 1:
             return float(classifiers[0].threshold)
@@ -200,7 +202,7 @@ class Pipeline:
             spec = grading(name)
             combined = weighted_average(probabilities[name], weights)  # a fold bag: the mean of its runs
             if spec.ordinal:
-                grades = grade_of_distribution(combined.numpy())
+                grades = grade_of_distribution(combined.cpu().numpy())
                 for i, row in enumerate(fields):
                     row[f"{name}_grade"] = spec.grade(int(grades[i]))
                     row[f"{name}_distribution"] = [round(float(v), 4) for v in combined[i]]

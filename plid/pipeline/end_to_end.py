@@ -96,10 +96,11 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
                         if k.endswith(PROBABILITY_SUFFIX) and v is not None})
     skipped = {g: f"{dataset.root} does not label {g}" for g in predicted if g not in labelled}
     bag, in_sample = pipeline.models.bag, None
-    if bag and split != "test":  # every patient outside the test split trained some of the bag's runs
+    trained_here = bag and (not bag.get("data_root") or Path(bag["data_root"]).resolve() == Path(dataset.root).resolve())
+    if trained_here and split != "test":  # every patient outside the test split trained some of the bag's runs
         in_sample = (f"in sample: the fold bag's runs (folds {bag['folds']}) trained on patients of split={split}; "
-                     f"its out-of-fold validation figures are the manifest's bag.pooled_val (python -m plid.evaluate "
-                     f"runs=[<the bag's runs>] scores them with intervals)")
+                     f"its out-of-fold validation AUCs are the manifest's bag.pooled_val, and python -m plid.evaluate "
+                     f"runs=[<the bag's runs>] scores the pooled out-of-fold predictions with intervals)")
         skipped.update({g: in_sample for g in predicted if g not in skipped})
     for grading, reason in skipped.items():
         log.warning("grading %s skipped: %s", grading, reason)

@@ -32,7 +32,8 @@ and ``weights_file`` are null, ``pretrained`` false; what the run started from i
 
 Manifest version 2 adds, per classifier, the decision ``threshold`` chosen on its validation split (its
 run's ``summary.json``), the disc detector's training crop margin as ``detection.margin``, and the
-ensemble's threshold in ``ensemble_weights.json``. Version 1 model_dirs load, with threshold 0.5.
+ensemble's threshold in ``ensemble_weights.json``. Version 1 model_dirs load, with threshold 0.5. Version 3 is a
+model_dir with a fold bag (``bag``), which a plid reading versions 1-2 only would misread.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ from plid.models.detection import NMS_IOU
 from plid.utils.io import atomic_dir, atomic_write, write_json
 
 MANIFEST_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+BAG_VERSION = 3  # a model_dir holding a fold bag
+READABLE_VERSIONS = (1, 2, 3)
 DEFAULT_THRESHOLD = 0.5  # models of a version-1 model_dir, or runs that chose no threshold
 DEFAULT_MARGIN = 0.1  # data.roi_margin's default: the disc detector's crop margin when its run cannot be read
 # model config keys that name initial weights (downloaded or read from a local file when the network is built)
@@ -220,10 +222,16 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
             raise UserInputError(f"cls_runs names a run twice: {[str(r) for r in cls_runs]}")
         summaries = [json.loads((r / "summary.json").read_text()) if (r / "summary.json").is_file() else {}
                      for r in runs]
-        for name, run in zip(run_names(runs, summaries), runs):  # the names plid.ensemble gives the same runs
+        bag = fold_bag(runs) if is_fold_bag(summaries) else None
+        # the names plid.ensemble gives the same runs; a bag's runs by their fold
+        names = ([f"{(s.get('choices') or {}).get('model')} (fold {s['fold']})" for s in summaries] if bag is not None
+                 else run_names(runs, summaries))
+        if len(set(names)) != len(names):
+            raise UserInputError(f"cls_runs {[str(r) for r in runs]} would be exported as {names}: two runs of one "
+                                 f"model in folders of the same name; give each run a folder of its own name")
+        for name, run in zip(names, runs):
             folder = "classifiers/" + re.sub(r"[^\w.-]+", "_", name).strip("_")
             classifiers[name] = {"dir": folder, **export_module(run, tmp / folder)}
-        bag = fold_bag(runs) if is_fold_bag(summaries) else None
         if bag is None and len(classifiers) > 1 and any("targets" in entry for entry in classifiers.values()):
             raise UserInputError(f"cls_runs: {[n for n, e in classifiers.items() if 'targets' in e]} grade several "
                                  f"gradings (model=grade_*): a model_dir takes one such classifier alone, or a fold "
@@ -241,6 +249,7 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
                                      f"called at thresholds chosen on their pooled out-of-fold predictions; drop "
                                      f"ensemble={ensemble}")
             manifest["bag"] = bag.describe()
+            manifest["version"] = BAG_VERSION  # an older plid would predict with the first run alone
         elif ensemble is not None:
             path = Path(ensemble).expanduser()
             path = path / "ensemble_weights.json" if path.is_dir() else path
