@@ -33,7 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from plid.datamodules import splits as splits_lib
 from plid.datamodules.contract import load_dataset
-from plid.ensemble.folds import bag_mean, is_fold_bag, out_of_fold
+from plid.ensemble.folds import bag_mean, is_fold_bag, out_of_fold, pooled_threshold
 from plid.ensemble.predictions import Predictions, load_predictions
 from plid.errors import UserInputError
 from plid.labels import CLASS_NAMES, grading
@@ -46,7 +46,6 @@ from plid.metrics import (
     ordinal_scores,
     patient_bootstrap,
     predicted_classes,
-    youden_threshold,
 )
 from plid.models.grading import grade_of_distribution
 from plid.utils.hydra import run_task
@@ -249,9 +248,9 @@ def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: d
         tests = [run / predictions_dir / "test.npz" for run in runs]
         if is_fold_bag(summaries) and all(path.is_file() for path in tests):
             # the runs as the fold bag plid.export makes of them: test probabilities averaged, a classifier called
-            # at the threshold chosen on the pooled out-of-fold predictions (rounded as the manifest stores it)
+            # at the threshold chosen on the pooled out-of-fold predictions
             bag = bag_mean([load_predictions(path) for path in tests])
-            threshold = round(youden_threshold(pooled.probs[:, 1], pooled.targets), 6) if task == "cls" else 0.5
+            threshold = pooled_threshold(pooled) if task == "cls" else 0.5
             overall["test_bag"] = {**split_scores(task, bag, patient_of, bootstrap, threshold),
                                    **({"threshold": threshold} if task == "cls" else {})}
     return {"folds": folds, "overall": overall}, val_sets

@@ -163,6 +163,19 @@ def test_grading_run_writes_scores_thresholds_and_predictions_per_grading(compos
         assert load_predictions(files["disc_herniation"]).probs.shape[1] == 2
 
 
+def _untrained_detectors(folder: Path) -> dict[str, Path]:
+    """Untrained YOLOv8n weights for both stages (``lumbar``, ``ivd``), saved as ultralytics checkpoints."""
+    from plid.models.detection import load_yolo
+
+    weights = {}
+    for stage in ("lumbar", "ivd"):
+        yolo = load_yolo("yolov8n.yaml", folder / "ultralytics")
+        yolo.ckpt = {"train_args": {"imgsz": 64}}
+        weights[stage] = folder / f"{stage}.pt"
+        yolo.save(weights[stage])
+    return weights
+
+
 @pytest.mark.parametrize("use_measurements", [False, True])
 def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(tmp_path, compose, use_measurements):
     from omegaconf import OmegaConf
@@ -176,14 +189,7 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
     from tests.test_pipeline import _fake_train_run, _truth_cropper
 
     case = generate_case(np.random.default_rng(3), size=128)
-    weights = {}
-    from plid.models.detection import load_yolo
-
-    for stage in ("lumbar", "ivd"):
-        yolo = load_yolo("yolov8n.yaml", tmp_path / "ultralytics")
-        yolo.ckpt = {"train_args": {"imgsz": 64}}
-        weights[stage] = tmp_path / f"{stage}.pt"
-        yolo.save(weights[stage])
+    weights = _untrained_detectors(tmp_path)
     seg = _fake_train_run(compose, tmp_path / "seg")
     # a multi-task run (tiny backbone) whose checkpoint carries thresholds chosen on validation
     run = tmp_path / "grade"
@@ -406,7 +412,6 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
     from plid.ensemble.predictions import load_predictions
     from plid.errors import UserInputError
     from plid.metrics import youden_threshold
-    from plid.models.detection import load_yolo
     from plid.models.grading import grade_distribution, grade_of_distribution
     from plid.pipeline.core import Pipeline
     from plid.pipeline.model_dir import export_model_dir, load_model_dir
@@ -414,12 +419,7 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
 
     targets = ["disc_bulging", "pfirrman_grade"]
     runs = [_bag_run(compose, tmp_path / f"fold{k}", k, targets, seed=10 + k) for k in (1, 0)]
-    weights = {}
-    for stage in ("lumbar", "ivd"):
-        yolo = load_yolo("yolov8n.yaml", tmp_path / "ultralytics")
-        yolo.ckpt = {"train_args": {"imgsz": 64}}
-        weights[stage] = tmp_path / f"{stage}.pt"
-        yolo.save(weights[stage])
+    weights = _untrained_detectors(tmp_path)
     seg = _fake_train_run(compose, tmp_path / "seg")
     out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, runs)
     bag = json.loads((out / "manifest.json").read_text())["bag"]

@@ -78,12 +78,12 @@ def is_fold_bag(summaries: list[dict[str, Any]]) -> bool:
     return len(summaries) > 1 and len(models) == 1 and None not in folds and len(set(folds)) == len(folds)
 
 
-def pooled_predictions(runs: list[Path], subdir: str = "", split: str = "val") -> list[Predictions]:
-    """Each run's saved predictions of ``split`` (``predictions/<subdir>/<split>.npz``; subdir a grading of a
-    multi-task run), in the order of ``runs``."""
+def pooled_predictions(runs: list[Path], subdir: str = "") -> list[Predictions]:
+    """Each run's saved validation predictions (``predictions/<subdir>/val.npz``; subdir a grading of a multi-task
+    run), in the order of ``runs``."""
     loaded = []
     for run in runs:
-        path = run / "predictions" / subdir / f"{split}.npz"
+        path = run / "predictions" / subdir / "val.npz"
         if not path.is_file():
             raise UserInputError(f"run {run}: no {path.relative_to(run)} (training writes it after testing)")
         loaded.append(load_predictions(path))
@@ -102,6 +102,12 @@ def out_of_fold(runs: list[Path], per_run: list[Predictions]) -> Predictions:
             seen[case] = run
     return Predictions(np.concatenate([p.ids for p in per_run]), np.concatenate([p.probs for p in per_run]),
                        np.concatenate([p.targets for p in per_run]))
+
+
+def pooled_threshold(pooled: Predictions) -> float:
+    """Youden's cut on the class-1 probabilities of the pooled out-of-fold predictions, rounded as a manifest stores
+    it (so a bag's calls are the same from its manifest and from ``plid.evaluate runs=...``)."""
+    return round(youden_threshold(pooled.probs[:, 1].astype(np.float64), pooled.targets), 6)
 
 
 def bag_mean(per_run: list[Predictions]) -> Predictions:
@@ -139,10 +145,8 @@ def fold_bag(runs: list[str | Path]) -> FoldBag:
         pooled = out_of_fold(paths, pooled_predictions(paths, name if multi_task else ""))
         entry: dict[str, Any] = {"cases": len(pooled)}
         if not (multi_task and grading(name).ordinal):
-            positive = pooled.probs[:, 1].astype(np.float64)
-            threshold = youden_threshold(positive, pooled.targets)
-            bag.thresholds[name] = round(threshold, 6)
-            entry.update(positives=int((pooled.targets == 1).sum()), auc=auc(positive, pooled.targets),
-                         threshold=bag.thresholds[name])
+            bag.thresholds[name] = pooled_threshold(pooled)
+            entry.update(positives=int((pooled.targets == 1).sum()),
+                         auc=auc(pooled.probs[:, 1].astype(np.float64), pooled.targets), threshold=bag.thresholds[name])
         bag.pooled[name] = entry
     return bag
