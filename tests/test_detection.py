@@ -28,7 +28,7 @@ def test_pixel_boxes_round_trip_through_yolo_label_files(tmp_path):
     height, width = 317, 451
     x1, y1 = rng.integers(0, 300, 20), rng.integers(0, 200, 20)
     boxes = np.stack([x1, y1, x1 + rng.integers(1, 150, 20), y1 + rng.integers(1, 117, 20)], axis=1)
-    write_labels(tmp_path / "a.txt", boxes, height, width)
+    write_labels(tmp_path / "a.txt", boxes, np.zeros(len(boxes)), height, width)
     labels = read_labels(tmp_path / "a.txt")
     assert ((labels >= 0) & (labels <= 1)).all()
     np.testing.assert_allclose(from_yolo(labels, height, width), boxes, atol=1.0)
@@ -70,6 +70,50 @@ def test_export_labels_give_back_the_table_boxes_in_the_stage_image(detect_cfg, 
     labels = read_labels(tmp_path / "export" / "labels" / "train" / f"{row['image']}.txt")
     found = from_yolo(labels, *size)
     np.testing.assert_allclose(found[np.lexsort(found.T[::-1])], expected[np.lexsort(expected.T[::-1])], atol=1.0)
+
+
+def test_level_classes_of_the_disc_stage_are_each_box_ivd_label(detect_cfg, tmp_path):
+    """disc_classes=level: class k is level k + 1 (L5/S1 = 0), named as LEVEL_NAMES, box for box."""
+    import hydra
+
+    from plid.labels import LEVEL_NAMES
+
+    cfg = detect_cfg("stage=ivd", "debug=smoke", "data.disc_classes=level")
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    spec = yaml.safe_load(dm.export(tmp_path / "export").read_text())
+    assert spec["names"] == dict(enumerate(LEVEL_NAMES))
+    row = dm.datasets["train"].iloc[0]
+    image = dm.dataset.read_image(row["image"])
+    x1, y1, x2, y2 = enlarge_box(row[LUMBAR_BOX].to_numpy(dtype=float), 0.1, *image.shape)
+    discs = dm.dataset.discs[dm.dataset.discs["image"] == row["image"]]
+    rows = np.loadtxt(tmp_path / "export" / "labels" / "train" / f"{row['image']}.txt", ndmin=2)
+    found = from_yolo(rows[:, 1:], y2 - y1, x2 - x1) + [x1, y1, x1, y1]
+    for (cls, box) in zip(rows[:, 0], found):  # each label's class is the ivd_label of the table box it came from
+        nearest = np.abs(discs[DISC_BOX].to_numpy(float) - box).sum(axis=1).argmin()
+        assert cls == discs["ivd_label"].iloc[nearest] - 1
+    assert len(set(rows[:, 0])) == len(rows) > 1  # one box per level
+
+
+def test_unknown_disc_classes_are_refused_by_name():
+    from plid.datamodules.yolo import DetectionDataModule
+
+    with pytest.raises(UserInputError, match="disc_classes='levels'"):
+        DetectionDataModule(root="unused", stage="ivd", disc_classes="levels")
+
+
+@requires_spider2d
+def test_level_classes_on_real_slices_leave_out_exactly_the_images_without_levels():
+    from plid.datamodules.yolo import DetectionDataModule
+
+    discs = pd.read_csv(SPIDER2D / "discs.csv")
+    unlevelled = set(discs.loc[discs["ivd_label"].isna(), "image"])
+    assert unlevelled and not unlevelled & set(discs.loc[discs["ivd_label"].notna(), "image"])  # all or none
+    dm = DetectionDataModule(root=str(SPIDER2D), stage="ivd", disc_classes="level")
+    dm.prepare_data()
+    dm.setup()
+    assert dm.left_out["no_levels"] == len(unlevelled)
+    kept = set(dm.dataset.images["image"])
+    assert kept == set(discs["image"]) - unlevelled
 
 
 def fake_detector(boxes, scores=None):
