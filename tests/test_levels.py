@@ -173,6 +173,56 @@ def test_a_gap_of_two_spacings_is_a_suspected_missed_disc(case):
     assert result.uncertain and result.anchor_found
 
 
+def _detector_levels(case, boxes, wrong=None):
+    """What a level-class disc detector says of each box: its true level, except the boxes in ``wrong``."""
+    truth = _truth(case)
+    return [(wrong or {}).get(box, truth.get(tuple(round(v) for v in box))) for box in boxes]
+
+
+def test_the_disc_detector_names_discs_right_when_detector_and_segmenter_both_miss_l5_s1(case):
+    boxes, scores = _boxes(case, leave_out=(1,))
+    mask = _without_disc(case.mask, case, 1)
+    # anatomy alone cannot name them (bone below the lowest disc found); the detector's classes can
+    assert not assign_levels(boxes, scores, mask, method="anatomy").anchor_found
+    result = assign_levels(boxes, scores, mask, method="detector", detected_levels=_detector_levels(case, boxes))
+    assert result.anchor_found and result.uncertain
+    assert all(_truth(case)[box] == level for box, level in _levels_by_box(result).items())
+    suspected = result.suspected()
+    assert [(d.level, d.name, d.reason) for d in suspected] == [(1, "L5/S1", "disc detector")]
+    assert "calls the lowest disc found L4/L5: 1 disc(s) missed" in result.describe()["levels_uncertain_reason"]
+
+
+def test_a_box_the_disc_detector_places_below_l5_s1_is_flagged_and_the_names_stay_right(case):
+    boxes, scores = _boxes(case)
+    lowest = case.discs[0]["box"]
+    spacing = case.discs[0]["box"][1] - case.discs[1]["box"][1]
+    sacrum = (float(lowest[0]), float(lowest[1] + spacing), float(lowest[2]), float(lowest[3] + spacing))
+    levels = [*_detector_levels(case, boxes), 1]  # it, too, calls the sacrum box L5/S1, with a low score
+    result = assign_levels([*boxes, sacrum], [*scores, 0.3], None, method="detector", detected_levels=levels)
+    flagged = [d for d in result.discs if d.flag == "not_a_disc_suspected"]
+    assert [d.box for d in flagged] == [sacrum] and flagged[0].level is None
+    assert all(_truth(case)[box] == level for box, level in _levels_by_box(result).items() if box != sacrum)
+    assert sorted(d.level for d in result.discs if d.level) == list(range(1, len(case.discs) + 1))
+    assert result.anchor_found and "below L5/S1" in result.describe()["levels_uncertain_reason"]
+
+
+def test_every_disc_the_disc_detector_agrees_on_is_certain_and_a_split_vote_is_not_named(case):
+    boxes, scores = _boxes(case)
+    agreed = assign_levels(boxes, scores, case.mask, method="detector", detected_levels=_detector_levels(case, boxes))
+    assert agreed.anchor_found and not agreed.uncertain and all(d.level_confidence == 1.0 for d in agreed.discs)
+    # one disc called a level off: the rest outvote it, the levels stay, but uncertain and less confident
+    one_off = _detector_levels(case, boxes, wrong={boxes[0]: 9})
+    result = assign_levels(boxes, scores, case.mask, method="detector", detected_levels=one_off)
+    assert all(_truth(case)[box] == level for box, level in _levels_by_box(result).items())
+    assert result.uncertain and all(d.level_confidence < 1 for d in result.discs)
+    # every box called twice its true level: no offset from the order has more than one vote, so not named
+    doubled = [2 * level for level in _detector_levels(case, boxes)]
+    split = assign_levels(boxes, [0.9] * len(boxes), case.mask, method="detector", detected_levels=doubled)
+    assert not split.anchor_found and all(d.name is None for d in split.discs)
+    with pytest.raises(ValueError, match="one class per level"):
+        assign_levels(boxes, scores, case.mask, method="detector")
+
+
 def test_no_segmentation_means_no_names():
     boxes = [(10, 100, 50, 110), (10, 70, 50, 80), (10, 40, 50, 50)]
     result = assign_levels(boxes, [0.9, 0.8, 0.7], None)

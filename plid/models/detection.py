@@ -160,6 +160,7 @@ class DiscCrop:
     crop_box: tuple[int, int, int, int]  # the box enlarged by the margin and clipped: what ``image`` shows
     score: float
     image: np.ndarray
+    detected_level: int | None = None  # the level a disc detector with one class per level gives it (1 = L5/S1)
 
 
 @dataclass
@@ -176,8 +177,9 @@ class RoiResult:
 # left such duplicates (IoU 0.5-0.7) in the reports. Stage 1 keeps its top box only, so this only acts on discs.
 NMS_IOU = 0.3
 
-# a detector: image (H, W[, 3]) uint8 -> (boxes (N, 4) in its pixels, scores (N,))
-Detector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# a detector: image (H, W[, 3]) uint8 -> (boxes (N, 4) in its pixels, scores (N,)[, levels (N,)]); a disc detector
+# with one class per level (data.disc_classes=level) adds each box's level, 1 = L5/S1 (class 0)
+Detector = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
 
 class YoloDetector:
@@ -195,6 +197,8 @@ class YoloDetector:
         self.model, self.conf, self.iou, self.device = model, float(conf), float(iou), device
         trained = getattr(model, "imgsz", None) or (getattr(model, "ckpt", None) or {}).get("train_args", {}).get("imgsz")
         self.imgsz = int(imgsz or trained or 640)
+        # one class per level: NMS across classes (one disc is one box, whatever level two boxes would say)
+        self.by_level = len(getattr(model, "names", None) or {0: ""}) > 1
         self._predictor = None
 
     @classmethod
@@ -206,9 +210,9 @@ class YoloDetector:
     def predict(self, image: np.ndarray) -> Any:
         """ultralytics' ``Results`` of ``model.predict`` on one image."""
         return self.model.predict(_bgr(image), conf=self.conf, iou=self.iou, imgsz=self.imgsz, device=self.device,
-                                  verbose=False)[0]
+                                  agnostic_nms=self.by_level, verbose=False)[0]
 
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
         if self._predictor is None:
             result = self.predict(image)
             self._predictor = self.model.predictor
@@ -217,7 +221,8 @@ class YoloDetector:
             with torch.inference_mode():
                 x = predictor.preprocess([bgr])
                 result = predictor.postprocess(predictor.inference(x), x, [bgr])[0]
-        return result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy()
+        found = result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy()
+        return (*found, result.boxes.cls.cpu().numpy().astype(np.int64) + 1) if self.by_level else found
 
 
 def _bgr(image: np.ndarray) -> np.ndarray:
@@ -251,14 +256,16 @@ class RoiCropper:
         lumbar_box = tuple(float(v) for v in boxes[best])
         region_box = enlarge_box(lumbar_box, self.margin, height, width)
         region = crop(image, region_box)
-        disc_boxes, disc_scores = self.ivd(region)
+        disc_boxes, disc_scores, *by_level = self.ivd(region)
+        disc_levels = by_level[0] if by_level else [None] * len(disc_boxes)
         discs = []
-        for box, score in zip(disc_boxes, disc_scores):
+        for box, score, detected_level in zip(disc_boxes, disc_scores, disc_levels):
             box = shift_box(tuple(float(v) for v in box), region_box[0], region_box[1])
             if not (box[2] > box[0] and box[3] > box[1]):
                 continue
             crop_box = enlarge_box(box, self.margin, height, width)
-            discs.append(DiscCrop(0, box, crop_box, float(score), crop(image, crop_box)))
+            discs.append(DiscCrop(0, box, crop_box, float(score), crop(image, crop_box),
+                                  None if detected_level is None else int(detected_level)))
         discs.sort(key=lambda d: -(d.box[1] + d.box[3]))  # image y grows downwards: lowest disc first
         for level, disc in enumerate(discs, start=1):
             disc.level = level

@@ -37,6 +37,7 @@ from plid.boxes import crop, enlarge_box
 from plid.data.scans import Scan
 from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
+from plid.errors import UserInputError
 from plid.labels import CLASS_NAMES, LEVEL_NAMES, grading, probability_key
 from plid.measurements import measure_discs
 from plid.metrics import predicted_classes
@@ -67,6 +68,10 @@ class Pipeline:
                                              YoloDetector(models.ivd, conf, iou=iou), margin)
         self.max_named_levels = max_named_levels
         self.levels = levels
+        self.by_level = bool(getattr(self.cropper.ivd, "by_level", False))  # the disc detector names levels
+        if levels == "detector" and not self.by_level:
+            raise UserInputError("levels=detector needs a disc detector with one class per level (plid.detect "
+                                 "stage=ivd data.disc_classes=level); this model_dir's has one class")
 
     @torch.inference_mode()
     def __call__(self, scan: Scan) -> ImageResult:
@@ -84,7 +89,8 @@ class Pipeline:
         report["lumbar"] = {"box": _box(roi.lumbar_box), "score": round(roi.lumbar_score, 4)}
         mask, segmentation = self.segment(image, roi.lumbar_box, scan.spacing_mm)
         levels = assign_levels([d.box for d in roi.discs], [d.score for d in roi.discs], mask, self.levels,
-                               self.max_named_levels, lumbar_box=roi.lumbar_box)
+                               self.max_named_levels, lumbar_box=roi.lumbar_box,
+                               detected_levels=[d.detected_level for d in roi.discs] if self.by_level else None)
         detected = levels.detected()
         measurements = measure_discs(mask, [d.box for d in detected], image, scan.spacing_mm)
         report["discs"] = [

@@ -25,9 +25,15 @@ the stage-1 lumbar region instead (item 3):
    than half the usual spacing are one disc found twice: the less confident is flagged ``duplicate`` and not
    numbered), spacings plausible. Any finding makes ``levels_uncertain`` true, with the reasons.
 
+5. ``method="detector"`` takes the anchor from a disc detector with one class per level (``data.disc_classes=level``)
+   instead of the lumbar region: after steps 1, 2 and 4, each detected disc's class votes for where L5/S1 lies in
+   the column (:func:`_detector_anchor`); discs missed below are added, boxes below L5/S1 flagged, and a vote
+   under half the detector's score leaves the discs numbered, not named.
+
 ``level_confidence`` of a disc is a documented rule, not a calibrated probability: 1 for a disc counted from a
 confirmed anchor with nothing irregular below it, halved for every suspected missed disc or removed box below or
-at it, 0.25 at most where the anchor was not confirmed.
+at it, 0.25 at most where the anchor was not confirmed; with ``detector``, times the share of the detector's score
+that agrees with the levels.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import numpy as np
 
 from plid.labels import LEVEL_NAMES
 
-LEVEL_METHODS = ("anchor", "anatomy", "count")
+LEVEL_METHODS = ("anchor", "anatomy", "count", "detector")
 VERTEBRA, DISC = 1, 2
 # a spacing this many times the median means a disc is missing between (one missing gives about 2; on fold 0's val
 # images, gaps of 1.6 and 1.7 occurred between detected discs with no labelled disc between them)
@@ -136,11 +142,15 @@ def _vertebra_below(mask: np.ndarray, box, spacing: float) -> bool:
 
 
 def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anchor",
-                  max_named: int = len(LEVEL_NAMES), lumbar_box=None) -> Levels:
-    """Levels of the detector's disc ``boxes`` (image pixels) given the segmenter's class ``mask`` over the image
-    and the stage-1 detector's ``lumbar_box`` (image pixels, before any margin; see the module docstring)."""
+                  max_named: int = len(LEVEL_NAMES), lumbar_box=None, detected_levels=None) -> Levels:
+    """Levels of the detector's disc ``boxes`` (image pixels) given the segmenter's class ``mask`` over the image,
+    the stage-1 detector's ``lumbar_box`` (image pixels, before any margin) and, from a disc detector with one
+    class per level, each box's ``detected_levels`` (1 = L5/S1; see the module docstring)."""
     if method not in LEVEL_METHODS:
         raise ValueError(f"levels={method!r} is not one of {LEVEL_METHODS}")
+    if method == "detector" and detected_levels is None:
+        raise ValueError("levels=detector needs a disc detector with one class per level (trained with "
+                         "data.disc_classes=level); this one has one class")
     discs = [LevelledDisc(tuple(float(v) for v in b), float(s), k) for k, (b, s) in enumerate(zip(boxes, scores))]
     reasons: list[str] = []
     if method == "count":
@@ -198,7 +208,13 @@ def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anchor"
         numbered = filled
     bone_below = bool(numbered) and mask is not None and _vertebra_below(mask, numbered[0].box, spacing or
                                                                           _height(numbered[0].box) * 3)
-    if method == "anchor" and numbered and lumbar_box is not None:
+    agreement = 1.0
+    if method == "detector" and numbered:
+        anchor, agreement = _detector_anchor(numbered, detected_levels, irregular, reasons)
+        if anchor and bone_below and numbered[0].detected is not None:
+            reasons.append("the segmentation shows a vertebral body below L5/S1")
+            irregular.append(_centre(numbered[0].box)[1])
+    elif method == "anchor" and numbered and lumbar_box is not None:
         anchor = _lumbar_anchor(numbered, lumbar_box, irregular, reasons, bone_below)
         if anchor and bone_below and numbered[0].reason != "lumbar region":
             reasons.append("the segmentation shows a vertebral body below L5/S1")
@@ -212,7 +228,7 @@ def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anchor"
     names = level_names(len(numbered), max_named) if anchor else [None] * len(numbered)
     for level, (disc, name) in enumerate(zip(numbered, names), start=1):
         y = _centre(disc.box)[1]
-        confidence = (1.0 if anchor else 0.25) * 0.5 ** sum(1 for i in irregular if i >= y - 1e-6)
+        confidence = (1.0 if anchor else 0.25) * agreement * 0.5 ** sum(1 for i in irregular if i >= y - 1e-6)
         disc.level, disc.name, disc.level_confidence = level, name, round(confidence, 4)
     flagged = [d for d in discs if d.flag in ("not_a_disc_suspected", "duplicate")]
     everything = sorted([*numbered, *flagged], key=lambda d: -_centre(d.box)[1])
@@ -242,17 +258,67 @@ def _lumbar_anchor(numbered: list[LevelledDisc], lumbar_box, irregular: list[flo
         reasons.append(f"the lumbar region reaches {offset:.1f} spacings below the lowest disc found, but the "
                        "segmentation shows no vertebral body there: L5/S1 not confirmed")
         return False
-    step = _centre(lowest.box) - _centre(numbered[1].box) if len(numbered) > 1 else np.array([0.0, rise])
-    step *= rise / max(step[1], 1e-6)  # one vertical spacing down, along the column
-    size = np.asarray(lowest.box[2:]) - lowest.box[:2]
-    for k in range(1, missing + 1):
-        centre = _centre(lowest.box) + k * step
-        numbered.insert(0, LevelledDisc(tuple(float(v) for v in (*(centre - size / 2), *(centre + size / 2))), None,
-                                        None, flag="missed_disc_suspected", reason="lumbar region"))
-        irregular.append(centre[1])
+    _extend_below(numbered, missing, "lumbar region", irregular)
     reasons.append(f"the lumbar region reaches {offset:.1f} spacings below the lowest disc found: "
                    f"{missing} disc(s) missed below it")
     return True
+
+
+def _extend_below(numbered: list[LevelledDisc], count: int, source: str, irregular: list[float]) -> None:
+    """Add ``count`` suspected missed discs below the lowest of ``numbered`` (bottom-up), one vertical spacing apart
+    along the column."""
+    lowest, rise = numbered[0], _vertical_spacing(numbered)
+    step = _centre(lowest.box) - _centre(numbered[1].box) if len(numbered) > 1 else np.array([0.0, rise])
+    step *= rise / max(step[1], 1e-6)  # one vertical spacing down, along the column
+    size = np.asarray(lowest.box[2:]) - lowest.box[:2]
+    for k in range(1, count + 1):
+        centre = _centre(lowest.box) + k * step
+        numbered.insert(0, LevelledDisc(tuple(float(v) for v in (*(centre - size / 2), *(centre + size / 2))), None,
+                                        None, flag="missed_disc_suspected", reason=source))
+        irregular.append(centre[1])
+
+
+def _detector_anchor(numbered: list[LevelledDisc], detected_levels, irregular: list[float],
+                     reasons: list[str]) -> tuple[bool, float]:
+    """The L5/S1 anchor from a disc detector with one class per level: each detected disc's class votes (with its
+    score) for the offset between its level and its place in the column counted from the bottom, ``numbered``
+    (suspected missed discs included, so a gap does not shift the vote); the offset most of the score agrees on
+    wins. An offset of k > 0 says the k lowest discs were missed (added as suspected, source ``disc detector``),
+    k < 0 that the -k lowest boxes lie below L5/S1 (flagged ``not_a_disc_suspected``, no longer numbered).
+    Returns (anchor found, the share of the score that agrees); under half agreeing, not named."""
+    votes: dict[int, float] = {}
+    for rank, disc in enumerate(numbered, start=1):
+        if disc.detected is not None and detected_levels[disc.detected] is not None:
+            offset = int(detected_levels[disc.detected]) - rank
+            votes[offset] = votes.get(offset, 0.0) + max(float(disc.score or 0.0), 1e-6)
+    if not votes:
+        reasons.append("the disc detector gave no level")
+        return False, 1.0
+    offset = max(votes, key=lambda k: (votes[k], -abs(k)))
+    agreement = votes[offset] / sum(votes.values())
+    if agreement < 0.5:
+        reasons.append(f"the disc detector's levels agree with the order of the discs for {agreement:.0%} of its "
+                       "score: L5/S1 not confirmed")
+        return False, 1.0
+    if agreement < 1:
+        reasons.append(f"the disc detector's levels disagree with the order of the discs for {1 - agreement:.0%} "
+                       "of its score")
+    if offset > 0:
+        _extend_below(numbered, offset, "disc detector", irregular)
+        reasons.append(f"the disc detector calls the lowest disc found {_name(offset + 1)}: {offset} disc(s) missed "
+                       "below it")
+    elif offset < 0:
+        for disc in numbered[:-offset]:
+            if disc.detected is not None:
+                disc.flag, disc.reason = "not_a_disc_suspected", "the disc detector places this box below L5/S1"
+            irregular.append(_centre(disc.box)[1])
+        del numbered[:-offset]
+        reasons.append(f"the disc detector places {-offset} box(es) below L5/S1")
+    return bool(numbered), agreement
+
+
+def _name(level: int) -> str:
+    return LEVEL_NAMES[level - 1] if 1 <= level <= len(LEVEL_NAMES) else f"level {level}"
 
 
 def _vertical_spacing(discs: list[LevelledDisc]) -> float:
