@@ -109,6 +109,9 @@ def study(cfg: DictConfig) -> Path:
     if folds and (len(models) != 1 or len(set(folds)) != len(folds) or len(folds) < 2):  # before any step runs
         raise UserInputError(f"classifiers.folds={folds} makes a fold bag of one classifier from two or more different "
                              f"folds; classifiers.models={models} (a weighted ensemble of fold bags is not supported)")
+    if cfg.get("levels") == "detector" and d.get("disc_classes", "disc") != "level":
+        raise UserInputError("levels=detector names levels from a disc detector with one class per level: set "
+                             "detector.disc_classes=level")
     s = Study(cfg, out, debug)
     start = time.perf_counter()
     gpu = cfg.get("device", "cpu") == "gpu"
@@ -125,7 +128,8 @@ def study(cfg: DictConfig) -> Path:
     # from the lumbar weights in 60-100)
     lumbar_weights = json.loads((lumbar / "summary.json").read_text())["weights"]
     ivd = s.run("detect_ivd", "plid.detect", "stage=ivd", *sizes(d.image_size, d.epochs.ivd, "detector.epochs"),
-                f"detector.weights={lumbar_weights}", *s.data("det"), *on_device["plid.detect"])
+                f"detector.weights={lumbar_weights}", f"data.disc_classes={d.get('disc_classes', 'disc')}",
+                *s.data("det"), *on_device["plid.detect"])
 
     cls_runs, ensemble = [], None
     for name in models:
@@ -156,10 +160,12 @@ def study(cfg: DictConfig) -> Path:
     samples = write_samples(seg, out / "samples", int(cfg.samples))
     report = out / "predict"
     # every sample (debug=smoke would keep two): one of each format
-    s.run("predict", "plid.predict", f"input={samples}", f"model_dir={model_dir}", f"out={report}", "max_images=null")
+    levels = f"levels={cfg.get('levels', 'anchor')}"
+    s.run("predict", "plid.predict", f"input={samples}", f"model_dir={model_dir}", f"out={report}", "max_images=null",
+          levels)
     evaluations = {}
     for split in cfg.get("evaluate") or []:
-        folder = s.run(f"evaluate_{split}", "plid.evaluate", f"model_dir={model_dir}", f"split={split}",
+        folder = s.run(f"evaluate_{split}", "plid.evaluate", f"model_dir={model_dir}", f"split={split}", levels,
                        *([f"data.root={cfg.data.root}"] if cfg.data.get("root") else []))
         evaluations[split] = str(folder / "evaluation.md")
     write_json(out / "study.json", {"steps": s.steps, "seconds": round(time.perf_counter() - start, 1),

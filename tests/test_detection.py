@@ -256,3 +256,27 @@ def test_derived_lumbar_boxes_match_the_mask_boxes_on_real_slices():
                         for r in masked.itertuples()])
     iou = box_iou(torch.tensor(derived), torch.tensor(masked[LUMBAR_BOX].to_numpy(float))).diagonal().numpy()
     assert np.median(iou) > 0.85 and np.quantile(iou, 0.1) > 0.7
+
+
+def test_a_level_class_disc_detector_gives_each_box_a_level_and_one_box_per_disc(detect_cfg, tmp_path, no_network):
+    """One epoch at 64 px of data.disc_classes=level: the detector says it names levels, each box gets a level in
+    1..9, and NMS runs across classes (no two boxes of one disc with different levels)."""
+    import hydra
+
+    from plid.detect import detect
+    from plid.labels import LEVEL_NAMES
+
+    cfg = detect_cfg("stage=ivd", "debug=smoke", "data.disc_classes=level", "test=false")
+    weights = detect(cfg)[1]["weights"]
+    detector = YoloDetector.from_weights(weights, conf=0.0001)
+    assert detector.by_level and detector.model.names == dict(enumerate(LEVEL_NAMES))
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    image = dm.dataset.read_image(dm.dataset.images["image"].iloc[0])
+    boxes, scores, levels = detector(image)
+    assert len(boxes) == len(scores) == len(levels) > 0
+    assert set(levels.tolist()) <= set(range(1, len(LEVEL_NAMES) + 1))
+    # NMS across classes, on both paths (an untrained net's boxes overlap only where clipped to the image)
+    assert detector.model.predictor.args.agnostic_nms
+    detector(image)
+    assert detector._predictor.args.agnostic_nms and detector._predictor.args.iou == NMS_IOU
+    assert no_network == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import cv2
 import numpy as np
 import pytest
@@ -286,3 +288,46 @@ def test_the_pipeline_reports_a_missed_lowest_disc_and_keeps_the_names(compose, 
 
 def _is_lowest(box, boxes) -> bool:
     return (box[1] + box[3]) / 2 == max((b[1] + b[3]) / 2 for b in boxes)
+
+
+class _LevelDetector:
+    """A stand-in disc detector with one class per level: the phantom's discs with their true levels, L5/S1 missed."""
+
+    by_level = True
+
+    def __init__(self, truth, case):
+        self.truth, self.case = truth, case
+
+    def __call__(self, region):
+        boxes, scores = self.truth.ivd(region)
+        keep = [k for k, b in enumerate(boxes) if not _is_lowest(b, boxes)]
+        order = np.argsort([-(b[1] + b[3]) for b in boxes[keep]])  # bottom-up: L4/L5 = level 2 first
+        levels = np.empty(len(keep), dtype=np.int64)
+        levels[order] = np.arange(2, len(keep) + 2)
+        return boxes[keep], scores[keep], levels
+
+
+def test_the_pipeline_names_levels_from_a_level_class_disc_detector_and_refuses_a_one_class_one(compose, case):
+    from pathlib import Path
+
+    from plid.data.scans import Scan
+    from plid.errors import UserInputError
+    from plid.models.detection import RoiCropper
+    from plid.pipeline.core import Pipeline
+    from plid.pipeline.model_dir import LoadedModule
+    from tests.test_pipeline import _models, _truth_cropper
+
+    truth = _truth_cropper(case)
+    models = _models(compose)
+    # the segmenter misses L5/S1 too: only the detector's classes can tell the lowest disc found is L4/L5
+    missed = SimpleNamespace(mask=_without_disc(case.mask, case, 1), lumbar_box=case.lumbar_box)
+    models.segmenter = LoadedModule("segmenter", _MaskSegmenter(missed, 64), 64, 0.1)
+    scan = Scan("case", Path("case.png"), case.image, 0.5, "image")
+    pipeline = Pipeline(models, cropper=RoiCropper(truth.lumbar, _LevelDetector(truth, case), 0.1), levels="detector")
+    report = pipeline(scan).report
+    assert [d["name"] for d in report["discs"]] == level_names(len(case.discs))[1:]
+    assert [(d["level"], d["name"], d["source"]) for d in report["missed_discs_suspected"]] == [
+        (1, "L5/S1", "disc detector")]
+    assert report["level_anchor_found"] and report["levels_uncertain"]
+    with pytest.raises(UserInputError, match="levels=detector needs a disc detector with one class per level"):
+        Pipeline(models, cropper=RoiCropper(truth.lumbar, truth.ivd, 0.1), levels="detector")

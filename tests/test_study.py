@@ -66,3 +66,12 @@ def test_study_refuses_classifier_folds_of_several_models_before_training(compos
     with pytest.raises(UserInputError, match="fold bag of one classifier"):
         study(cfg)
     assert not any(tmp_path.rglob("study.json"))
+
+
+def test_study_refuses_levels_from_a_one_class_disc_detector_before_training(compose, tmp_path):
+    from plid.errors import UserInputError
+    from plid.study import study
+
+    with pytest.raises(UserInputError, match="detector.disc_classes=level"):
+        study(compose("levels=detector", config_name="study"))
+    assert not any(tmp_path.rglob("study.json"))
