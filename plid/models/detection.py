@@ -23,6 +23,7 @@ import torch
 
 from plid.boxes import crop, enlarge_box, shift_box
 from plid.errors import UserInputError
+from plid.labels import LEVEL_NAMES
 
 log = logging.getLogger(__name__)
 # ultralytics' validation metric names -> this project's metric names
@@ -197,8 +198,8 @@ class YoloDetector:
         self.model, self.conf, self.iou, self.device = model, float(conf), float(iou), device
         trained = getattr(model, "imgsz", None) or (getattr(model, "ckpt", None) or {}).get("train_args", {}).get("imgsz")
         self.imgsz = int(imgsz or trained or 640)
-        # one class per level: NMS across classes (one disc is one box, whatever level two boxes would say)
-        self.by_level = len(getattr(model, "names", None) or {0: ""}) > 1
+        # one class per level (names as LEVEL_NAMES): NMS across classes, one disc is one box whatever its level
+        self.by_level = list((getattr(model, "names", None) or {}).values()) == list(LEVEL_NAMES)
         self._predictor = None
 
     @classmethod
@@ -249,7 +250,7 @@ class RoiCropper:
 
     def __call__(self, image: np.ndarray) -> RoiResult:
         height, width = image.shape[:2]
-        boxes, scores = self.lumbar(image)
+        boxes, scores, *_ = self.lumbar(image)
         if len(boxes) == 0:
             raise NoLumbarRegionFound("no lumbar region found: stage 1 returned no box above its confidence threshold")
         best = int(np.argmax(scores))
