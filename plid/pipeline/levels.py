@@ -211,6 +211,9 @@ def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anchor"
     agreement = 1.0
     if method == "detector" and numbered:
         anchor, agreement = _detector_anchor(numbered, detected_levels, irregular, reasons)
+        # the vote may have removed boxes below L5/S1: bone is looked for below the disc now lowest
+        bone_below = anchor and mask is not None and _vertebra_below(mask, numbered[0].box, spacing or
+                                                                      _height(numbered[0].box) * 3)
         if anchor and bone_below and numbered[0].detected is not None:
             reasons.append("the segmentation shows a vertebral body below L5/S1")
             irregular.append(_centre(numbered[0].box)[1])
