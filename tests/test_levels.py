@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SPIDER2D, requires_spider2d
 from plid.datamodules.synthetic import generate_case
 from plid.labels import LEVEL_NAMES
 from plid.pipeline.levels import assign_levels, level_names, segmented_discs
@@ -331,3 +332,48 @@ def test_the_pipeline_names_levels_from_a_level_class_disc_detector_and_refuses_
     assert report["level_anchor_found"] and report["levels_uncertain"]
     with pytest.raises(UserInputError, match="levels=detector needs a disc detector with one class per level"):
         Pipeline(models, cropper=RoiCropper(truth.lumbar, truth.ivd, 0.1), levels="detector")
+
+
+def _spider_slices():
+    """SPIDER's t2_SPACE slices whose discs all carry a level: (image, disc boxes and levels bottom-up, mask, lumbar
+    box), SPIDER's own labels standing in for perfect detectors and a perfect segmenter."""
+    import pandas as pd
+
+    images = pd.read_csv(SPIDER2D / "images.csv")
+    discs = pd.read_csv(SPIDER2D / "discs.csv")
+    for row in images[(images.series == "t2_SPACE") & (images.has_mask == 1)].itertuples():
+        rows = discs[discs.image == row.image].sort_values("ivd_label")
+        if len(rows) < 3 or rows.ivd_label.isna().any():
+            continue
+        mask = cv2.imread(str(SPIDER2D / "masks" / f"{row.image}.png"), cv2.IMREAD_GRAYSCALE)
+        boxes = [tuple(float(v) for v in b) for b in rows[["x1", "y1", "x2", "y2"]].to_numpy()]
+        lumbar = (row.lumbar_x1, row.lumbar_y1, row.lumbar_x2, row.lumbar_y2)
+        yield row.image, boxes, rows.ivd_label.astype(int).tolist(), mask, lumbar
+
+
+def _right_levels(boxes, levels, mask, lumbar) -> int:
+    result = assign_levels(boxes, [0.9] * len(boxes), mask, lumbar_box=lumbar)
+    found = {d.detected: d.level for d in result.discs if d.detected is not None}
+    return sum(found.get(k) == level for k, level in enumerate(levels))
+
+
+@requires_spider2d
+def test_on_spiders_own_labels_l5_s1_missed_by_detector_and_segmenter_is_found_from_the_anatomy():
+    """Real lumbosacral junctions, which bend and tilt as the phantoms' do not: with SPIDER's own boxes, masks and
+    lumbar boxes every level is right; with L5/S1 out of the boxes, the segmentation keeps every level right; out of
+    the mask too, the lumbar region and the vertebral body below the lowest disc found (looked for along the column)
+    keep at least 0.9 of them right. Before the body was looked for along the column, 0.82 were (a band straight
+    under the disc missed the L5 body on tilted junctions)."""
+    discs = right = above = right_without_box = right_without_either = 0
+    for _, boxes, levels, mask, lumbar in _spider_slices():
+        missed = mask.copy()
+        x1, y1, x2, y2 = (int(v) for v in boxes[0])
+        region = missed[y1:y2, x1:x2]
+        region[region == 2] = 0  # the segmenter missed L5/S1 too
+        discs, above = discs + len(levels), above + len(levels) - 1
+        right += _right_levels(boxes, levels, mask, lumbar)
+        right_without_box += _right_levels(boxes[1:], levels[1:], mask, lumbar)
+        right_without_either += _right_levels(boxes[1:], levels[1:], missed, lumbar)
+    assert discs > 1500  # every t2_SPACE slice of spider2d whose discs carry levels
+    assert right == discs and right_without_box == above
+    assert right_without_either >= 0.9 * above

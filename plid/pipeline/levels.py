@@ -60,6 +60,11 @@ MIN_REGION_SHARE = 0.25  # a disc region smaller than this share of the median d
 # something: a disc missed below (from MISSED_BELOW on), or a lowest disc below L5/S1 (at -BELOW_TOLERANCE or less).
 MISSED_BELOW = 0.9
 BELOW_TOLERANCE = 1.0
+# Where the vertebral body below the lowest disc is looked for: this share of the step along the column towards the
+# next disc down (its centre lies at half the step). On SPIDER's own t2_SPACE boxes, masks and lumbar boxes of the
+# non-test patients with L5/S1 taken out of boxes and mask, every level was right on 182 of 191 slices with 0.4, 178
+# with 0.5 and 160 with a band straight under the disc (before): thin or tilted L5 bodies hold bone near the disc above.
+PROBE_STEP = 0.4
 
 
 def level_names(count: int, max_named: int = len(LEVEL_NAMES)) -> list[str | None]:
@@ -132,13 +137,20 @@ def _covered(box, boxes) -> bool:
     return any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes)
 
 
-def _vertebra_below(mask: np.ndarray, box, spacing: float) -> bool:
-    """Whether a vertebral body lies below ``box``: vertebra over most of a band one spacing deep, as wide as the
-    disc, starting just under it."""
-    x1, _, x2, y2 = box
-    height = max(spacing * 0.6, 4.0)
-    band = (x1, y2 + 0.15 * spacing, x2, y2 + 0.15 * spacing + height)
-    return band[1] < mask.shape[0] - 2 and _share(mask, band, VERTEBRA) > 0.4
+def _vertebra_below(mask: np.ndarray, discs: list[LevelledDisc]) -> bool:
+    """Whether a vertebral body lies below the lowest of ``discs`` (bottom-up): vertebra over most of a small box
+    ``PROBE_STEP`` of a step along the column below it, towards where the next disc down would be. The step follows
+    the column (from the disc above to the lowest), as the lumbosacral junction bends and tilts; one disc alone steps
+    straight down by three disc heights."""
+    lowest = discs[0]
+    if len(discs) > 1:
+        step = _centre(lowest.box) - _centre(discs[1].box)
+    else:
+        step = np.array([0.0, 3 * _height(lowest.box)])
+    centre = _centre(lowest.box) + PROBE_STEP * step
+    width, height = 0.5 * (lowest.box[2] - lowest.box[0]), max(0.25 * float(np.linalg.norm(step)), 4.0)
+    probe = (centre[0] - width / 2, centre[1] - height / 2, centre[0] + width / 2, centre[1] + height / 2)
+    return probe[3] < mask.shape[0] - 2 and _share(mask, probe, VERTEBRA) > 0.4
 
 
 def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anchor",
@@ -206,14 +218,12 @@ def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anchor"
                 reasons.append(f"a gap of {np.linalg.norm(step) / spacing:.1f} times the usual spacing")
             filled.append(disc)
         numbered = filled
-    bone_below = bool(numbered) and mask is not None and _vertebra_below(mask, numbered[0].box, spacing or
-                                                                          _height(numbered[0].box) * 3)
+    bone_below = bool(numbered) and mask is not None and _vertebra_below(mask, numbered)
     agreement = 1.0
     if method == "detector" and numbered:
         anchor, agreement = _detector_anchor(numbered, detected_levels, irregular, reasons)
         # the vote may have removed boxes below L5/S1: bone is looked for below the disc now lowest
-        bone_below = anchor and mask is not None and _vertebra_below(mask, numbered[0].box, spacing or
-                                                                      _height(numbered[0].box) * 3)
+        bone_below = anchor and mask is not None and _vertebra_below(mask, numbered)
         if anchor and bone_below and numbered[0].detected is not None:
             reasons.append("the segmentation shows a vertebral body below L5/S1")
             irregular.append(_centre(numbered[0].box)[1])
