@@ -65,3 +65,11 @@ def clip_box(box, height: int, width: int) -> tuple[float, float, float, float]:
     x1, y1, x2, y2 = box
     return (float(np.clip(x1, 0, width)), float(np.clip(y1, 0, height)),
             float(np.clip(x2, 0, width)), float(np.clip(y2, 0, height)))
+
+
+def centres_inside(boxes, containers) -> np.ndarray:
+    """``(N, M)``: whether the centre of each of ``boxes`` lies inside each of ``containers`` (edges included)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    containers = np.asarray(containers, dtype=np.float64).reshape(-1, 4)
+    cx, cy = ((boxes[:, 0] + boxes[:, 2]) / 2)[:, None], ((boxes[:, 1] + boxes[:, 3]) / 2)[:, None]
+    return ((cx >= containers[:, 0]) & (cx <= containers[:, 2]) & (cy >= containers[:, 1]) & (cy <= containers[:, 3]))

@@ -74,6 +74,12 @@ def test_missing_the_lowest_disc_costs_recall_and_shifts_every_level():
     flagged = {**_report(BOXES[1:], [2, 3, 4]), "missed_discs_suspected": [{"box": [12, 158, 50, 182], "level": 1}]}
     out = _figures([(flagged, _truth())])
     assert out["missed_discs_flagged"] == 1.0 and out["level_accuracy"] == 1.0 and out["disc_recall"] == 0.75
+    # a suspected disc pointing into a tall (tilted) labelled disc counts, though their IoU is under 0.3; one beside
+    # it does not
+    small = {**flagged, "missed_discs_suspected": [{"box": [25, 168, 35, 176], "level": 1}]}
+    beside = {**flagged, "missed_discs_suspected": [{"box": [55, 165, 70, 176], "level": 1}]}
+    assert _figures([(small, _truth())])["missed_discs_flagged"] == 1.0
+    assert _figures([(beside, _truth())])["missed_discs_flagged"] == 0.0
     # every disc found has its right level, but not every labelled disc was found
     assert out["images_found_levels_right"] == 1.0 and out["images_all_levels_right"] == 0.0
     # an image whose report says its levels are uncertain leaves the "where certain" figure

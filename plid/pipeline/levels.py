@@ -44,6 +44,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from plid.boxes import centres_inside
 from plid.labels import LEVEL_NAMES
 
 LEVEL_METHODS = ("anchor", "anatomy", "count", "detector")
@@ -134,12 +135,6 @@ def _share(mask: np.ndarray, box, value: int) -> float:
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     region = mask[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)]
     return float((region == value).mean()) if region.size else 0.0
-
-
-def _covered(box, boxes) -> bool:
-    """Whether the centre of ``box`` lies inside one of ``boxes``."""
-    cx, cy = _centre(box)
-    return any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes)
 
 
 def _vertebra_below(mask: np.ndarray, discs: list[LevelledDisc]) -> bool:
@@ -358,7 +353,7 @@ def _plausible_missed(found: list[LevelledDisc], regions: list) -> list[tuple[fl
     if spacing is None:
         return []
     area = float(np.median([_height(d.box) * (d.box[2] - d.box[0]) for d in found]))
-    candidates = [b for b in regions if not _covered(b, [d.box for d in found])
+    candidates = [b for b in regions if not centres_inside(b, [d.box for d in found]).any()
                   and 0.25 * area <= _height(b) * (b[2] - b[0]) <= 4 * area]
     accepted: list[tuple[float, float, float, float]] = []
     for box in sorted(candidates, key=lambda b: -_centre(b)[1]):  # bottom-up, so a chain below the lowest grows
