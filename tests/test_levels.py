@@ -335,8 +335,8 @@ def test_the_pipeline_names_levels_from_a_level_class_disc_detector_and_refuses_
 
 
 def _spider_slices():
-    """SPIDER's t2_SPACE slices whose discs all carry a level: (image, disc boxes and levels bottom-up, mask, lumbar
-    box), SPIDER's own labels standing in for perfect detectors and a perfect segmenter."""
+    """SPIDER's t2_SPACE slices whose discs all carry a level: (disc boxes and levels bottom-up, mask, lumbar box),
+    SPIDER's own labels standing in for perfect detectors and a perfect segmenter."""
     import pandas as pd
 
     images = pd.read_csv(SPIDER2D / "images.csv")
@@ -348,7 +348,7 @@ def _spider_slices():
         mask = cv2.imread(str(SPIDER2D / "masks" / f"{row.image}.png"), cv2.IMREAD_GRAYSCALE)
         boxes = [tuple(float(v) for v in b) for b in rows[["x1", "y1", "x2", "y2"]].to_numpy()]
         lumbar = (row.lumbar_x1, row.lumbar_y1, row.lumbar_x2, row.lumbar_y2)
-        yield row.image, boxes, rows.ivd_label.astype(int).tolist(), mask, lumbar
+        yield boxes, rows.ivd_label.astype(int).tolist(), mask, lumbar
 
 
 def _right_levels(boxes, levels, mask, lumbar) -> int:
@@ -366,7 +366,7 @@ def test_on_spiders_own_labels_l5_s1_missed_by_detector_and_segmenter_is_found_f
     that came before); and a lumbar region reaching 0.85 spacings below L5/S1 adds no disc where the sacrum, not a
     vertebral body, lies below it."""
     discs = right = above = right_without_box = right_without_either = right_with_low_edge = 0
-    for _, boxes, levels, mask, lumbar in _spider_slices():
+    for boxes, levels, mask, lumbar in _spider_slices():
         missed = mask.copy()
         x1, y1, x2, y2 = (int(v) for v in boxes[0])
         region = missed[y1:y2, x1:x2]

@@ -23,8 +23,8 @@ Definitions (also in the README's "Evaluating a model_dir end to end"):
   (``images_all_levels_right``: detection and levels together), and per image with a matched disc with a level,
   whether every one of those has its right level (``images_found_levels_right``: the levels alone).
   ``missed_discs_flagged``: the share of missed labelled discs where the report has a ``missed_discs_suspected``
-  entry (IoU at least 0.3, or its centre inside the labelled box); ``level_accuracy_where_certain``: level accuracy on the images whose report does not
-  say ``levels_uncertain``; ``images_levels_certain``: the share of such images.
+  entry (IoU at least 0.3, or its centre inside the labelled box); ``level_accuracy_where_certain``: level accuracy
+  on the images whose report does not say ``levels_uncertain``; ``images_levels_certain``: the share of such images.
 - Gradings: on matched discs with that grading labelled; the decision threshold is the model_dir's
   (``report["classifier"]["threshold"]``, 0.5 where a model_dir has none; a multi-task classifier's
   ``thresholds`` per grading).
