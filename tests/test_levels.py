@@ -163,6 +163,21 @@ def test_a_box_found_twice_is_flagged_as_a_duplicate(case):
     assert "two boxes on one disc" in result.reasons
 
 
+def test_a_disc_like_region_beside_the_lowest_disc_is_not_a_disc_missed_below(case):
+    # a region the segmenter calls disc, level with L5/S1 but just behind it (in the canal or the posterior
+    # elements): near enough to pass for the next disc down by distance, but not down the column
+    boxes, scores = _boxes(case)
+    x1, y1, x2, y2 = case.discs[0]["box"]
+    spacing = float(np.median(np.diff(sorted((b[1] + b[3]) / 2 for b in boxes))))
+    mask = case.mask.copy()
+    dx, dy = x2 - x1 + 4, 3  # clear of the disc, so the two stay separate regions
+    assert 0.6 * spacing < np.hypot(dx, dy) < 1.6 * spacing  # where the next disc down could be, by distance
+    mask[y1 + dy:y2 + dy, x1 + dx:x2 + dx] = 2
+    result = assign_levels(boxes, scores, mask, lumbar_box=case.lumbar_box)
+    assert not result.suspected()
+    assert all(_truth(case)[box] == level for box, level in _levels_by_box(result).items())
+
+
 def test_a_gap_of_two_spacings_is_a_suspected_missed_disc(case):
     boxes, scores = _boxes(case, leave_out=(3,))
     result = assign_levels(boxes, scores, _without_disc(case.mask, case, 3))

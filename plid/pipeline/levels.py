@@ -347,11 +347,14 @@ def _plausible_missed(found: list[LevelledDisc], regions: list) -> list[tuple[fl
     """The segmented disc regions that are discs the detector missed: not covered by a detected box, of a size like
     the detected discs (a quarter to four times their median area), and where the column's next disc would be:
     below the lowest or above the highest disc at 0.6 to ``NEXT_DISC_MAX`` spacings, or inside a gap of at least
-    ``GAP_FACTOR`` spacings, at least 0.6 spacings from both its neighbours. Needs three detected discs to know what
-    is usual; a segmentation of its own is not trusted to add discs."""
+    ``GAP_FACTOR`` spacings, at least 0.6 spacings from both its neighbours, and as far down or up the column: at
+    least 0.6 vertical spacings from them (discs stack; a disc-like region level with a disc but behind it, in the
+    canal or the posterior elements, is not the next disc). Needs three detected discs to know what is usual; a
+    segmentation of its own is not trusted to add discs."""
     spacing = _median_spacing(found)
     if spacing is None:
         return []
+    rise = _vertical_spacing(sorted(found, key=lambda d: -_centre(d.box)[1]))
     area = float(np.median([_height(d.box) * (d.box[2] - d.box[0]) for d in found]))
     candidates = [b for b in regions if not centres_inside(b, [d.box for d in found]).any()
                   and 0.25 * area <= _height(b) * (b[2] - b[0]) <= 4 * area]
@@ -361,13 +364,14 @@ def _plausible_missed(found: list[LevelledDisc], regions: list) -> list[tuple[fl
         y = _centre(box)[1]
         below = [b for b in column if _centre(b)[1] > y]
         above = [b for b in column if _centre(b)[1] < y]
-        gap_to = [np.linalg.norm(_centre(box) - _centre(b)) / spacing for b in (below[-1:] + above[:1])]
+        neighbours = below[-1:] + above[:1]
+        gap_to = [np.linalg.norm(_centre(box) - _centre(b)) / spacing for b in neighbours]
         if below and above:
             gap = np.linalg.norm(_centre(below[-1]) - _centre(above[0])) / spacing
             plausible = gap >= GAP_FACTOR and min(gap_to) >= 0.6
         else:  # beyond the lowest or the highest disc
             plausible = 0.6 <= gap_to[0] <= NEXT_DISC_MAX
-        if plausible:
+        if plausible and min(abs(y - _centre(b)[1]) for b in neighbours) >= 0.6 * rise:
             accepted.append(box)
     return accepted
 
