@@ -16,11 +16,11 @@ the stage-1 lumbar region instead (item 3):
    lowest disc is L5/S1 when the segmentation shows no vertebral body below it. Where one lies below it, or where
    there is no segmentation to trust (none, or one where most detected boxes hold no disc pixel), the anchor is
    not found: discs are numbered, not named. With ``anchor``, the lumbar region's lower edge is L5/S1's lower edge
-   (SPIDER's lumbar box, and plid's derived one, end at the lowest disc): where it lies about one vertical spacing
-   or more below the lowest disc found and the segmentation shows a vertebral body below that disc, the discs
-   between are suspected missed discs (source ``lumbar region``) and counted; where the two disagree, or the
-   lowest disc lies a spacing or more below the edge, the discs are numbered, not named. A
-   segmentation showing bone below an anchored L5/S1 makes the levels uncertain, but they stay named.
+   (SPIDER's lumbar box, and plid's derived one, end at the lowest disc): where it lies ``MISSED_BELOW`` (0.7)
+   vertical spacings or more below the lowest disc found and the segmentation shows a vertebral body below that disc
+   (looked for along the column), the discs between are suspected missed discs (source ``lumbar region``) and
+   counted; where the two disagree, or the lowest disc lies a spacing or more below the edge, the discs are numbered,
+   not named. A segmentation showing bone below an anchored L5/S1 makes the levels uncertain, but they stay named.
 4. **Checks on every image**: levels bottom-up and contiguous (by construction), no level twice (two boxes closer
    than half the usual spacing are one disc found twice: the less confident is flagged ``duplicate`` and not
    numbered), spacings plausible. Any finding makes ``levels_uncertain`` true, with the reasons.
@@ -141,12 +141,10 @@ def _vertebra_below(mask: np.ndarray, discs: list[LevelledDisc]) -> bool:
     """Whether a vertebral body lies below the lowest of ``discs`` (bottom-up): vertebra over most of a small box
     ``PROBE_STEP`` of a step along the column below it, towards where the next disc down would be. The step follows
     the column (from the disc above to the lowest), as the lumbosacral junction bends and tilts; one disc alone steps
-    straight down by three disc heights."""
+    straight down by the usual spacing (:func:`_vertical_spacing`)."""
     lowest = discs[0]
-    if len(discs) > 1:
-        step = _centre(lowest.box) - _centre(discs[1].box)
-    else:
-        step = np.array([0.0, 3 * _height(lowest.box)])
+    step = (_centre(lowest.box) - _centre(discs[1].box) if len(discs) > 1
+            else np.array([0.0, _vertical_spacing(discs)]))
     centre = _centre(lowest.box) + PROBE_STEP * step
     width, height = 0.5 * (lowest.box[2] - lowest.box[0]), max(0.25 * float(np.linalg.norm(step)), 4.0)
     probe = (centre[0] - width / 2, centre[1] - height / 2, centre[0] + width / 2, centre[1] + height / 2)
