@@ -25,6 +25,14 @@ def enlarge_box(box, factor: float, height: int, width: int) -> tuple[int, int, 
     return nx1, ny1, nx2, ny2
 
 
+def squared(box) -> tuple[float, float, float, float]:
+    """``box`` grown along its shorter side to a square about its centre."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    half = max(x2 - x1, y2 - y1) / 2
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    return cx - half, cy - half, cx + half, cy + half
+
+
 def crop(array: np.ndarray, box) -> np.ndarray:
     """The part of a (H, W, ...) array inside an integer box."""
     x1, y1, x2, y2 = (int(v) for v in box)

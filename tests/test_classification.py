@@ -150,6 +150,55 @@ def test_crops_are_the_disc_boxes_enlarged_by_10_percent_and_clipped():
     assert load_disc_crop(image.astype(np.uint8), (0, 90, 40, 100), size=32, roi_margin=0.1).shape == (32, 32)
 
 
+def test_square_disc_crops_show_the_bone_above_and_below_and_travel_with_the_classifier(tmp_path, compose):
+    from plid.datamodules.classification import disc_region, load_disc_crop
+    from plid.datamodules.synthetic import generate_case
+    from plid.datamodules.contract import DISC_BOX
+    from plid.datamodules.transforms import to_tensor
+    from plid.pipeline.core import Pipeline
+    from plid.pipeline.model_dir import export_model_dir, load_model_dir
+    from tests.test_grading import _untrained_detectors
+    from tests.test_pipeline import _fake_train_run
+
+    height, width = 100, 200
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = xx + yy * width
+    # the 40 x 20 box grows to 40 x 40 about its centre (y 30-70), then by 10 %: 44 x 44 (x 28-71, y 28-71)
+    region = disc_region(image, (30, 40, 70, 60), roi_margin=0.1, disc_crop="square")
+    assert region.shape == (44, 44)
+    assert region[0, 0] == 28 + 28 * width and region[-1, -1] == 71 + 71 * width
+    with pytest.raises(UserInputError, match="disc_crop='circle'"):
+        disc_region(image, (30, 40, 70, 60), roi_margin=0.1, disc_crop="circle")
+
+    # training crops them so (data.disc_crop)
+    dm = hydra.utils.instantiate(compose("model=cls_resnet50", "data.image_size=48", "data.disc_crop=square").data,
+                                 _convert_="all")
+    dm.setup("fit")
+    item = dm.datasets["val"][0]
+    name, level = item["id"].split(":")
+    disc = dm.dataset.discs.set_index(["image", "ivd_label"]).loc[(name, int(level))]
+    expected = load_disc_crop(dm.dataset.read_image(name), disc[DISC_BOX].tolist(), 48, 0.1, "square")
+    torch.testing.assert_close(item["image"], to_tensor(expected))
+
+    # the crop a classifier was trained on is recorded in the model_dir and used by the pipeline
+    weights = _untrained_detectors(tmp_path)
+    seg = _fake_train_run(compose, tmp_path / "seg")
+    runs = {crop: _fake_train_run(compose, tmp_path / crop, "cls_resnet50", "model.net.name=test_resnet",
+                                  f"data.disc_crop={crop}", threshold=0.5) for crop in ("box", "square")}
+    case = generate_case(np.random.default_rng(3), size=128)
+    box = case.discs[0]["box"]
+    inputs = {}
+    for crop, run in runs.items():
+        out = export_model_dir(tmp_path / f"model_dir_{crop}", weights["lumbar"], weights["ivd"], seg, [run])
+        assert json.loads((out / "manifest.json").read_text())["classifiers"]["cls_resnet50"]["disc_crop"] == crop
+        classifier = load_model_dir(out).classifiers[0]
+        assert classifier.disc_crop == crop
+        inputs[crop] = Pipeline._crops(classifier, case.image, [box])[0]
+        expected = to_tensor(load_disc_crop(case.image, box, classifier.image_size, classifier.roi_margin, crop))
+        torch.testing.assert_close(inputs[crop], expected)
+    assert not torch.allclose(inputs["box"], inputs["square"])
+
+
 def test_synthetic_datamodule_yields_crops_with_ids_and_targets(compose):
     cfg = compose("model=cls_resnet50", "data.batch_size=4", "data.image_size=48")
     dm = hydra.utils.instantiate(cfg.data, _convert_="all")

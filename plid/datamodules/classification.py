@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from plid.boxes import crop, enlarge_box
+from plid.boxes import crop, enlarge_box, squared
 from plid.datamodules.base import SpineDataModule
 from plid.datamodules.contract import DISC_BOX, DataContractError, SpineDataset
 from plid.datamodules.transforms import augment, paper_augmentation, to_tensor
@@ -85,14 +85,24 @@ def class_weights_from_counts(counts) -> list[float]:
     return (counts.sum() / (len(counts) * counts)).tolist()
 
 
-def disc_region(image: np.ndarray, box, roi_margin: float) -> np.ndarray:
-    """The part of ``image`` inside a disc box enlarged by ``roi_margin`` about its centre, clipped at the edge."""
-    return crop(image, enlarge_box(box, roi_margin, *image.shape[:2]))
+# data.disc_crop: ``box`` the disc box itself, stretched to the square input (the paper's); ``square`` the box grown
+# along its shorter side about the disc's centre, so the adjacent endplates and the canal behind the disc are in view
+# and the disc keeps its shape (Modic and endplate changes lie in the bone; Pfirrmann reads the disc against CSF)
+DISC_CROPS = ("box", "square")
 
 
-def load_disc_crop(image: np.ndarray, box, size: int, roi_margin: float) -> np.ndarray:
+def disc_region(image: np.ndarray, box, roi_margin: float, disc_crop: str = "box") -> np.ndarray:
+    """The part of ``image`` inside a disc box (made square with ``disc_crop='square'``) enlarged by ``roi_margin``
+    about its centre, clipped at the edge."""
+    if disc_crop not in DISC_CROPS:
+        raise UserInputError(f"disc_crop={disc_crop!r} must be one of {list(DISC_CROPS)}")
+    region = squared(box) if disc_crop == "square" else box
+    return crop(image, enlarge_box(region, roi_margin, *image.shape[:2]))
+
+
+def load_disc_crop(image: np.ndarray, box, size: int, roi_margin: float, disc_crop: str = "box") -> np.ndarray:
     """:func:`disc_region` resized to ``size`` x ``size``."""
-    return cv2.resize(disc_region(image, box, roi_margin), (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.resize(disc_region(image, box, roi_margin, disc_crop), (size, size), interpolation=cv2.INTER_AREA)
 
 
 @dataclass(frozen=True)
@@ -109,11 +119,12 @@ class ClassificationDataModule(SpineDataModule):
     Args:
         target: a 0/1 grading column of discs.csv (``disc_herniation``, ``disc_bulging``, ...). Discs where it
             is empty (SPIDER fills gradings only where the levels could be matched) are left out and counted.
+        disc_crop: ``box`` or ``square``, the region cropped about each disc (:data:`DISC_CROPS`).
         **kwargs: see :class:`SpineDataModule`; ``image_size`` is the side of the square crop.
     """
 
     def __init__(self, *args, target: str = "disc_herniation", targets: list[str] | None = None,
-                 measurements: bool = False, **kwargs) -> None:
+                 measurements: bool = False, disc_crop: str = "box", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.save_hyperparameters(logger=False)
         self.gradings = gradings(targets) if targets is not None else None
@@ -182,7 +193,7 @@ class ClassificationDataModule(SpineDataModule):
             ids, arrays = self.decode_cached(
                 rows, self._image_samples,
                 key={"target": h.target, "targets": h.get("targets"), "roi": h.roi, "margin": h.roi_margin,
-                     "size": h.image_size, "measurements": bool(h.get("measurements"))})
+                     "disc_crop": h.disc_crop, "size": h.image_size, "measurements": bool(h.get("measurements"))})
             images, targets = arrays[:2]
             features = arrays[2] if h.get("measurements") else None
         else:
@@ -214,7 +225,7 @@ class ClassificationDataModule(SpineDataModule):
             whole = cv2.resize(image, (h.image_size, h.image_size), interpolation=cv2.INTER_AREA)
             return [(row.image, whole, np.int64(max(getattr(d, target) for d in row.discs)))]
         samples = [(f"{row.image}:{_level(d.ivd_label)}",
-                    load_disc_crop(image, [getattr(d, c) for c in DISC_BOX], h.image_size, h.roi_margin),
+                    load_disc_crop(image, [getattr(d, c) for c in DISC_BOX], h.image_size, h.roi_margin, h.disc_crop),
                     self._target_of(d))
                    for d in row.discs]
         if not h.get("measurements"):

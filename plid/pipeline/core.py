@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from plid.boxes import crop, enlarge_box
 from plid.data.scans import Scan
+from plid.datamodules.classification import load_disc_crop
 from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
 from plid.errors import UserInputError
@@ -223,8 +224,7 @@ class Pipeline:
 
     @staticmethod
     def _crops(classifier, image: np.ndarray, boxes: list) -> torch.Tensor:
-        crops = [cv2.resize(crop(image, enlarge_box(box, classifier.roi_margin, *image.shape)),
-                            (classifier.image_size, classifier.image_size), interpolation=cv2.INTER_AREA)
+        crops = [load_disc_crop(image, box, classifier.image_size, classifier.roi_margin, classifier.disc_crop)
                  for box in boxes]
         return torch.stack([to_tensor(c) for c in crops])
 

@@ -168,6 +168,8 @@ def export_module(run: str | Path, out: Path) -> dict[str, Any]:
             log.warning("%s: summary.json gives no decision threshold (a run of an older plid?): %s is used", run,
                         DEFAULT_THRESHOLD)
         extra["threshold"] = float(DEFAULT_THRESHOLD if threshold is None else threshold)
+    if "target" in extra or "targets" in extra:  # the region a classifier was trained on (box before disc_crop)
+        extra["disc_crop"] = str(data.get("disc_crop", "box"))
     if initial:
         extra["initial_weights"] = initial
     return {**extra, "model": str(cfg.model._target_), "image_size": int(data.get("image_size")),
@@ -300,6 +302,7 @@ class LoadedModule:
     threshold: float = DEFAULT_THRESHOLD  # a classifier's decision threshold, chosen on its validation split
     targets: list[str] | None = None  # a multi-task classifier's gradings (then target is None)
     thresholds: dict[str, float] | None = None  # its thresholds per binary grading, chosen on validation
+    disc_crop: str = "box"  # a classifier's crop about each disc (data.disc_crop)
 
 
 @dataclass
@@ -351,7 +354,7 @@ def load_module(name: str, folder: Path, entry: dict[str, Any]) -> LoadedModule:
     module.load_state_dict(state)
     return LoadedModule(name, module.eval(), int(entry["image_size"]), float(entry["roi_margin"]), entry.get("target"),
                         float(entry.get("threshold", DEFAULT_THRESHOLD)), targets=entry.get("targets"),
-                        thresholds=entry.get("thresholds"))
+                        thresholds=entry.get("thresholds"), disc_crop=entry.get("disc_crop", "box"))
 
 
 def load_model_dir(path: str | Path) -> LoadedModels:
