@@ -43,11 +43,12 @@ from plid.metrics import (
     case_segmentation_scores,
     confusions_per_case,
     fold_summary,
+    grade_of_distribution,
+    ordinal_cuts,
     ordinal_scores,
     patient_bootstrap,
     predicted_classes,
 )
-from plid.models.grading import grade_of_distribution
 from plid.utils.hydra import run_task
 from plid.utils.io import atomic_write, claim_output_dir, write_json
 from plid.utils.sorting import natural_key
@@ -141,7 +142,7 @@ def split_scores(task: str, predictions: Predictions, patient_of: dict[str, str]
                  threshold: float | np.ndarray = 0.5) -> dict:
     """Every metric of one split with its patient-level bootstrap interval; a classifier's cases are called positive
     above ``threshold`` (its run's, chosen on validation; one per case for pooled folds), an ordinal grading's
-    grade is the head's rule on the saved distribution."""
+    grade is the saved distribution's at the cuts given as ``threshold`` (K-1 values, or a row per case)."""
     images = [str(i).split(":")[0] for i in predictions.ids]
     missing = sorted({i for i in images if i not in patient_of})
     if missing:
@@ -155,7 +156,8 @@ def split_scores(task: str, predictions: Predictions, patient_of: dict[str, str]
             scores = binary_scores(positive[index], targets[index], thresholds[index])
             return {name: scores[name] for name in CLASSIFICATION_METRICS}
     elif task == "ordinal":
-        grades, targets, num_classes = grade_of_distribution(predictions.probs), predictions.targets, predictions.probs.shape[1]
+        grades = grade_of_distribution(predictions.probs, threshold)
+        targets, num_classes = predictions.targets, predictions.probs.shape[1]
 
         def statistic(index):
             scores = ordinal_scores(grades[index], targets[index], num_classes)
@@ -171,6 +173,14 @@ def split_scores(task: str, predictions: Predictions, patient_of: dict[str, str]
     scores = patient_bootstrap(patients, statistic, **bootstrap)
     counted = {"positives": int((predictions.targets == 1).sum())} if task == "cls" else {}
     return {"cases": len(predictions), "patients": len(set(patients)), **counted, "metrics": scores}
+
+
+def chosen_on_validation(summary: dict, name: str) -> float | list[float]:
+    """A multi-task run's decision for grading ``name``, as its summary.json states it: a binary grading's threshold,
+    an ordinal grading's cuts (0.5 each for a run of an older plid, CORAL's rule)."""
+    if grading(name).ordinal:
+        return [float(c) for c in (summary.get("cuts") or {}).get(name, [0.5] * (grading(name).num_classes - 1))]
+    return float((summary.get("thresholds") or {}).get(name, 0.5))
 
 
 def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bool = True) -> dict[str, Any]:
@@ -195,7 +205,7 @@ def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bo
             kind = "ordinal" if grading(name).ordinal else "cls"
             scores, val_sets[name] = score_runs(
                 kind, runs, summaries, patient_of, bootstrap, Path("predictions") / name,
-                lambda summary, name=name: float((summary.get("thresholds") or {}).get(name, 0.5)))
+                lambda summary, name=name: chosen_on_validation(summary, name))
             result["gradings"][name] = {"kind": kind, **scores}
     else:
         scores, val_sets = score_runs(task, runs, summaries, patient_of, bootstrap, Path("predictions"),
@@ -215,18 +225,19 @@ def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bo
 def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: dict[str, str], bootstrap: dict,
                predictions_dir: Path, threshold_of) -> tuple[dict[str, Any], dict[int, Predictions]]:
     """Per fold (val and test) and overall (mean ± std over folds, pooled out-of-fold val) scores of the runs'
-    saved predictions under ``<run>/<predictions_dir>``, a classifier's at each run's ``threshold_of(summary)``;
-    and each fold's validation predictions."""
+    saved predictions under ``<run>/<predictions_dir>``, a classifier's at each run's ``threshold_of(summary)`` (an
+    ordinal grading's cuts); and each fold's validation predictions."""
     folds, val_sets, thresholds = [], {}, {}
+    decided = {"cls": "threshold", "ordinal": "cuts"}.get(task)
     for run, summary in zip(runs, summaries):
         entry: dict[str, Any] = {"fold": summary.get("fold"), "run": str(run)}
-        if task == "cls":  # each fold's classifier at its own threshold, chosen on its validation split
-            entry["threshold"] = thresholds[entry["fold"]] = threshold_of(summary)
+        if decided:  # each fold's classifier at its own threshold (cuts), chosen on its validation split
+            entry[decided] = thresholds[entry["fold"]] = threshold_of(summary)
         for split in ("val", "test"):
             path = run / predictions_dir / f"{split}.npz"
             if path.is_file():
                 predictions = load_predictions(path)
-                entry[split] = split_scores(task, predictions, patient_of, bootstrap, entry.get("threshold", 0.5))
+                entry[split] = split_scores(task, predictions, patient_of, bootstrap, entry.get(decided, 0.5))
                 if split == "val":
                     val_sets[entry["fold"]] = predictions
         folds.append(entry)
@@ -243,16 +254,19 @@ def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: d
     if val_sets:
         # out-of-fold predictions: with every fold present, each non-test patient once
         pooled = out_of_fold([Path(f["run"]) for f in folds if f["fold"] in val_sets], list(val_sets.values()))
-        per_case = np.concatenate([np.full(len(p.ids), thresholds.get(k, 0.5)) for k, p in val_sets.items()])
+        per_case = np.concatenate([np.broadcast_to(np.asarray(thresholds.get(k, 0.5), dtype=np.float64),
+                                                   (len(p.ids), *np.shape(thresholds.get(k, 0.5))))
+                                   for k, p in val_sets.items()])
         overall["val_pooled"] = split_scores(task, pooled, patient_of, bootstrap, per_case)
         tests = [run / predictions_dir / "test.npz" for run in runs]
         if is_fold_bag(summaries) and all(path.is_file() for path in tests):
             # the runs as the fold bag plid.export makes of them: test probabilities averaged, a classifier called
-            # at the threshold chosen on the pooled out-of-fold predictions
+            # at the threshold (an ordinal grading at the cuts) chosen on the pooled out-of-fold predictions
             bag = bag_mean([load_predictions(path) for path in tests])
-            threshold = pooled_threshold(pooled) if task == "cls" else 0.5
+            threshold = (pooled_threshold(pooled) if task == "cls" else
+                         ordinal_cuts(pooled.probs, pooled.targets) if task == "ordinal" else 0.5)
             overall["test_bag"] = {**split_scores(task, bag, patient_of, bootstrap, threshold),
-                                   **({"threshold": threshold} if task == "cls" else {})}
+                                   **({decided: threshold} if decided else {})}
     return {"folds": folds, "overall": overall}, val_sets
 
 

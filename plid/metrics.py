@@ -155,6 +155,30 @@ def youden_threshold(positive_probs, targets, default: float = 0.5) -> float:
     return float(cuts[best + 1])
 
 
+def _above(distribution) -> np.ndarray:
+    """``P(grade > k)`` (..., K-1) from distributions ``P(grade = k)`` (..., K)."""
+    return 1 - np.cumsum(np.asarray(distribution, dtype=np.float64), axis=-1)[..., :-1]
+
+
+def grade_of_distribution(distribution, cuts=None) -> np.ndarray:
+    """The grade index of distributions ``P(grade = k)`` (..., K), as saved or averaged over slices: how many
+    questions "grade > k" are answered yes, ``P(grade > k)`` above ``cuts[k]`` (K-1 values, or one row per
+    distribution; default 0.5 each: CORAL's own rule)."""
+    above = _above(distribution)
+    return (above > (0.5 if cuts is None else np.asarray(cuts, dtype=np.float64))).sum(-1)
+
+
+def ordinal_cuts(distribution, targets) -> list[float]:
+    """Each question "grade > k" answered at its own cut, chosen on these (validation) cases by Youden's J, as a
+    binary grading's threshold is (:func:`youden_threshold`; 0.5 where a question has one answer only).
+
+    Why: the head's 0.5 answers each question for its more common side. Pfirrmann 1 and 5 are 15 % and 10 % of
+    SPIDER's graded discs, so 0.5 calls the end grades rarely and balanced accuracy (the mean recall over grades)
+    pays for it; J weighs each question's two sides by their sizes, as it does for herniation."""
+    above, targets = _above(distribution), np.asarray(targets).ravel()
+    return [round(youden_threshold(above[:, k], targets > k), 6) for k in range(above.shape[1])]
+
+
 def _tie_groups(scores: np.ndarray, descending: bool) -> tuple[np.ndarray, int]:
     """The rank of each score's group of equal scores (0 for the highest with ``descending``), and the count."""
     unique, inverse = np.unique(scores, return_inverse=True)

@@ -105,9 +105,8 @@ def test_collects_fold_runs_into_tables_and_figures(tmp_path):
 
 def test_a_multi_task_run_is_scored_per_grading_binary_at_its_threshold_and_ordinal_by_grade(tmp_path):
     """One fold of a model=grade_* run as plid.train leaves it: predictions/<grading>/{val,test}.npz, the discs
-    missing a grading absent from its files, and the thresholds chosen on val in summary.json."""
-    from plid.metrics import ordinal_scores
-    from plid.models.grading import grade_of_distribution
+    missing a grading absent from its files, and the thresholds and cuts chosen on val in summary.json."""
+    from plid.metrics import grade_of_distribution, ordinal_scores
 
     root, patients = _dataset(tmp_path, 12)
     rng = np.random.default_rng(1)
@@ -124,7 +123,8 @@ def test_a_multi_task_run_is_scored_per_grading_binary_at_its_threshold_and_ordi
                          Predictions(ids[2:], distribution, grades))
     (run / "summary.json").write_text(json.dumps({
         "task": "GradingModule", "fold": 0, "data_root": str(root), "choices": {"model": "grade_resnet50"},
-        "targets": ["disc_bulging", "pfirrman_grade"], "thresholds": {"disc_bulging": 0.42}}))
+        "targets": ["disc_bulging", "pfirrman_grade"], "thresholds": {"disc_bulging": 0.42},
+        "cuts": {"pfirrman_grade": [0.9, 0.8, 0.3, 0.1]}}))
     out = tmp_path / "eval"
     result = evaluate_runs([run], out, {"samples": 50, "seed": 0, "confidence": 0.95})
     assert result["task"] == "grade" and set(result["gradings"]) == {"disc_bulging", "pfirrman_grade"}
@@ -136,11 +136,18 @@ def test_a_multi_task_run_is_scored_per_grading_binary_at_its_threshold_and_ordi
     assert bulging["folds"][0]["test"]["positives"] == int(test.targets.sum())
     pfirrmann = result["gradings"]["pfirrman_grade"]
     saved = load_predictions(run / "predictions" / "pfirrman_grade" / "test.npz")
-    expected = ordinal_scores(grade_of_distribution(saved.probs), saved.targets, 5)
+    expected = ordinal_scores(grade_of_distribution(saved.probs, [0.9, 0.8, 0.3, 0.1]), saved.targets, 5)
+    at_half = ordinal_scores(grade_of_distribution(saved.probs), saved.targets, 5)
     scored = pfirrmann["folds"][0]["test"]
     assert pfirrmann["kind"] == "ordinal" and scored["cases"] == 16
+    assert pfirrmann["folds"][0]["cuts"] == [0.9, 0.8, 0.3, 0.1]
+    assert expected["within_one"] != pytest.approx(at_half["within_one"])  # the cuts matter to these grades
     for name in ("balanced_accuracy", "kappa", "within_one"):
         assert scored["metrics"][name]["value"] == pytest.approx(expected[name])
+    # pooled val: each case at its own run's cuts
+    val = load_predictions(run / "predictions" / "pfirrman_grade" / "val.npz")
+    pooled = ordinal_scores(grade_of_distribution(val.probs, [0.9, 0.8, 0.3, 0.1]), val.targets, 5)
+    assert pfirrmann["overall"]["val_pooled"]["metrics"]["kappa"]["value"] == pytest.approx(pooled["kappa"])
     table = (out / "evaluation.md").read_text()
     bulging_table, pfirrmann_table = table.split("## disc_bulging")[1].split("## pfirrman_grade")
     assert "| auc |" in bulging_table and "kappa" not in bulging_table
@@ -148,14 +155,18 @@ def test_a_multi_task_run_is_scored_per_grading_binary_at_its_threshold_and_ordi
     assert (out / "roc_val_disc_bulging.png").is_file()
 
 
-def test_the_grade_of_a_distribution_is_the_coral_rule():
+def test_the_grade_of_a_distribution_at_the_default_cuts_is_the_coral_rule():
     import torch
 
-    from plid.models.grading import grade_distribution, grade_of_distribution, predicted_grade
+    from plid.metrics import grade_of_distribution
+    from plid.models.grading import grade_distribution
 
-    # CORAL's logits: one score per disc less increasing biases, so P(grade > k) falls with k
+    # CORAL's logits: one score per disc less increasing biases, so P(grade > k) falls with k; its rule counts the
+    # questions "grade > k" whose probability is above 0.5
     logits = torch.randn(200, 1) * 3 - torch.sort(torch.randn(4) * 2).values
-    assert (grade_of_distribution(grade_distribution(logits).numpy()) == predicted_grade(logits).numpy()).all()
+    coral = (torch.sigmoid(logits) > 0.5).sum(1).numpy()
+    assert (grade_of_distribution(grade_distribution(logits).numpy()) == coral).all()
+    assert (grade_of_distribution(grade_distribution(logits).numpy(), [0.5] * 4) == coral).all()
 
 
 @pytest.mark.slow

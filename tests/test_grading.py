@@ -75,7 +75,8 @@ def test_a_missing_grading_does_not_enter_that_heads_loss(compose):
 
 
 def test_ordinal_head_gives_grades_in_range_and_monotone_cumulative_probabilities():
-    from plid.models.grading import CoralHead, grade_distribution, predicted_grade
+    from plid.metrics import grade_of_distribution
+    from plid.models.grading import CoralHead, grade_distribution
 
     torch.manual_seed(0)
     head = CoralHead(8, 5)
@@ -90,7 +91,7 @@ def test_ordinal_head_gives_grades_in_range_and_monotone_cumulative_probabilitie
     distribution = grade_distribution(logits)
     assert distribution.shape == (200, 5) and (distribution >= 0).all()
     torch.testing.assert_close(distribution.sum(1), torch.ones(200))
-    grades = predicted_grade(logits)
+    grades = grade_of_distribution(distribution.detach().numpy())
     assert grades.min() >= 0 and grades.max() <= 4
     # grades written as discs.csv does: Pfirrmann 1-5
     assert {grading("pfirrman_grade").grade(int(g)) for g in grades} <= {1, 2, 3, 4, 5}
@@ -161,6 +162,51 @@ def test_grading_run_writes_scores_thresholds_and_predictions_per_grading(compos
         assert pfirrmann.probs.shape[1] == 5 and set(pfirrmann.targets) <= set(range(5))
         np.testing.assert_allclose(pfirrmann.probs.astype(float).sum(1), 1, atol=1e-2)
         assert load_predictions(files["disc_herniation"]).probs.shape[1] == 2
+    # the ordinal gradings' cuts (K - 1 each), chosen on validation
+    assert {g: len(c) for g, c in summary["cuts"].items()} == {"pfirrman_grade": 4, "modic": 3}
+    # a checkpoint of a plid before cuts (no "cuts" in its state) loads with the head's rule, 0.5 on every question
+    model = objects["model"]
+    model.cuts.fill_(0.3)
+    model.load_state_dict({k: v for k, v in model.state_dict().items() if k != "cuts"})
+    assert (model.cuts == 0.5).all()
+
+
+def test_ordinal_cuts_are_chosen_on_validation_travel_in_the_checkpoint_and_grade_the_test_discs(compose):
+    """The module's own rule, on hand-made outputs: Pfirrmann 1 is rare among these discs and the head's 0.5 never
+    calls it; the cuts chosen on validation (Youden's J per question) do, and test is graded at them."""
+    import hydra
+
+    from plid.labels import MISSING
+    from plid.metrics import grade_of_distribution, ordinal_cuts, ordinal_scores
+    from plid.models.grading import grade_distribution
+
+    cfg = compose("model=grade_resnet50", "model.net.name=test_resnet", "data.targets=[disc_bulging,pfirrman_grade]")
+    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    rng = np.random.default_rng(0)
+    biases = torch.tensor([-2.5, 0.0, 1.0, 2.0])  # P(grade > 0) is above 0.5 for most discs
+    def outputs(n):
+        grade = torch.as_tensor(rng.choice(5, n, p=[0.1, 0.3, 0.3, 0.2, 0.1]))
+        score = grade.double() + torch.as_tensor(rng.normal(0, 0.7, n))
+        distribution = grade_distribution((score[:, None] - biases[None]).float())
+        target = torch.stack([torch.as_tensor(rng.integers(0, 2, n)), grade], 1)
+        target[:3, 1] = MISSING  # three discs without a Pfirrmann grade: left out of its cuts and scores
+        return ({"disc_bulging": torch.rand(n), "pfirrman_grade": distribution}, target)
+    val, test = outputs(200), outputs(120)
+    module._outputs["val"] = [val]
+    module.scores("val", choose_thresholds=True)
+    labelled = val[1][:, 1] != MISSING
+    expected = ordinal_cuts(val[0]["pfirrman_grade"][labelled].double().numpy(), val[1][labelled, 1].numpy())
+    assert module.cuts_of(1) == pytest.approx(expected, abs=1e-6) and module.cuts_of(1) != [0.5] * 4
+    assert module.summary()["cuts"] == {"pfirrman_grade": module.cuts_of(1)}
+    assert "cuts" in module.state_dict()
+    module._outputs["test"] = [test]
+    scores, _ = module.scores("test", choose_thresholds=False)
+    labelled = test[1][:, 1] != MISSING
+    distribution, target = test[0]["pfirrman_grade"][labelled].double().numpy(), test[1][labelled, 1]
+    at_cuts = ordinal_scores(grade_of_distribution(distribution, module.cuts_of(1)), target, 5)
+    at_half = ordinal_scores(grade_of_distribution(distribution), target, 5)
+    assert scores["pfirrman_grade"] == pytest.approx(at_cuts)
+    assert at_cuts["balanced_accuracy"] != pytest.approx(at_half["balanced_accuracy"])
 
 
 def _untrained_detectors(folder: Path) -> dict[str, Path]:
@@ -198,6 +244,9 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
     module = hydra.utils.instantiate(cfg.model, _convert_="all")
     chosen = torch.linspace(0.2, 0.9, len(ALL_GRADINGS))
     module.thresholds.copy_(chosen)
+    # and cuts: Pfirrmann's questions never answered yes (grade 1), Modic's always (grade 3)
+    module.cuts[list(ALL_GRADINGS).index("pfirrman_grade"), :4] = 1.0
+    module.cuts[list(ALL_GRADINGS).index("modic"), :3] = -1.0
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     (run / "checkpoints").mkdir()
@@ -209,6 +258,7 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
     binary = [g for g in ALL_GRADINGS if not grading(g).ordinal]
     assert entry["targets"] == list(ALL_GRADINGS) and "target" not in entry
     assert entry["thresholds"] == pytest.approx({g: float(chosen[list(ALL_GRADINGS).index(g)]) for g in binary})
+    assert entry["cuts"] == {"modic": [-1.0] * 3, "pfirrman_grade": [1.0] * 4}
     loaded = load_model_dir(out)
     assert loaded.classifiers[0].net.hparams.use_measurements is use_measurements
     state = torch.load(run / "checkpoints" / "epoch_000.ckpt", weights_only=True)["state_dict"]
@@ -218,6 +268,7 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
     pipeline = Pipeline(loaded, cropper=_truth_cropper(case), levels="count")
     described = pipeline.classifier_description()
     assert described["targets"] == list(ALL_GRADINGS) and set(described["thresholds"]) == set(binary)
+    assert described["cuts"] == entry["cuts"]
     report = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report
     assert len(report["discs"]) == len(case.discs)
     for disc in report["discs"]:
@@ -228,7 +279,7 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
             threshold = float(chosen[list(ALL_GRADINGS).index(g)])
             assert disc[key.replace("_probability", "_positive")] == (disc[key] >= threshold - 1e-4) or \
                 abs(disc[key] - threshold) < 1e-4
-        assert disc["pfirrman_grade_grade"] in range(1, 6) and disc["modic_grade"] in range(0, 4)
+        assert disc["pfirrman_grade_grade"] == 1 and disc["modic_grade"] == 3  # graded at the model's cuts
         assert len(disc["pfirrman_grade_distribution"]) == 5 and len(disc["modic_distribution"]) == 4
         assert sum(disc["pfirrman_grade_distribution"]) == pytest.approx(1, abs=1e-3)
         assert "measurements" in disc  # null where the (untrained) segmenter left no disc pixels in the box
@@ -411,8 +462,8 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
     from plid.ensemble.folds import fold_bag
     from plid.ensemble.predictions import load_predictions
     from plid.errors import UserInputError
-    from plid.metrics import youden_threshold
-    from plid.models.grading import grade_distribution, grade_of_distribution
+    from plid.metrics import grade_of_distribution, ordinal_cuts, youden_threshold
+    from plid.models.grading import grade_distribution
     from plid.pipeline.core import Pipeline
     from plid.pipeline.model_dir import export_model_dir, load_model_dir
     from tests.test_pipeline import _fake_train_run, _truth_cropper
@@ -429,6 +480,10 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
     cut = youden_threshold(np.concatenate([p.probs[:, 1] for p in pooled]),
                            np.concatenate([p.targets for p in pooled]))
     assert bag["thresholds"] == {"disc_bulging": pytest.approx(cut, abs=1e-6)}
+    # and the Pfirrmann cuts on both folds' Pfirrmann predictions together
+    pooled = [load_predictions(r / "predictions" / "pfirrman_grade" / "val.npz") for r in runs]
+    cuts = ordinal_cuts(np.concatenate([p.probs for p in pooled]), np.concatenate([p.targets for p in pooled]))
+    assert bag["cuts"] == {"pfirrman_grade": cuts} and bag["pooled_val"]["pfirrman_grade"]["cuts"] == cuts
     assert bag["pooled_val"]["disc_bulging"]["cases"] == 36 and bag["pooled_val"]["pfirrman_grade"]["cases"] == 36
     assert bag["pooled_val"]["disc_bulging"]["positives"] == 18
 
@@ -438,6 +493,7 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
     pipeline = Pipeline(loaded, cropper=_truth_cropper(case), levels="count")
     described = pipeline.classifier_description()
     assert described["thresholds"] == {"disc_bulging": pytest.approx(cut, abs=1e-6)}
+    assert described["cuts"] == {"pfirrman_grade": cuts}
     assert "fold bag" in described["combination"]
     report = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report
     boxes = [d["box"] for d in report["discs"]]
@@ -451,7 +507,12 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
         assert disc["disc_bulging_probability"] == pytest.approx(float(bulging[i]), abs=1e-4)
         assert disc["disc_bulging_positive"] == bool(bulging[i] > cut)
         assert disc["pfirrman_grade_distribution"] == pytest.approx(distribution[i].tolist(), abs=1e-4)
-        assert disc["pfirrman_grade_grade"] == 1 + int(grade_of_distribution(distribution[i]))
+        assert disc["pfirrman_grade_grade"] == 1 + int(grade_of_distribution(distribution[i], cuts))
+    # the grades follow the bag's cuts: none answered yes gives Pfirrmann 1, all answered yes Pfirrmann 5
+    for extreme, grade in ((1.0, 1), (-1.0, 5)):
+        loaded.bag["cuts"] = {"pfirrman_grade": [extreme] * 4}
+        report = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report
+        assert {d["pfirrman_grade_grade"] for d in report["discs"]} == {grade}
 
     # runs that validated on the same discs are no fold bag; a bag takes no ensemble weights
     with pytest.raises(UserInputError, match="both validated on"):

@@ -164,6 +164,28 @@ def test_ordinal_scores_by_hand():
     assert ordinal_scores(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long), 5)["count"] == 0
 
 
+def test_ordinal_cuts_call_the_rare_end_grade_that_the_head_rule_never_calls():
+    from plid.metrics import grade_of_distribution, ordinal_cuts, youden_threshold
+
+    # three grades, P(grade > 0) and P(grade > 1) per disc (dyadic values: the distribution's cumsum is exact); the
+    # head answers "grade > 0" yes for every disc at 0.5, so grade 0 is never called
+    above = np.array([[0.5625, 0.125], [0.625, 0.125], [0.6875, 0.25], [0.75, 0.25], [0.8125, 0.3125],
+                      [0.875, 0.6875], [0.9375, 0.8125], [0.96875, 0.875]])
+    target = np.array([0, 0, 1, 1, 1, 2, 2, 2])
+    distribution = np.stack([1 - above[:, 0], above[:, 0] - above[:, 1], above[:, 1]], 1)
+    assert grade_of_distribution(distribution).tolist() == [1, 1, 1, 1, 1, 2, 2, 2]
+    cuts = ordinal_cuts(distribution, target)
+    assert cuts == [youden_threshold(above[:, 0], target > 0), youden_threshold(above[:, 1], target > 1)]
+    assert cuts == [0.625, 0.3125]
+    assert grade_of_distribution(distribution, cuts).tolist() == target.tolist()
+    assert ordinal_scores(torch.as_tensor(grade_of_distribution(distribution, cuts)), torch.as_tensor(target),
+                          3)["balanced_accuracy"] == 1.0
+    # one row of cuts per disc (pooled folds, each at its own run's cuts) gives the same grades
+    assert grade_of_distribution(distribution, np.tile(cuts, (8, 1))).tolist() == target.tolist()
+    # a question with one answer in these cases (no grade 0) keeps the head's 0.5
+    assert ordinal_cuts(distribution, np.maximum(target, 1))[0] == 0.5
+
+
 def test_weighted_ordinal_scores_equal_ordinal_scores_of_the_repeated_cases():
     rng = np.random.default_rng(0)
     grade, target = rng.integers(1, 6, 40), rng.integers(1, 6, 40)

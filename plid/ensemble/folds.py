@@ -4,8 +4,9 @@ Each run of a bag held out a different fold's patients for validation. Together,
 cover every patient of those folds once, each predicted by the one run that never trained on them: the pooled
 out-of-fold (OOF) predictions. On spider2d, one fold's validation split holds a dozen herniated disc crops of a
 few patients, and a threshold or checkpoint chosen on them says little about new patients; the pool of six folds
-holds every non-test herniated disc. So a bag's decision thresholds (Youden's J, as for one run) are chosen on the
-pool, and at prediction the bag averages its runs' probabilities, as nnU-Net's cross-validation ensemble does.
+holds every non-test herniated disc. So a bag's decision thresholds (Youden's J, as for one run) and its ordinal
+gradings' cuts (:func:`plid.metrics.ordinal_cuts`) are chosen on the pool, and at prediction the bag averages its
+runs' probabilities, as nnU-Net's cross-validation ensemble does.
 
 The runs should train on a fixed schedule (``callbacks=fixed_schedule``): a checkpoint chosen on a run's own
 validation split would make that split's predictions no longer out of fold for the threshold.
@@ -28,7 +29,7 @@ from omegaconf import OmegaConf
 from plid.ensemble.predictions import Predictions, load_predictions
 from plid.errors import UserInputError
 from plid.labels import grading
-from plid.metrics import auc, youden_threshold
+from plid.metrics import auc, ordinal_cuts, youden_threshold
 
 SELECTION = "pooled out-of-fold"
 log = logging.getLogger(__name__)
@@ -44,12 +45,14 @@ class FoldBag:
     multi_task: bool
     data_root: str | None = None  # the folder the runs trained on (their patients are in sample there)
     thresholds: dict[str, float] = field(default_factory=dict)  # per binary grading
+    cuts: dict[str, list[float]] = field(default_factory=dict)  # per ordinal grading: one per "grade > k" question
     pooled: dict[str, dict[str, Any]] = field(default_factory=dict)  # per grading: cases, positives, auc, threshold
 
     def describe(self) -> dict[str, Any]:
         """What a model_dir's manifest records of the bag."""
         return {"selection": SELECTION, "folds": self.folds, "runs": [str(r) for r in self.runs],
-                "data_root": self.data_root, "thresholds": self.thresholds, "pooled_val": self.pooled}
+                "data_root": self.data_root, "thresholds": self.thresholds, "cuts": self.cuts,
+                "pooled_val": self.pooled}
 
 
 def _summary(run: Path) -> dict[str, Any]:
@@ -120,8 +123,8 @@ def bag_mean(per_run: list[Predictions]) -> Predictions:
 
 
 def fold_bag(runs: list[str | Path]) -> FoldBag:
-    """Check that ``runs`` are folds of one classifier config and choose each binary grading's threshold on their
-    pooled out-of-fold validation predictions."""
+    """Check that ``runs`` are folds of one classifier config and choose each binary grading's threshold, and each
+    ordinal grading's cuts, on their pooled out-of-fold validation predictions."""
     paths = [Path(r).expanduser().resolve() for r in runs]
     summaries = [_summary(p) for p in paths]
     if not is_fold_bag(summaries):
@@ -144,7 +147,9 @@ def fold_bag(runs: list[str | Path]) -> FoldBag:
     for name in bag.targets:
         pooled = out_of_fold(paths, pooled_predictions(paths, name if multi_task else ""))
         entry: dict[str, Any] = {"cases": len(pooled)}
-        if not (multi_task and grading(name).ordinal):
+        if multi_task and grading(name).ordinal:
+            bag.cuts[name] = entry["cuts"] = ordinal_cuts(pooled.probs, pooled.targets)
+        else:
             bag.thresholds[name] = pooled_threshold(pooled)
             entry.update(positives=int((pooled.targets == 1).sum()),
                          auc=auc(pooled.probs[:, 1].astype(np.float64), pooled.targets), threshold=bag.thresholds[name])

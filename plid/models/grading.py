@@ -24,7 +24,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from plid.errors import UserInputError
 from plid.labels import MISSING, Grading, gradings
-from plid.metrics import binary_scores, ordinal_scores, youden_threshold
+from plid.metrics import binary_scores, grade_of_distribution, ordinal_cuts, ordinal_scores, youden_threshold
 from plid.models.base import SpineModule
 from plid.models.classification import DEFAULT_LR
 from plid.models.nets import DiscClassifier, build_classifier, set_trainable
@@ -62,22 +62,16 @@ def grade_distribution(logits: torch.Tensor) -> torch.Tensor:
     return (torch.cat([ones, above], 1) - torch.cat([above, zeros], 1)).clamp_min(0)
 
 
-def predicted_grade(logits: torch.Tensor) -> torch.Tensor:
-    """The class index: how many "grade above k" questions the head answers yes (CORAL's rule)."""
-    return (cumulative_probabilities(logits) > 0.5).sum(1)
-
-
-def grade_of_distribution(distribution) -> np.ndarray:
-    """:func:`predicted_grade` from distributions ``P(grade = k)`` (..., K), as saved or averaged over slices: the
-    number of grades k with ``P(grade > k)`` above 0.5."""
-    above = 1 - np.cumsum(np.asarray(distribution, dtype=np.float64), axis=-1)[..., :-1]
-    return (above > 0.5).sum(-1)
-
-
 def coral_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over discs of the summed binary cross-entropy of ``grade > k``, k = 0..K-2."""
     levels = (target[:, None] > torch.arange(logits.shape[1], device=target.device)).to(logits.dtype)
     return F.binary_cross_entropy_with_logits(logits, levels, reduction="none").sum(1).mean()
+
+
+def _cuts_of_older_checkpoints(module, state_dict, prefix, *args) -> None:
+    """A checkpoint written before ordinal cuts were chosen loads with the head's rule (0.5 on every question)."""
+    if prefix + "thresholds" in state_dict and prefix + "cuts" not in state_dict:
+        state_dict[prefix + "cuts"] = module.cuts.clone().fill_(0.5)
 
 
 class GradingHeads(nn.Module):
@@ -129,11 +123,12 @@ class GradingModule(SpineModule):
 
     Logged under ``val/<grading>/...`` and ``test/<grading>/...``: binary gradings their AUC, PR AUC, and at the
     threshold chosen on validation by Youden's J, sensitivity, specificity, balanced accuracy; ordinal gradings
-    balanced accuracy, quadratic-weighted ``kappa``, ``within_one`` and ``accuracy``. ``val/score`` is the mean
-    of the binary AUCs and the ordinal kappas (NaN ones left out): the default monitor. The thresholds are a
-    buffer (``thresholds``, one per grading, 0.5 for ordinal ones), so they travel with the checkpoint; they are
-    set at every validation epoch, so the best checkpoint carries those of its own validation. After testing it
-    writes ``confusion_matrix_<grading>_test.png`` per ordinal grading.
+    balanced accuracy, quadratic-weighted ``kappa``, ``within_one`` and ``accuracy`` of the grades at the cuts
+    chosen on validation (:func:`ordinal_cuts`). ``val/score`` is the mean of the binary AUCs and the ordinal
+    kappas (NaN ones left out): the default monitor. The thresholds and cuts are buffers (``thresholds``, one per
+    grading, 0.5 for ordinal ones; ``cuts``, one row per grading, used by the ordinal ones), so they travel with
+    the checkpoint; they are set at every validation epoch, so the best checkpoint carries those of its own
+    validation. After testing it writes ``confusion_matrix_<grading>_test.png`` per ordinal grading.
 
     Args:
         net: the network (``build_grader``), returning ``{grading: logits}``.
@@ -166,6 +161,9 @@ class GradingModule(SpineModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.register_buffer("class_weight", torch.ones(len(self.gradings), 2), persistent=False)
         self.register_buffer("thresholds", torch.full((len(self.gradings),), 0.5))
+        self.register_buffer("cuts", torch.full((len(self.gradings), max(g.num_classes for g in self.gradings) - 1),
+                                                0.5))
+        self.register_load_state_dict_pre_hook(_cuts_of_older_checkpoints)
         self.monitor_best = MaxMetric(nan_strategy="ignore")
         self._outputs: dict[str, list] = {"val": [], "test": []}
 
@@ -220,32 +218,34 @@ class GradingModule(SpineModule):
                 for g in self.gradings}
 
     def update_metrics(self, logits: dict[str, torch.Tensor], batch: dict, stage: str) -> None:
-        grades = {g.name: predicted_grade(logits[g.name]) for g in self.gradings if g.ordinal}
         self._outputs[stage].append(({k: v.detach().cpu() for k, v in self.probabilities(logits).items()},
-                                     {k: v.cpu() for k, v in grades.items()}, batch["target"].cpu()))
+                                     batch["target"].cpu()))
 
     def _collected(self, stage: str):
         outputs = self._outputs[stage]
         self._outputs[stage] = []
         if not outputs:
             return None
-        target = torch.cat([o[2] for o in outputs])
+        target = torch.cat([o[1] for o in outputs])
         probs = {g.name: torch.cat([o[0][g.name] for o in outputs]) for g in self.gradings}
-        grades = {name: torch.cat([o[1][name] for o in outputs]) for name in outputs[0][1]}
-        return probs, grades, target
+        return probs, target
 
     def scores(self, stage: str, choose_thresholds: bool) -> tuple[dict[str, dict[str, float]], dict]:
         collected = self._collected(stage)
         if collected is None:
             return {}, {}
-        probs, grades, target = collected
+        probs, target = collected
         scores, confusion = {}, {}
         for k, g in enumerate(self.gradings):
             labelled = target[:, k] != MISSING
             t = target[labelled, k]
             if g.ordinal:
-                scores[g.name] = ordinal_scores(grades[g.name][labelled], t, g.num_classes)
-                confusion[g.name] = multiclass_confusion_matrix(grades[g.name][labelled], t, g.num_classes)
+                distribution = probs[g.name][labelled].double().numpy()
+                if choose_thresholds:
+                    self.cuts[k, : g.num_classes - 1] = torch.tensor(ordinal_cuts(distribution, t.numpy()))
+                grades = torch.from_numpy(grade_of_distribution(distribution, self.cuts_of(k)))
+                scores[g.name] = ordinal_scores(grades, t, g.num_classes)
+                confusion[g.name] = multiclass_confusion_matrix(grades, t, g.num_classes)
                 continue
             p = probs[g.name][labelled].float()
             if choose_thresholds:
@@ -294,10 +294,16 @@ class GradingModule(SpineModule):
             log_figure(self.loggers, f"{stage}/confusion_matrix_{g.name}", figure, path, self.global_step)
             plt.close(figure)
 
+    def cuts_of(self, k: int) -> list[float]:
+        """The cuts of the ordinal grading ``k`` (its K-1 questions), as chosen on validation."""
+        return [float(c) for c in self.cuts[k, : self.gradings[k].num_classes - 1]]
+
     def summary(self) -> dict:
-        """What ``summary.json`` adds for this model: the gradings and the thresholds chosen on validation."""
+        """What ``summary.json`` adds for this model: the gradings, the thresholds and the cuts chosen on
+        validation."""
         return {"targets": self.targets,
-                "thresholds": {g.name: float(self.thresholds[k]) for k, g in enumerate(self.gradings) if not g.ordinal}}
+                "thresholds": {g.name: float(self.thresholds[k]) for k, g in enumerate(self.gradings) if not g.ordinal},
+                "cuts": {g.name: self.cuts_of(k) for k, g in enumerate(self.gradings) if g.ordinal}}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Per grading probabilities (see :mod:`plid.ensemble.predictions`): ``probs`` is ``{grading: (N, C)}``,

@@ -41,9 +41,9 @@ from plid.ensemble.combine import weighted_average
 from plid.errors import UserInputError
 from plid.labels import CLASS_NAMES, LEVEL_NAMES, grading, probability_key
 from plid.measurements import measure_discs
-from plid.metrics import predicted_classes
+from plid.metrics import grade_of_distribution, predicted_classes
 from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
-from plid.models.grading import grade_distribution, grade_of_distribution
+from plid.models.grading import grade_distribution
 from plid.pipeline.levels import assign_levels
 from plid.pipeline.model_dir import LoadedModels
 
@@ -145,6 +145,7 @@ class Pipeline:
         if self.gradings():
             described["targets"] = self.gradings()
             described["thresholds"] = self.grading_thresholds()
+            described["cuts"] = self.grading_cuts()
         if self.models.bag:
             described["combination"] = f"mean of a fold bag (folds {self.models.bag['folds']})"
             described["selection"] = self.models.bag["selection"]
@@ -157,6 +158,12 @@ class Pipeline:
             return {t: float(v) for t, v in self.models.bag["thresholds"].items()}
         return {t: float(v) for t, v in (self.models.classifiers[0].thresholds or {}).items()}
 
+    def grading_cuts(self) -> dict[str, list[float]]:
+        """A multi-task classifier's cuts per ordinal grading (one per question "grade > k"), chosen as its
+        thresholds are; a grading without them (a model_dir of an older plid) is graded at 0.5 (CORAL's rule)."""
+        cuts = self.models.bag.get("cuts") if self.models.bag else self.models.classifiers[0].cuts
+        return {t: [float(c) for c in v] for t, v in (cuts or {}).items()}
+
     def aggregated_keys(self) -> list[str]:
         """The report keys of a multi-task classifier aggregated over several slices: the primary probability
         first, then the other binary gradings' probabilities and the ordinal gradings' distributions."""
@@ -168,14 +175,16 @@ class Pipeline:
         return keys
 
     def regrade(self, report: dict[str, Any]) -> dict[str, Any]:
-        """Each ordinal grade recomputed from its (aggregated) distribution, as the head's rule does: the number of
-        grades k with P(grade > k) above 0.5."""
+        """Each ordinal grade recomputed from its (aggregated) distribution by the classifier's rule: the number of
+        questions "grade > k" whose probability is above their cut."""
+        cuts = self.grading_cuts()
         for disc in report.get("discs", []):
             for name in self.gradings() or []:
                 distribution = disc.get(f"{name}_distribution")
                 if grading(name).ordinal and distribution is not None:
                     disc[f"{name}_grade_chosen_slice"] = disc.get(f"{name}_grade")
-                    disc[f"{name}_grade"] = grading(name).grade(int(grade_of_distribution(distribution)))
+                    disc[f"{name}_grade"] = grading(name).grade(int(grade_of_distribution(distribution,
+                                                                                          cuts.get(name))))
         return report
 
     def disc_gradings(self, image: np.ndarray, boxes: list, measurements: list | None = None) -> list[dict[str, Any]]:
@@ -203,13 +212,13 @@ class Pipeline:
                 spec = grading(name)
                 probabilities[name].append(grade_distribution(logits[name]) if spec.ordinal
                                            else logits[name].softmax(1)[:, 1])
-        weights, thresholds = self.models.weights, self.grading_thresholds()
+        weights, thresholds, cuts = self.models.weights, self.grading_thresholds(), self.grading_cuts()
         fields: list[dict[str, Any]] = [{} for _ in boxes]
         for name in self.gradings():
             spec = grading(name)
             combined = weighted_average(probabilities[name], weights)  # a fold bag: the mean of its runs
             if spec.ordinal:
-                grades = grade_of_distribution(combined.cpu().numpy())
+                grades = grade_of_distribution(combined.cpu().numpy(), cuts.get(name))
                 for i, row in enumerate(fields):
                     row[f"{name}_grade"] = spec.grade(int(grades[i]))
                     row[f"{name}_distribution"] = [round(float(v), 4) for v in combined[i]]

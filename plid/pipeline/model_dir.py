@@ -11,13 +11,14 @@
       ensemble_weights.json          weights per classifier name, from python -m plid.ensemble task=cls (optional)
 
 A multi-task classifier (``model=grade_*``) is exported as one classifier whose manifest entry carries
-``targets`` (its gradings, in head order) and ``thresholds`` (per binary grading, chosen on validation by
-Youden's J: the run's summary.json) in place of ``target``; a model_dir holds one such classifier, or a fold
+``targets`` (its gradings, in head order), ``thresholds`` (per binary grading, chosen on validation by
+Youden's J: the run's summary.json) and ``cuts`` (per ordinal grading, one per question "grade > k", chosen the same
+way; absent from older model_dirs, which grade at 0.5) in place of ``target``; a model_dir holds one such classifier, or a fold
 bag of them.
 
 A **fold bag** (``cls_runs`` = runs of one model config, each on a different ``data.fold``; :mod:`plid.ensemble.folds`)
-exports every run as a classifier and records ``bag`` in the manifest: the folds, and the decision thresholds chosen
-on the runs' pooled out-of-fold validation predictions (with the pool's cases, positives and AUC); prediction
+exports every run as a classifier and records ``bag`` in the manifest: the folds, and the decision thresholds and cuts
+chosen on the runs' pooled out-of-fold validation predictions (with the pool's cases, positives and AUC); prediction
 averages the runs' probabilities (distributions, for ordinal gradings) with equal weights and calls each binary
 grading at the bag's threshold. A bag takes no ``ensemble=`` (its weights are equal by design).
 
@@ -157,6 +158,11 @@ def export_module(run: str | Path, out: Path) -> dict[str, Any]:
         chosen = state.get("thresholds", torch.full((len(extra["targets"]),), 0.5)).tolist()
         extra["thresholds"] = {t: round(float(v), 6) for t, v in zip(extra["targets"], chosen)
                                if not grading(t).ordinal}
+        # and the ordinal gradings' cuts (a buffer too; a checkpoint of an older plid has none: 0.5, CORAL's rule)
+        cuts = state.get("cuts")
+        if cuts is not None:
+            extra["cuts"] = {t: [round(float(c), 6) for c in cuts[k, : grading(t).num_classes - 1]]
+                             for k, t in enumerate(extra["targets"]) if grading(t).ordinal}
     elif "target" in data:  # a classifier: what it predicts, on which crops
         if data.get("roi") == "none":
             raise UserInputError(f"{run}: a whole-image classifier (data.roi=none); predict needs one trained on disc "
@@ -302,6 +308,7 @@ class LoadedModule:
     threshold: float = DEFAULT_THRESHOLD  # a classifier's decision threshold, chosen on its validation split
     targets: list[str] | None = None  # a multi-task classifier's gradings (then target is None)
     thresholds: dict[str, float] | None = None  # its thresholds per binary grading, chosen on validation
+    cuts: dict[str, list[float]] | None = None  # its cuts per ordinal grading, chosen on validation
     disc_crop: str = "box"  # a classifier's crop about each disc (data.disc_crop)
 
 
@@ -354,7 +361,8 @@ def load_module(name: str, folder: Path, entry: dict[str, Any]) -> LoadedModule:
     module.load_state_dict(state)
     return LoadedModule(name, module.eval(), int(entry["image_size"]), float(entry["roi_margin"]), entry.get("target"),
                         float(entry.get("threshold", DEFAULT_THRESHOLD)), targets=entry.get("targets"),
-                        thresholds=entry.get("thresholds"), disc_crop=entry.get("disc_crop", "box"))
+                        thresholds=entry.get("thresholds"), cuts=entry.get("cuts"),
+                        disc_crop=entry.get("disc_crop", "box"))
 
 
 def load_model_dir(path: str | Path) -> LoadedModels:
