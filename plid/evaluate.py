@@ -42,6 +42,7 @@ from plid.metrics import (
     binary_scores,
     case_segmentation_scores,
     confusions_per_case,
+    distinct_discs,
     fold_summary,
     grade_of_distribution,
     ordinal_cuts,
@@ -171,8 +172,18 @@ def split_scores(task: str, predictions: Predictions, patient_of: dict[str, str]
             scores = case_segmentation_scores(confusions[index], CLASS_NAMES)
             return {name: scores[name] for name in SEGMENTATION_TABLE}
     scores = patient_bootstrap(patients, statistic, **bootstrap)
-    counted = {"positives": int((predictions.targets == 1).sum())} if task == "cls" else {}
+    counted = {}
+    if task == "cls":  # positive crops, and the distinct discs they show (case ids are <image>:<ivd_label>)
+        positive = np.flatnonzero(predictions.targets == 1)
+        levels = [_case_level(predictions.ids[i]) for i in positive]
+        counted = {"positives": len(positive), "positive_discs": distinct_discs([patients[i] for i in positive], levels)}
     return {"cases": len(predictions), "patients": len(set(patients)), **counted, "metrics": scores}
+
+
+def _case_level(case_id) -> int | None:
+    """The ``ivd_label`` of a disc crop's case id ``<image>:<ivd_label>`` (None where the disc has none)."""
+    _, _, level = str(case_id).partition(":")
+    return int(level) if level.isdigit() else None
 
 
 def chosen_on_validation(summary: dict, name: str) -> float | list[float]:
@@ -316,7 +327,8 @@ def _split_tables(scores: dict[str, Any], metrics, level: str) -> list[str]:
         if split == "test" and "test_bag" in overall:  # the folds' mean, as a model_dir's fold bag predicts
             rows.append(("fold bag (mean)", [_cell(overall["test_bag"]["metrics"][m]) for m in metrics]))
         counts = "; ".join(f"fold {f['fold']}: {f[split]['cases']} cases of {f[split]['patients']} patients"
-                           + (f", {f[split]['positives']} positive" if "positives" in f[split] else "")
+                           + (f", {f[split]['positives']} positive ({f[split]['positive_discs']} distinct discs)"
+                              if "positives" in f[split] else "")
                            for f in scores["folds"] if split in f)
         lines += [f"\n{level} {split}\n", f"{counts}\n", "| | " + " | ".join(metrics) + " |",
                   "|---" * (len(metrics) + 1) + "|"]

@@ -179,6 +179,20 @@ def ordinal_cuts(distribution, targets) -> list[float]:
     return [round(youden_threshold(above[:, k], targets > k), 6) for k in range(above.shape[1])]
 
 
+def distinct_discs(patients, levels) -> int:
+    """How many discs ``(patient, level)`` pairs name: a disc seen on several slices or series of one patient counts
+    once; a disc without a level (None or NaN) counts alone, as nothing says which disc it is. Why: the positives of a
+    rare grading are often a few discs on many slices (SPIDER's test split holds 20 herniated disc boxes, 4 discs), and
+    a figure's weight is that of its discs, not of its slices."""
+    named, unnamed = set(), 0
+    for patient, level in zip(patients, levels):
+        if level is None or (isinstance(level, float) and np.isnan(level)):
+            unnamed += 1
+        else:
+            named.add((str(patient), int(level)))
+    return len(named) + unnamed
+
+
 def _tie_groups(scores: np.ndarray, descending: bool) -> tuple[np.ndarray, int]:
     """The rank of each score's group of equal scores (0 for the highest with ``descending``), and the count."""
     unique, inverse = np.unique(scores, return_inverse=True)

@@ -47,6 +47,18 @@ def _figures(reports_truths, gradings=("disc_herniation",)) -> dict[str, float]:
     return figures(np.arange(len(scores)))
 
 
+def test_positives_are_counted_as_slices_and_as_distinct_discs():
+    """One herniated disc (level 3) of patient p1 on three slices, and one of p2 whose reference has no level: five
+    positive matched discs, three distinct discs (p1's level 3 once, p2's L5/S1 once, the unlevelled one alone)."""
+    reports_truths = [(_report(BOXES, [1, 2, 3, 4]), _truth(f"s{k}", "p1")) for k in range(3)]
+    reports_truths.append((_report(BOXES, [1, 2, 3, 4]), _truth("q", "p2", herniated=(1, 0, 1, 0),
+                                                                levels=(1, 2, np.nan, 4))))
+    scores = [score_image(r, t, ["disc_herniation"]) for r, t in reports_truths]
+    figures = EndToEndScores(scores, {"disc_herniation": 0.5})
+    assert figures.positives("disc_herniation") == (16, 5, 3)
+    assert figures.positives("disc_herniation", np.array([0, 1])) == (8, 2, 1)
+
+
 def test_a_perfect_report_scores_one_everywhere():
     out = _figures([(_report(BOXES, [1, 2, 3, 4], [0.1, 0.2, 0.9, 0.3]), _truth())])
     # ultralytics' 101-point interpolation integrates a perfect curve to 0.995, as its own validation reports

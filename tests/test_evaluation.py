@@ -103,6 +103,19 @@ def test_collects_fold_runs_into_tables_and_figures(tmp_path):
         evaluate_runs(runs, tmp_path / "eval2", {"samples": 10, "seed": 0, "confidence": 0.95}, plots=False)
 
 
+def test_positive_crops_are_counted_as_distinct_discs_too():
+    """Patient p0's level-1 disc on two t2_SPACE slices and its render, p1's level-3 disc, and a crop without a level:
+    five positive crops, three distinct discs."""
+    from plid.evaluate import split_scores
+
+    ids = np.array(["p0_t2_SPACE_s001:1", "p0_t2_SPACE_s002:1", "p0_t2_mid:1", "p1_t2:3", "p1_t2:nan", "p1_t2:2"])
+    patient_of = {"p0_t2_SPACE_s001": "p0", "p0_t2_SPACE_s002": "p0", "p0_t2_mid": "p0", "p1_t2": "p1"}
+    probs = np.tile([0.2, 0.8], (6, 1))
+    scored = split_scores("cls", Predictions(ids, probs, np.array([1, 1, 1, 1, 1, 0])), patient_of,
+                          {"samples": 10, "seed": 0, "confidence": 0.95})
+    assert (scored["positives"], scored["positive_discs"]) == (5, 3)
+
+
 def test_a_multi_task_run_is_scored_per_grading_binary_at_its_threshold_and_ordinal_by_grade(tmp_path):
     """One fold of a model=grade_* run as plid.train leaves it: predictions/<grading>/{val,test}.npz, the discs
     missing a grading absent from its files, and the thresholds and cuts chosen on val in summary.json."""

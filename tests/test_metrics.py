@@ -186,6 +186,13 @@ def test_ordinal_cuts_call_the_rare_end_grade_that_the_head_rule_never_calls():
     assert ordinal_cuts(distribution, np.maximum(target, 1))[0] == 0.5
 
 
+def test_distinct_discs_count_a_disc_on_several_slices_once_and_a_disc_without_level_alone():
+    from plid.metrics import distinct_discs
+
+    assert distinct_discs(["1", "1", "1", "2", "2", "2"], [1, 1.0, 2, 1, None, float("nan")]) == 5
+    assert distinct_discs([], []) == 0
+
+
 def test_weighted_ordinal_scores_equal_ordinal_scores_of_the_repeated_cases():
     rng = np.random.default_rng(0)
     grade, target = rng.integers(1, 6, 40), rng.integers(1, 6, 40)

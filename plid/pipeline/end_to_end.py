@@ -172,8 +172,9 @@ def _counts(figures: EndToEndScores, index: np.ndarray) -> dict[str, Any]:
         "images_with_mask": int(figures.has_confusion[index].sum()),
     }
     for grading in figures.thresholds:
-        discs, positives = figures.positives(grading, index)
+        discs, positives, distinct = figures.positives(grading, index)
         counts[f"{grading}/discs"], counts[f"{grading}/positives"] = discs, positives
+        counts[f"{grading}/positive_discs"] = distinct
     for grading in figures.ordinal:
         counts[f"{grading}/discs"] = figures.ordinal_discs(grading, index)
     return counts
@@ -308,9 +309,10 @@ def markdown_tables(result: dict[str, Any]) -> str:
                       str(c[n]["images_with_levels"])] for n in groups])
     for grading, threshold in result["thresholds"].items():
         lines += [f"\n## {grading} (matched discs; threshold {threshold:g})\n"]
-        lines += _table(["series", "positives / discs", "ROC AUC", "PR AUC", "balanced accuracy", "sensitivity",
+        lines += _table(["series", "positives (distinct discs) / discs", "ROC AUC", "PR AUC", "balanced accuracy", "sensitivity",
                          "specificity", "Brier"],
-                        [[n, f"{c[n][f'{grading}/positives']} / {c[n][f'{grading}/discs']}",
+                        [[n, f"{c[n][f'{grading}/positives']} ({c[n][f'{grading}/positive_discs']}) / "
+                             f"{c[n][f'{grading}/discs']}",
                           *(_cell(f[n].get(f"{grading}/{k}")) for k in GRADING_FIGURES)] for n in groups])
     for grading in result.get("ordinal_gradings") or []:
         lines += [f"\n## {grading} (matched discs; predicted grade against the reference)\n"]

@@ -52,7 +52,14 @@ from torchvision.ops import box_iou
 from plid.boxes import centres_inside
 from plid.datamodules.contract import DISC_BOX, LUMBAR_BOX, SpineDataset
 from plid.labels import ALL_GRADINGS, CLASS_NAMES
-from plid.metrics import confusions_per_case, dice_iou, ratio, weighted_binary_scores, weighted_ordinal_scores
+from plid.metrics import (
+    confusions_per_case,
+    dice_iou,
+    distinct_discs,
+    ratio,
+    weighted_binary_scores,
+    weighted_ordinal_scores,
+)
 
 MATCH_IOU = 0.5
 # a missed labelled disc counts as flagged where a reported suspected disc overlaps it this much, or has its centre
@@ -138,7 +145,8 @@ class ImageScore:
     all_levels_right: float  # 1/0, NaN where no reference disc of the image has a level
     levels_uncertain: bool = False  # the report's own flag
     found_levels_right: float = float("nan")  # 1/0: every matched disc with a level has it right; NaN where none
-    gradings: dict[str, np.ndarray] = field(default_factory=dict)  # grading -> (matched discs, 2): probability, target
+    # grading -> (matched discs, 3): probability, target, the reference disc's level (NaN where it has none)
+    gradings: dict[str, np.ndarray] = field(default_factory=dict)
     ordinal: dict[str, np.ndarray] = field(default_factory=dict)  # grading -> (matched discs, 2): grade, target
     confusion: np.ndarray | None = None  # (C, C) on the segmented crop; None where the image has no mask
     missed: list[dict[str, Any]] = field(default_factory=list)  # reference discs not found: box, level
@@ -218,8 +226,9 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
             for k, j in enumerate(matched):
                 target, probability = truth.discs[grading].iloc[j] if j >= 0 else np.nan, discs[k].get(key)
                 if j >= 0 and not pd.isna(target) and probability is not None:
-                    pairs.append((float(probability), float(target)))
-        score.gradings[grading] = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+                    level = _level(levels[j])
+                    pairs.append((float(probability), float(target), np.nan if level is None else float(level)))
+        score.gradings[grading] = np.asarray(pairs, dtype=np.float64).reshape(-1, 3)
     for grading in ordinal:
         pairs = []
         if grading in truth.discs.columns:
@@ -310,7 +319,7 @@ class EndToEndScores:
         self.found_levels_right = np.array([x.found_levels_right for x in s], dtype=np.float64)
         self.has_confusion = np.array([x.confusion is not None for x in s], dtype=bool)
         self.detections, self.detection_image = self._rows([x.detections for x in s])
-        self.gradings = {g: self._rows([x.gradings.get(g, np.zeros((0, 2))) for x in s]) for g in self.thresholds}
+        self.gradings = {g: self._rows([x.gradings.get(g, np.zeros((0, 3))) for x in s]) for g in self.thresholds}
         size = len(CLASS_NAMES)
         confusions = np.stack([x.confusion for x in s if x.confusion is not None]) if self.has_confusion.any() \
             else np.zeros((0, size, size))
@@ -321,11 +330,12 @@ class EndToEndScores:
     def _rows(per_image: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """All images' rows stacked, and the image each row belongs to."""
         image = np.concatenate([np.full(len(r), k) for k, r in enumerate(per_image)]) if per_image else np.zeros(0)
-        stacked = np.concatenate(per_image) if per_image and len(image) else np.zeros((0, 2))
+        width = per_image[0].shape[1] if per_image else 2
+        stacked = np.concatenate(per_image) if per_image and len(image) else np.zeros((0, width))
         return stacked, image.astype(np.int64)
 
     def grading_rows(self, grading: str) -> np.ndarray:
-        """(matched discs, 2): probability and target of every matched disc with the grading labelled."""
+        """(matched discs, 3): probability, target and level of every matched disc with the grading labelled."""
         return self.gradings[grading][0]
 
     def ordinal_discs(self, grading: str, index: np.ndarray | None = None) -> int:
@@ -333,11 +343,14 @@ class EndToEndScores:
         rows, image = self.ordinal[grading]
         return int(np.isin(image, np.arange(len(self.scores)) if index is None else index).sum())
 
-    def positives(self, grading: str, index: np.ndarray | None = None) -> tuple[int, int]:
-        """Matched discs with the grading labelled among the images ``index`` (default all), and the positives."""
+    def positives(self, grading: str, index: np.ndarray | None = None) -> tuple[int, int, int]:
+        """Matched discs with the grading labelled among the images ``index`` (default all), the positives, and the
+        distinct discs those positives are (:func:`plid.metrics.distinct_discs`: one disc on several slices once)."""
         rows, image = self.gradings[grading]
         keep = np.isin(image, np.arange(len(self.scores)) if index is None else index)
-        return int(keep.sum()), int(rows[keep, 1].sum())
+        positive = keep & (rows[:, 1] == 1)
+        distinct = distinct_discs([self.scores[i].patient for i in image[positive]], rows[positive, 2].tolist())
+        return int(keep.sum()), int(positive.sum()), distinct
 
     def __call__(self, index: np.ndarray) -> dict[str, float]:
         weights = np.bincount(np.asarray(index, dtype=np.int64), minlength=len(self.scores))[None]
