@@ -176,7 +176,8 @@ def split_scores(task: str, predictions: Predictions, patient_of: dict[str, str]
     if task == "cls":  # positive crops, and the distinct discs they show (case ids are <image>:<ivd_label>)
         positive = np.flatnonzero(predictions.targets == 1)
         levels = [_case_level(predictions.ids[i]) for i in positive]
-        counted = {"positives": len(positive), "positive_discs": distinct_discs([patients[i] for i in positive], levels)}
+        counted = {"positives": len(positive),
+                   "positive_discs": distinct_discs([patients[i] for i in positive], levels)}
     return {"cases": len(predictions), "patients": len(set(patients)), **counted, "metrics": scores}
 
 
@@ -265,8 +266,7 @@ def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: d
     if val_sets:
         # out-of-fold predictions: with every fold present, each non-test patient once
         pooled = out_of_fold([Path(f["run"]) for f in folds if f["fold"] in val_sets], list(val_sets.values()))
-        per_case = np.concatenate([np.broadcast_to(np.asarray(thresholds.get(k, 0.5), dtype=np.float64),
-                                                   (len(p.ids), *np.shape(thresholds.get(k, 0.5))))
+        per_case = np.concatenate([np.array([thresholds.get(k, 0.5)] * len(p.ids), dtype=np.float64)
                                    for k, p in val_sets.items()])
         overall["val_pooled"] = split_scores(task, pooled, patient_of, bootstrap, per_case)
         tests = [run / predictions_dir / "test.npz" for run in runs]
@@ -274,8 +274,11 @@ def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: d
             # the runs as the fold bag plid.export makes of them: test probabilities averaged, a classifier called
             # at the threshold (an ordinal grading at the cuts) chosen on the pooled out-of-fold predictions
             bag = bag_mean([load_predictions(path) for path in tests])
-            threshold = (pooled_threshold(pooled) if task == "cls" else
-                         ordinal_cuts(pooled.probs, pooled.targets) if task == "ordinal" else 0.5)
+            threshold = 0.5
+            if task == "cls":
+                threshold = pooled_threshold(pooled)
+            elif task == "ordinal":
+                threshold = ordinal_cuts(pooled.probs, pooled.targets)
             overall["test_bag"] = {**split_scores(task, bag, patient_of, bootstrap, threshold),
                                    **({decided: threshold} if decided else {})}
     return {"folds": folds, "overall": overall}, val_sets

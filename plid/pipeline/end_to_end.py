@@ -309,8 +309,8 @@ def markdown_tables(result: dict[str, Any]) -> str:
                       str(c[n]["images_with_levels"])] for n in groups])
     for grading, threshold in result["thresholds"].items():
         lines += [f"\n## {grading} (matched discs; threshold {threshold:g})\n"]
-        lines += _table(["series", "positives (distinct discs) / discs", "ROC AUC", "PR AUC", "balanced accuracy", "sensitivity",
-                         "specificity", "Brier"],
+        lines += _table(["series", "positives (distinct discs) / discs", "ROC AUC", "PR AUC", "balanced accuracy",
+                         "sensitivity", "specificity", "Brier"],
                         [[n, f"{c[n][f'{grading}/positives']} ({c[n][f'{grading}/positive_discs']}) / "
                              f"{c[n][f'{grading}/discs']}",
                           *(_cell(f[n].get(f"{grading}/{k}")) for k in GRADING_FIGURES)] for n in groups])

@@ -12,9 +12,9 @@
 
 A multi-task classifier (``model=grade_*``) is exported as one classifier whose manifest entry carries
 ``targets`` (its gradings, in head order), ``thresholds`` (per binary grading, chosen on validation by
-Youden's J: the run's summary.json) and ``cuts`` (per ordinal grading, one per question "grade > k", chosen the same
-way; absent from older model_dirs, which grade at 0.5) in place of ``target``; a model_dir holds one such classifier, or a fold
-bag of them.
+Youden's J: the run's summary.json) and ``cuts`` (per ordinal grading, one per question "grade > k", chosen the
+same way; absent from older model_dirs, which grade at 0.5) in place of ``target``; a model_dir holds one such
+classifier, or a fold bag of them.
 
 A **fold bag** (``cls_runs`` = runs of one model config, each on a different ``data.fold``; :mod:`plid.ensemble.folds`)
 exports every run as a classifier and records ``bag`` in the manifest: the folds, and the decision thresholds and cuts
