@@ -98,20 +98,26 @@ def write_samples(seg_run: Path, out: Path, count: int) -> Path:
     return out
 
 
+def check_config(cfg: DictConfig) -> tuple[list[str], list[int]]:
+    """The classifiers and folds a study trains; a UserInputError for settings no step could honour."""
+    models = list(cfg.classifiers.models or [])
+    folds = [int(k) for k in cfg.classifiers.get("folds") or []]
+    if folds and (len(models) != 1 or len(set(folds)) != len(folds) or len(folds) < 2):
+        raise UserInputError(f"classifiers.folds={folds} makes a fold bag of one classifier from two or more different "
+                             f"folds; classifiers.models={models} (a weighted ensemble of fold bags is not supported)")
+    if cfg.get("levels") == "detector" and cfg.detector.get("disc_classes", "disc") != "level":
+        raise UserInputError("levels=detector names levels from a disc detector with one class per level: set "
+                             "detector.disc_classes=level")
+    return models, folds
+
+
 def study(cfg: DictConfig) -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     out = Path(cfg.paths.output_dir).resolve()
     debug = HydraConfig.get().runtime.choices.get("debug") if HydraConfig.initialized() else None
     d, c, g = cfg.detector, cfg.classifiers, cfg.segmenter
-    models = list(c.models or [])
-    folds = [int(k) for k in c.get("folds") or []]
-    if folds and (len(models) != 1 or len(set(folds)) != len(folds) or len(folds) < 2):  # before any step runs
-        raise UserInputError(f"classifiers.folds={folds} makes a fold bag of one classifier from two or more different "
-                             f"folds; classifiers.models={models} (a weighted ensemble of fold bags is not supported)")
-    if cfg.get("levels") == "detector" and d.get("disc_classes", "disc") != "level":
-        raise UserInputError("levels=detector names levels from a disc detector with one class per level: set "
-                             "detector.disc_classes=level")
+    models, folds = check_config(cfg)  # before any step runs
     s = Study(cfg, out, debug)
     start = time.perf_counter()
     gpu = cfg.get("device", "cpu") == "gpu"

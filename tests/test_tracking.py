@@ -49,6 +49,12 @@ def test_real_data_study_presets_compose_for_the_cpu_and_the_gpu(compose):
     gpu = compose("experiment=spider2d_gpu", config_name="study")
     assert gpu.device == "gpu" and gpu.data.root == cpu.data.root and list(gpu.evaluate) == ["val", "test"]
     assert gpu.detector.epochs.lumbar == gpu.detector.epochs.ivd == 100 and gpu.detector.image_size == 416
+    # both get past the study's own checks, which run before any step (two models with folds did not)
+    from plid.study import check_config
+
+    assert check_config(cpu) == (["grade_resnet50"], [0, 1, 2])
+    num_folds = compose("data=spider2d_cls", config_name="train").data.num_folds
+    assert check_config(gpu) == (["grade_resnet50"], list(range(num_folds)))  # every non-test patient pooled
     assert compose(config_name="study").evaluate == []  # make run: no evaluation unless asked
 
 
