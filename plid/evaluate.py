@@ -265,23 +265,38 @@ def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: d
             overall[f"{split}_mean_std"] = fold_summary(per_fold)
     if val_sets:
         # out-of-fold predictions: with every fold present, each non-test patient once
-        pooled = out_of_fold([Path(f["run"]) for f in folds if f["fold"] in val_sets], list(val_sets.values()))
+        val_runs = {f["fold"]: Path(f["run"]) for f in folds if f["fold"] in val_sets}
+        pooled = out_of_fold([val_runs[k] for k in val_sets], list(val_sets.values()))
         per_case = np.concatenate([np.array([thresholds.get(k, 0.5)] * len(p.ids), dtype=np.float64)
                                    for k, p in val_sets.items()])
         overall["val_pooled"] = split_scores(task, pooled, patient_of, bootstrap, per_case)
+        if decided and len(val_sets) > 1:
+            # each fold's val called at the threshold (cuts) the bag's rule chooses on the other folds' val: the
+            # rule scored on discs that did not choose it, where val_pooled's own-fold choices flatter it
+            others = {k: out_of_fold([val_runs[j] for j in val_sets if j != k],
+                                     [q for j, q in val_sets.items() if j != k]) for k in val_sets}
+            crossed = np.concatenate([np.array([_bag_decision(task, others[k])] * len(p.ids), dtype=np.float64)
+                                      for k, p in val_sets.items()])
+            overall["val_cross_fitted"] = split_scores(task, pooled, patient_of, bootstrap, crossed)
         tests = [run / predictions_dir / "test.npz" for run in runs]
         if is_fold_bag(summaries) and all(path.is_file() for path in tests):
             # the runs as the fold bag plid.export makes of them: test probabilities averaged, a classifier called
             # at the threshold (an ordinal grading at the cuts) chosen on the pooled out-of-fold predictions
             bag = bag_mean([load_predictions(path) for path in tests])
-            threshold = 0.5
-            if task == "cls":
-                threshold = pooled_threshold(pooled)
-            elif task == "ordinal":
-                threshold = ordinal_cuts(pooled.probs, pooled.targets)
+            threshold = _bag_decision(task, pooled)
             overall["test_bag"] = {**split_scores(task, bag, patient_of, bootstrap, threshold),
                                    **({decided: threshold} if decided else {})}
     return {"folds": folds, "overall": overall}, val_sets
+
+
+def _bag_decision(task: str, pooled: Predictions) -> float | list[float]:
+    """What a fold bag calls at, chosen on pooled out-of-fold predictions: a classifier's threshold, an ordinal
+    grading's cuts (0.5 for a segmenter's, which has none)."""
+    if task == "cls":
+        return pooled_threshold(pooled)
+    if task == "ordinal":
+        return ordinal_cuts(pooled.probs, pooled.targets)
+    return 0.5
 
 
 def _cell(score: dict[str, float]) -> str:
@@ -327,6 +342,9 @@ def _split_tables(scores: dict[str, Any], metrics, level: str) -> list[str]:
         rows.append(("mean ± std", [_mean_std(overall[f"{split}_mean_std"][m]) for m in metrics]))
         if split == "val" and "val_pooled" in overall:
             rows.append(("pooled out-of-fold", [_cell(overall["val_pooled"]["metrics"][m]) for m in metrics]))
+        if split == "val" and "val_cross_fitted" in overall:
+            rows.append(("pooled, each fold at the other folds' choice",
+                         [_cell(overall["val_cross_fitted"]["metrics"][m]) for m in metrics]))
         if split == "test" and "test_bag" in overall:  # the folds' mean, as a model_dir's fold bag predicts
             rows.append(("fold bag (mean)", [_cell(overall["test_bag"]["metrics"][m]) for m in metrics]))
         counts = "; ".join(f"fold {f['fold']}: {f[split]['cases']} cases of {f[split]['patients']} patients"

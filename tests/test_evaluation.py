@@ -89,7 +89,20 @@ def test_collects_fold_runs_into_tables_and_figures(tmp_path):
     assert bag["threshold"] == pytest.approx(cut) and bag["cases"] == 12
     assert bag["metrics"]["auc"]["value"] == pytest.approx(auc(mean, tests[0].targets))
     assert bag["metrics"]["recall"]["value"] == pytest.approx((mean[tests[0].targets == 1] > cut).mean())
+    # cross-fitted: each fold's val called at the cut the bag's rule chooses on the other two folds' val
+    crossed_calls = []
+    for fold in range(3):
+        rest = [p for j, p in enumerate(pooled_val) if j != fold]
+        rest_cut = round(youden_threshold(np.concatenate([p.probs[:, 1] for p in rest]),
+                                          np.concatenate([p.targets for p in rest])), 6)
+        crossed_calls.append(pooled_val[fold].probs[:, 1] > rest_cut)
+    crossed_calls = np.concatenate(crossed_calls)
+    crossed = result["overall"]["val_cross_fitted"]["metrics"]
+    assert crossed["specificity"]["value"] == pytest.approx((~crossed_calls[truths == 0]).mean())
+    assert crossed["recall"]["value"] == pytest.approx(crossed_calls[truths == 1].mean())
+    assert not np.array_equal(crossed_calls, calls)  # not the own-fold calls of val_pooled
     table = (out / "evaluation.md").read_text()
+    assert "| pooled, each fold at the other folds' choice |" in table
     assert f"fold 0: 16 cases of 8 patients, {int(load_predictions(runs[0] / 'predictions' / 'val.npz').targets.sum())} " \
            "positive" in table
     assert "| fold 2 |" in table and "mean ± std" in table and "pooled out-of-fold" in table
@@ -161,6 +174,7 @@ def test_a_multi_task_run_is_scored_per_grading_binary_at_its_threshold_and_ordi
     val = load_predictions(run / "predictions" / "pfirrman_grade" / "val.npz")
     pooled = ordinal_scores(grade_of_distribution(val.probs, [0.9, 0.8, 0.3, 0.1]), val.targets, 5)
     assert pfirrmann["overall"]["val_pooled"]["metrics"]["kappa"]["value"] == pytest.approx(pooled["kappa"])
+    assert "val_cross_fitted" not in pfirrmann["overall"]  # one fold: no other fold to choose its cuts
     table = (out / "evaluation.md").read_text()
     bulging_table, pfirrmann_table = table.split("## disc_bulging")[1].split("## pfirrman_grade")
     assert "| auc |" in bulging_table and "kappa" not in bulging_table
@@ -196,3 +210,40 @@ def test_evaluate_smoke_command(tmp_path, data_dir):
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert evaluation["task"] == "seg" and "dice" in evaluation["folds"][0]["val"]["metrics"]
     assert Path(evaluation["figures"]["segmentation_grid"]).is_file()
+
+
+def test_ordinal_folds_are_scored_on_val_at_cuts_chosen_on_the_other_folds(tmp_path):
+    """Two folds of a multi-task run with a Pfirrmann head: pooled val graded at each fold's own cuts, and
+    cross-fitted, each fold's discs at the cuts ordinal_cuts chooses on the other fold's."""
+    from plid.metrics import grade_of_distribution, ordinal_cuts, ordinal_scores
+
+    root, patients = _dataset(tmp_path, 12)
+    rng = np.random.default_rng(3)
+    runs, saved = [], []
+    test_grades = rng.integers(0, 5, 10)  # both folds' runs predict the same test discs
+    for fold in range(2):
+        run = tmp_path / f"grade{fold}"
+        for split, members in (("val", patients[fold * 5:(fold + 1) * 5]), ("test", patients[10:])):
+            ids = np.array([f"{p}_t2:{level}" for p in members for level in (1, 2, 3, 4, 5)])
+            grades = rng.integers(0, 5, len(ids)) if split == "val" else test_grades
+            logits = -0.5 * (np.arange(5)[None, :] - grades[:, None] - rng.normal(0, 1, (len(ids), 1))) ** 2
+            distribution = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+            save_predictions(run / "predictions" / "pfirrman_grade" / f"{split}.npz",
+                             Predictions(ids, distribution, grades))
+        (run / "summary.json").write_text(json.dumps({
+            "task": "GradingModule", "fold": fold, "data_root": str(root), "choices": {"model": "grade_resnet50"},
+            "targets": ["pfirrman_grade"], "cuts": {"pfirrman_grade": [0.5, 0.5, 0.5, 0.5]}}))
+        runs.append(run)
+        saved.append(load_predictions(run / "predictions" / "pfirrman_grade" / "val.npz"))
+    result = evaluate_runs(runs, tmp_path / "eval", {"samples": 20, "seed": 0, "confidence": 0.95}, plots=False)
+    overall = result["gradings"]["pfirrman_grade"]["overall"]
+    crossed = np.concatenate([grade_of_distribution(saved[k].probs,
+                                                    ordinal_cuts(saved[1 - k].probs, saved[1 - k].targets))
+                              for k in range(2)])
+    targets = np.concatenate([p.targets for p in saved])
+    expected, own = ordinal_scores(crossed, targets, 5), ordinal_scores(
+        np.concatenate([grade_of_distribution(p.probs) for p in saved]), targets, 5)
+    assert expected["within_one"] != pytest.approx(own["within_one"])  # the other fold's cuts grade differently
+    for name in ("balanced_accuracy", "kappa", "within_one"):
+        assert overall["val_cross_fitted"]["metrics"][name]["value"] == pytest.approx(expected[name])
+        assert overall["val_pooled"]["metrics"][name]["value"] == pytest.approx(own[name])
