@@ -49,6 +49,8 @@ def test_real_data_study_presets_compose_for_the_cpu_and_the_gpu(compose):
     gpu = compose("experiment=spider2d_gpu", config_name="study")
     assert gpu.device == "gpu" and gpu.data.root == cpu.data.root and list(gpu.evaluate) == ["val", "test"]
     assert gpu.detector.epochs.lumbar == gpu.detector.epochs.ivd == 100 and gpu.detector.image_size == 416
+    assert (gpu.detector.disc_classes, gpu.levels) == ("level", "detector")  # chosen on val (README, Levels)
+    assert (cpu.detector.get("disc_classes", "disc"), cpu.get("levels", "anchor")) == ("disc", "anchor")
     # both get past the study's own checks, which run before any step (two models with folds did not)
     from plid.study import check_config
 
