@@ -168,6 +168,7 @@ def test_folder_with_a_broken_file_reports_the_others(tmp_path, compose, case):
     assert saved["errors"][0]["file"].endswith("d.png")
     page = (tmp_path / "out" / "report.html").read_text()
     assert "d.png" in page and "overlays/a.png" in page
+    assert "probabilities are the classifier's\n(no disc classified)" in page  # these models have no classifier
 
 
 def _fake_train_run(compose, folder: Path, model: str = "unet_resnet34", *overrides: str, **summary) -> Path:

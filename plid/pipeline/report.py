@@ -237,7 +237,7 @@ def _target(reports: list[dict[str, Any]]) -> str:
     described = next((r["classifier"] for r in reports if r.get("classifier")), None) or {}
     if described.get("targets"):
         return "herniation; every grading in the gradings column: " + ", ".join(described["targets"])
-    return described.get("target") or "no classifier"
+    return described.get("target") or "no disc classified"  # no classifier, or no disc found to classify
 
 
 def _series_line(report: dict[str, Any]) -> str:
