@@ -33,7 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from plid.datamodules import splits as splits_lib
 from plid.datamodules.contract import load_dataset
-from plid.ensemble.folds import bag_mean, is_fold_bag, out_of_fold, pooled_threshold
+from plid.ensemble.folds import bag_mean, is_fold_bag, out_of_fold, pooled_decision
 from plid.ensemble.predictions import Predictions, load_predictions
 from plid.errors import UserInputError
 from plid.labels import CLASS_NAMES, grading
@@ -45,7 +45,6 @@ from plid.metrics import (
     distinct_discs,
     fold_summary,
     grade_of_distribution,
-    ordinal_cuts,
     ordinal_scores,
     patient_bootstrap,
     predicted_classes,
@@ -275,28 +274,18 @@ def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: d
             # rule scored on discs that did not choose it, where val_pooled's own-fold choices flatter it
             others = {k: out_of_fold([val_runs[j] for j in val_sets if j != k],
                                      [q for j, q in val_sets.items() if j != k]) for k in val_sets}
-            crossed = np.concatenate([np.array([_bag_decision(task, others[k])] * len(p.ids), dtype=np.float64)
-                                      for k, p in val_sets.items()])
+            crossed = np.concatenate([np.array([pooled_decision(others[k], task == "ordinal")] * len(p.ids),
+                                               dtype=np.float64) for k, p in val_sets.items()])
             overall["val_cross_fitted"] = split_scores(task, pooled, patient_of, bootstrap, crossed)
         tests = [run / predictions_dir / "test.npz" for run in runs]
         if is_fold_bag(summaries) and all(path.is_file() for path in tests):
             # the runs as the fold bag plid.export makes of them: test probabilities averaged, a classifier called
             # at the threshold (an ordinal grading at the cuts) chosen on the pooled out-of-fold predictions
             bag = bag_mean([load_predictions(path) for path in tests])
-            threshold = _bag_decision(task, pooled)
+            threshold = pooled_decision(pooled, task == "ordinal") if decided else 0.5
             overall["test_bag"] = {**split_scores(task, bag, patient_of, bootstrap, threshold),
                                    **({decided: threshold} if decided else {})}
     return {"folds": folds, "overall": overall}, val_sets
-
-
-def _bag_decision(task: str, pooled: Predictions) -> float | list[float]:
-    """What a fold bag calls at, chosen on pooled out-of-fold predictions: a classifier's threshold, an ordinal
-    grading's cuts (0.5 for a segmenter's, which has none)."""
-    if task == "cls":
-        return pooled_threshold(pooled)
-    if task == "ordinal":
-        return ordinal_cuts(pooled.probs, pooled.targets)
-    return 0.5
 
 
 def _cell(score: dict[str, float]) -> str:

@@ -113,6 +113,12 @@ def pooled_threshold(pooled: Predictions) -> float:
     return round(youden_threshold(pooled.probs[:, 1].astype(np.float64), pooled.targets), 6)
 
 
+def pooled_decision(pooled: Predictions, ordinal: bool) -> float | list[float]:
+    """What a bag calls at, chosen on pooled out-of-fold predictions: a binary grading's threshold
+    (:func:`pooled_threshold`), an ordinal grading's cuts (:func:`plid.metrics.ordinal_cuts`)."""
+    return ordinal_cuts(pooled.probs, pooled.targets) if ordinal else pooled_threshold(pooled)
+
+
 def bag_mean(per_run: list[Predictions]) -> Predictions:
     """The runs' predictions of the same cases (a test split) averaged: what the bag predicts."""
     first = per_run[0]
@@ -148,9 +154,9 @@ def fold_bag(runs: list[str | Path]) -> FoldBag:
         pooled = out_of_fold(paths, pooled_predictions(paths, name if multi_task else ""))
         entry: dict[str, Any] = {"cases": len(pooled)}
         if multi_task and grading(name).ordinal:
-            bag.cuts[name] = entry["cuts"] = ordinal_cuts(pooled.probs, pooled.targets)
+            bag.cuts[name] = entry["cuts"] = pooled_decision(pooled, ordinal=True)
         else:
-            bag.thresholds[name] = pooled_threshold(pooled)
+            bag.thresholds[name] = pooled_decision(pooled, ordinal=False)
             entry.update(positives=int((pooled.targets == 1).sum()),
                          auc=auc(pooled.probs[:, 1].astype(np.float64), pooled.targets), threshold=bag.thresholds[name])
         bag.pooled[name] = entry
