@@ -45,12 +45,14 @@ def test_every_experiment_composes(experiment, compose):
 def test_real_data_study_presets_compose_for_the_cpu_and_the_gpu(compose):
     cpu = compose("experiment=spider2d_cpu", config_name="study")
     assert cpu.data.root.endswith("data/spider2d") and list(cpu.evaluate) == ["val", "test"]
-    assert cpu.get("device", "cpu") == "cpu" and cpu.detector.epochs.ivd < 100
+    assert cpu.get("device", "cpu") == "cpu"
     gpu = compose("experiment=spider2d_gpu", config_name="study")
     assert gpu.device == "gpu" and gpu.data.root == cpu.data.root and list(gpu.evaluate) == ["val", "test"]
     assert gpu.detector.epochs.lumbar == gpu.detector.epochs.ivd == 100 and gpu.detector.image_size == 416
-    assert (gpu.detector.disc_classes, gpu.levels) == ("level", "detector")  # chosen on val (README, Levels)
-    assert (cpu.detector.get("disc_classes", "disc"), cpu.get("levels", "anchor")) == ("disc", "anchor")
+    # levels named by a level-class disc detector's vote, chosen on val (README, Levels): 50 epochs on CPUs, 100 on a GPU
+    for preset in (cpu, gpu):
+        assert (preset.detector.disc_classes, preset.levels) == ("level", "detector")
+    assert cpu.detector.epochs.ivd == 50
     # both get past the study's own checks, which run before any step (two models with folds did not)
     from plid.study import check_config
 
