@@ -42,7 +42,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                            cfg.get("overwrite", False))
     pipeline = Pipeline(load_model_dir(cfg.model_dir), max_named_levels=int(cfg.max_named_levels),
                         conf=cfg.get("conf"), iou=cfg.get("iou"),
-                        levels=str(cfg.get("levels", "anchor")))
+                        levels=cfg.get("levels"))
     summary = predict_inputs(source, pipeline, out, slices=options, max_cases=cfg.get("max_images"))
     found = sum(c["status"] == "ok" for c in summary["cases"])
     log.info("%d cases: %d with a lumbar region, %d without; %d series skipped, %d files unreadable",

@@ -166,7 +166,7 @@ def study(cfg: DictConfig) -> Path:
     samples = write_samples(seg, out / "samples", int(cfg.samples))
     report = out / "predict"
     # every sample (debug=smoke would keep two): one of each format
-    levels = f"levels={cfg.get('levels', 'anchor')}"
+    levels = f"levels={cfg.get('levels') or 'null'}"
     s.run("predict", "plid.predict", f"input={samples}", f"model_dir={model_dir}", f"out={report}", "max_images=null",
           levels)
     evaluations = {}

@@ -321,6 +321,7 @@ def test_evaluate_command_on_an_exported_model_dir_writes_every_file(tmp_path, d
     for name in ("evaluation.json", "evaluation.md", "failures.html", "predict/report.json", "predict/report.html"):
         assert (out / name).is_file(), name
     assert result["split"] == "test" and result["groups"]["all"]["counts"]["images"] > 0
+    assert result["levels"] == "anchor"  # the rule used, not asked for: that of a one-class disc detector
     for score in result["groups"]["all"]["figures"].values():
         if not np.isnan(score["low"]):
             assert score["low"] - 1e-9 <= score["value"] <= score["high"] + 1e-9

@@ -347,6 +347,10 @@ def test_the_pipeline_names_levels_from_a_level_class_disc_detector_and_refuses_
     assert report["level_anchor_found"] and report["levels_uncertain"]
     with pytest.raises(UserInputError, match="levels=detector needs a disc detector with one class per level"):
         Pipeline(models, cropper=RoiCropper(truth.lumbar, truth.ivd, 0.1), levels="detector")
+    # unless asked, the rule follows the disc detector: its vote where it has one class per level, else the anchor
+    by_default = Pipeline(models, cropper=RoiCropper(truth.lumbar, _LevelDetector(truth, case), 0.1))
+    assert by_default.levels == "detector" and by_default(scan).report == report
+    assert Pipeline(models, cropper=RoiCropper(truth.lumbar, truth.ivd, 0.1)).levels == "anchor"
 
 
 def _spider_slices():

@@ -386,7 +386,7 @@ def test_predict_command_end_to_end_on_trained_tiny_models(tmp_path, data_dir, c
     assert result.returncode == 0, result.stderr[-2000:]
     assert "report.html" in result.stdout
     summary = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert [c["name"] for c in summary["cases"]] == ["a", "b", "c"]
+    assert [c["name"] for c in summary["cases"]] == ["a", "b", "c"] and summary["levels"] == "anchor"
     assert len(summary["errors"]) == 1 and "d.dcm" in summary["errors"][0]["error"]
     for report in summary["cases"]:
         if report["status"] != "ok":

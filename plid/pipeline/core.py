@@ -17,10 +17,11 @@ Every disc also carries ``measurements`` from the segmentation (:mod:`plid.measu
 height index, posterior protrusion, disc-to-canal signal ratio; in mm where the spacing is known), or null where
 the mask has no disc pixels in its box.
 
-Levels (:mod:`plid.pipeline.levels`): by default from the anatomy, the detector's discs checked against the
-segmentation (boxes on vertebral bodies, discs the detector missed, gaps, duplicates, the L5/S1 anchor), numbered
-from 1, the lowest (as SPIDER's ``ivd_label``), and named from L5/S1 up only where the anchor is confirmed;
-``levels="count"`` counts up from the lowest disc found as the first plid did.
+Levels (:mod:`plid.pipeline.levels`): the detector's discs checked against the segmentation (boxes on vertebral
+bodies, discs the detector missed, gaps, duplicates), numbered from 1, the lowest (as SPIDER's ``ivd_label``), and
+named from L5/S1 up only where the anchor is confirmed: by default where a disc detector with one class per level
+puts L5/S1 (``levels="detector"``), or, for a one-class disc detector, at the lumbar region's lower edge
+(``"anchor"``); ``levels="count"`` counts up from the lowest disc found as the first plid did.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Pipeline:
     """Detectors, segmenter and classifiers of a model_dir, applied to one :class:`Scan` at a time."""
 
     def __init__(self, models: LoadedModels, max_named_levels: int = len(LEVEL_NAMES), conf: float | None = None,
-                 cropper: RoiCropper | None = None, iou: float | None = None, levels: str = "anchor"):
+                 cropper: RoiCropper | None = None, iou: float | None = None, levels: str | None = None):
         self.models = models
         detection = models.manifest.get("detection", {})
         conf = float(detection.get("conf", 0.25) if conf is None else conf)
@@ -68,9 +69,11 @@ class Pipeline:
         self.cropper = cropper or RoiCropper(YoloDetector(models.lumbar, conf, iou=iou),
                                              YoloDetector(models.ivd, conf, iou=iou), margin)
         self.max_named_levels = max_named_levels
-        self.levels = levels
         self.by_level = bool(getattr(self.cropper.ivd, "by_level", False))  # the disc detector names levels
-        if levels == "detector" and not self.by_level:
+        # unless asked, a disc detector with one class per level names the levels (the rule both SPIDER presets
+        # chose on val), a one-class one leaves them to the anchor
+        self.levels = levels or ("detector" if self.by_level else "anchor")
+        if self.levels == "detector" and not self.by_level:
             raise UserInputError("levels=detector needs a disc detector with one class per level (plid.detect "
                                  "stage=ivd data.disc_classes=level); this model_dir's has one class")
 

@@ -128,7 +128,8 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
     if len(series) > 1:
         groups.update({name: np.flatnonzero([s.series == name for s in scores]) for name in series})
     result: dict[str, Any] = {
-        "model_dir": str(pipeline.models.root), "data_root": str(dataset.root), "split": split,
+        "model_dir": str(pipeline.models.root), "levels": pipeline.levels, "data_root": str(dataset.root),
+        "split": split,
         "bootstrap": bootstrap, "thresholds": thresholds, "ordinal_gradings": ordinal, "skipped_gradings": skipped,
         "classifier_in_sample": in_sample,  # why the gradings are not scored on this split, or None
         "classifier": next((c["classifier"] for c in summary["cases"] if c.get("classifier")), None),
