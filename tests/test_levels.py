@@ -351,6 +351,8 @@ def test_the_pipeline_names_levels_from_a_level_class_disc_detector_and_refuses_
     by_default = Pipeline(models, cropper=RoiCropper(truth.lumbar, _LevelDetector(truth, case), 0.1))
     assert by_default.levels == "detector" and by_default(scan).report == report
     assert Pipeline(models, cropper=RoiCropper(truth.lumbar, truth.ivd, 0.1)).levels == "anchor"
+    with pytest.raises(UserInputError, match="levels='ancor' is not one of anchor, anatomy, count, detector"):
+        Pipeline(models, cropper=RoiCropper(truth.lumbar, truth.ivd, 0.1), levels="ancor")
 
 
 def _spider_slices():

@@ -45,7 +45,7 @@ from plid.measurements import measure_discs
 from plid.metrics import grade_of_distribution, predicted_classes
 from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
 from plid.models.grading import grade_distribution
-from plid.pipeline.levels import assign_levels
+from plid.pipeline.levels import LEVEL_METHODS, assign_levels
 from plid.pipeline.model_dir import LoadedModels
 
 
@@ -73,6 +73,8 @@ class Pipeline:
         # unless asked, a disc detector with one class per level names the levels (the rule both SPIDER presets
         # chose on val), a one-class one leaves them to the anchor
         self.levels = levels or ("detector" if self.by_level else "anchor")
+        if self.levels not in LEVEL_METHODS:  # before any scan is read, not at the first one
+            raise UserInputError(f"levels={self.levels!r} is not one of {', '.join(LEVEL_METHODS)}")
         if self.levels == "detector" and not self.by_level:
             raise UserInputError("levels=detector needs a disc detector with one class per level (plid.detect "
                                  "stage=ivd data.disc_classes=level); this model_dir's has one class")
