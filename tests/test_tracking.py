@@ -49,7 +49,7 @@ def test_real_data_study_presets_compose_for_the_cpu_and_the_gpu(compose):
     gpu = compose("experiment=spider2d_gpu", config_name="study")
     assert gpu.device == "gpu" and gpu.data.root == cpu.data.root and list(gpu.evaluate) == ["val", "test"]
     assert gpu.detector.epochs.lumbar == gpu.detector.epochs.ivd == 100 and gpu.detector.image_size == 416
-    # levels named by a level-class disc detector's vote, chosen on val (README, Levels): 50 epochs on CPUs, 100 on a GPU
+    # levels named by a level-class disc detector's vote, chosen on val (README, Levels); 50 epochs on CPUs
     for preset in (cpu, gpu):
         assert (preset.detector.disc_classes, preset.levels) == ("level", "detector")
     assert cpu.detector.epochs.ivd == 50
