@@ -169,6 +169,8 @@ def test_folder_with_a_broken_file_reports_the_others(tmp_path, compose, case):
     page = (tmp_path / "out" / "report.html").read_text()
     assert "d.png" in page and "overlays/a.png" in page
     assert "probabilities are the classifier's\n(no disc classified)" in page  # these models have no classifier
+    # the page says which rule named the levels: a one-class disc detector's default, the lumbar edge
+    assert "named from L5/S1 where the lumbar region's lower edge" in page and "(levels=anchor;" in page
 
 
 def _fake_train_run(compose, folder: Path, model: str = "unet_resnet34", *overrides: str, **summary) -> Path:

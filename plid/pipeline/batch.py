@@ -107,9 +107,11 @@ def predict_cases(found: Found, pipeline: Pipeline, out: Path, progress: bool = 
             cases.append(report)
         for future in pending:
             future.result()  # an overlay that failed to write is an error of this run, not of one file
-    summary = {"model_dir": str(pipeline.models.root), "levels": pipeline.levels, "cases": cases, "skipped": skipped, "errors": errors}
+    summary = {"model_dir": str(pipeline.models.root), "levels": pipeline.levels, "cases": cases, "skipped": skipped,
+               "errors": errors}
     write_json(out / "report.json", summary)
-    write_html(out / "report.html", cases, errors, title=f"plid report: {len(cases)} cases", skipped=skipped)
+    write_html(out / "report.html", cases, errors, title=f"plid report: {len(cases)} cases", levels=pipeline.levels,
+               skipped=skipped)
     return summary
 
 

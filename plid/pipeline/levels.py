@@ -47,7 +47,13 @@ import numpy as np
 from plid.boxes import centres_inside
 from plid.labels import LEVEL_NAMES
 
-LEVEL_METHODS = ("anchor", "anatomy", "count", "detector")
+# each rule, and where it takes L5/S1 from, as the report page says it
+LEVEL_METHODS = {
+    "anchor": "where the lumbar region's lower edge, checked against the segmentation, confirms it",
+    "anatomy": "where the segmentation shows no vertebral body below the lowest disc",
+    "count": "counting up from the lowest disc found",
+    "detector": "where the disc detector's per-level classes put it, checked against the segmentation",
+}
 VERTEBRA, DISC = 1, 2
 # a spacing this many times the median means a disc is missing between (one missing gives about 2; on fold 0's val
 # images, gaps of 1.6 and 1.7 occurred between detected discs with no labelled disc between them)
@@ -157,7 +163,7 @@ def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anchor"
     the stage-1 detector's ``lumbar_box`` (image pixels, before any margin) and, from a disc detector with one
     class per level, each box's ``detected_levels`` (1 = L5/S1; see the module docstring)."""
     if method not in LEVEL_METHODS:
-        raise ValueError(f"levels={method!r} is not one of {LEVEL_METHODS}")
+        raise ValueError(f"levels={method!r} is not one of {tuple(LEVEL_METHODS)}")
     if method == "detector" and detected_levels is None:
         raise ValueError("levels=detector needs a disc detector with one class per level (trained with "
                          "data.disc_classes=level); this one has one class")

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from plid.labels import CLASS_COLOURS
+from plid.pipeline.levels import LEVEL_METHODS
 from plid.utils.io import atomic_write
 
 # plid's class colours as OpenCV draws them (BGR); background (class 0) stays as it is
@@ -284,9 +285,9 @@ def _study_title(study: dict[str, Any] | None, patient: str | None) -> str:
 
 
 def write_html(path: str | Path, reports: list[dict[str, Any]], errors: list[dict[str, str]], title: str,
-               skipped: list[dict[str, Any]] | None = None) -> Path:
+               levels: str, skipped: list[dict[str, Any]] | None = None) -> Path:
     """One page: the summary table, every case grouped by study and series (overlay, discs, areas, mask), the
-    series skipped with their reasons, and the files that failed."""
+    series skipped with their reasons, and the files that failed; ``levels`` is the level rule the reports used."""
     path = Path(path)
     skipped = skipped or []
     groups: dict[str, dict[str, Any]] = {}
@@ -317,8 +318,8 @@ img{{max-width:512px}} table{{border-collapse:collapse}} td,th{{border:1px solid
 .warn{{color:#b00}} tr.flag td{{background:#fde2e2}} .file{{color:#666;font-size:90%}}
 h2{{border-bottom:2px solid #444;margin-top:1.5em}}</style></head><body><h1>{html.escape(title)}</h1>
 <p>Cases analysed: {len(reports)}; series not analysed: {len(skipped)}; files that could not be read:
-{len(errors)}. Disc levels are numbered from the lowest disc up and named from L5/S1 where the segmentation
-confirms it (a name marked ? is uncertain: the reason is given); probabilities are the classifier's
+{len(errors)}. Disc levels are numbered from the lowest disc up and named from L5/S1 {LEVEL_METHODS[levels]}
+(levels={levels}; a name marked ? is uncertain: the reason is given); probabilities are the classifier's
 ({html.escape(_target(reports))}).</p>
 <h2>Summary</h2>{_summary(in_order)}
 {''.join(sections)}{f'<h2>Files that could not be read</h2><ul>{failed}</ul>' if errors else ''}</body></html>
