@@ -26,10 +26,10 @@ BOXES = [[10, 160, 50, 180], [10, 120, 50, 140], [10, 80, 50, 100], [10, 40, 50,
 LUMBAR = (5.0, 30.0, 60.0, 190.0)
 
 
-def _truth(image="a", patient="p1", herniated=(0, 0, 1, 0), levels=(1, 2, 3, 4)) -> ImageTruth:
+def _truth(image="a", patient="p1", herniated=(0, 0, 1, 0), levels=(1, 2, 3, 4), boxes=BOXES) -> ImageTruth:
     discs = pd.DataFrame({"image": image, "patient": patient, "ivd_label": list(levels),
-                          "x1": [b[0] for b in BOXES], "y1": [b[1] for b in BOXES], "x2": [b[2] for b in BOXES],
-                          "y2": [b[3] for b in BOXES], "disc_herniation": list(herniated)})
+                          "x1": [b[0] for b in boxes], "y1": [b[1] for b in boxes], "x2": [b[2] for b in boxes],
+                          "y2": [b[3] for b in boxes], "disc_herniation": list(herniated)})
     return ImageTruth(image, patient, "t2", LUMBAR, discs, has_mask=False)
 
 
@@ -64,7 +64,7 @@ def test_a_perfect_report_scores_one_everywhere():
     # ultralytics' 101-point interpolation integrates a perfect curve to 0.995, as its own validation reports
     assert out["disc_map50"] == pytest.approx(0.995)
     for key in ("lumbar_iou_median", "lumbar_iou_at_least_0.5", "disc_precision", "disc_recall", "disc_f1",
-                "level_accuracy", "images_all_levels_right", "disc_herniation/auc",
+                "level_accuracy", "images_all_levels_right", "images_all_levels_right_by_centre", "disc_herniation/auc",
                 "disc_herniation/pr_auc", "disc_herniation/balanced_accuracy", "disc_herniation/sensitivity",
                 "disc_herniation/specificity"):
         assert out[key] == pytest.approx(1.0), key
@@ -94,6 +94,19 @@ def test_missing_the_lowest_disc_costs_recall_and_shifts_every_level():
     assert _figures([(beside, _truth())])["missed_discs_flagged"] == 0.0
     # every disc found has its right level, but not every labelled disc was found
     assert out["images_found_levels_right"] == 1.0 and out["images_all_levels_right"] == 0.0
+    assert out["images_all_levels_right_by_centre"] == 0.0
+
+
+def test_a_disc_named_right_in_a_loose_labelled_box_is_right_by_centre_only():
+    # SPIDER's box of a tilted L5/S1 (or of a render) can be far taller than the disc the detector boxes: IoU < 0.5
+    tall = [[BOXES[0][0], BOXES[0][1] - 30, BOXES[0][2], BOXES[0][3] + 10], *BOXES[1:]]
+    out = _figures([(_report(BOXES, [1, 2, 3, 4]), _truth(boxes=tall))])
+    assert out["disc_recall"] == pytest.approx(3 / 4) and out["images_all_levels_right"] == 0.0
+    assert out["images_all_levels_right_by_centre"] == 1.0
+    # the same box with the wrong level, or a box of the right level beside the labelled one, is not right
+    assert _figures([(_report(BOXES, [2, 2, 3, 4]), _truth(boxes=tall))])["images_all_levels_right_by_centre"] == 0.0
+    beside = [[b[0] + 60, b[1], b[2] + 60, b[3]] if k == 0 else b for k, b in enumerate(BOXES)]
+    assert _figures([(_report(beside, [1, 2, 3, 4]), _truth())])["images_all_levels_right_by_centre"] == 0.0
     # an image whose report says its levels are uncertain leaves the "where certain" figure
     uncertain = {**_report(BOXES[1:], [1, 2, 3]), "levels_uncertain": True}
     out = _figures([(uncertain, _truth()), (_report(BOXES, [1, 2, 3, 4]), _truth("b", "p2"))])

@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 SPLITS = ("test", "val", "train", "all")
 DETECTION_FIGURES = ("lumbar_iou_median", "lumbar_iou_at_least_0.5", "no_lumbar_region", "disc_precision",
                      "disc_recall", "disc_f1", "disc_map50")
-LEVEL_FIGURES = ("level_accuracy", "images_all_levels_right", "images_found_levels_right", "missed_discs_flagged",
-                 "level_accuracy_where_certain", "images_levels_certain")
+LEVEL_FIGURES = ("level_accuracy", "images_all_levels_right", "images_found_levels_right",
+                 "images_all_levels_right_by_centre", "missed_discs_flagged", "level_accuracy_where_certain",
+                 "images_levels_certain")
 GRADING_FIGURES = ("auc", "pr_auc", "balanced_accuracy", "sensitivity", "specificity", "brier")
 
 
@@ -303,7 +304,9 @@ def markdown_tables(result: dict[str, Any]) -> str:
                       f"{c[n]['labelled_discs']} / {c[n]['reported_discs']} / {c[n]['matched_discs']}"] for n in groups])
     lines += ["\n## Levels (matched discs with a labelled `ivd_label`)\n"]
     lines += _table(["series", "level accuracy", "images with every level right",
-                     "images whose found discs all have the right level", "missed discs flagged as suspected",
+                     "images whose found discs all have the right level",
+                     "images with every level right, matched by centre (box size not judged)",
+                     "missed discs flagged as suspected",
                      "level accuracy where the report says certain", "images said certain",
                      "matched discs with a level", "images with levels"],
                     [[n, *(_cell(f[n].get(k)) for k in LEVEL_FIGURES), str(c[n]["matched_discs_with_level"]),

@@ -21,7 +21,10 @@ Definitions (also in the README's "Evaluating a model_dir end to end"):
 - Levels: on matched discs whose labelled disc has an ``ivd_label``, the share whose reported ``level``
   equals it; per image with at least one labelled level, whether every such disc was found with its right level
   (``images_all_levels_right``: detection and levels together), and per image with a matched disc with a level,
-  whether every one of those has its right level (``images_found_levels_right``: the levels alone).
+  whether every one of those has its right level (``images_found_levels_right``: the levels alone), and whether
+  every labelled disc has a reported disc of its level whose centre lies inside its box
+  (``images_all_levels_right_by_centre``: the names and places, box sizes not judged; SPIDER's boxes of a tilted
+  disc or of a mid-sagittal render can be much looser than the disc, so a disc found and named right can miss IoU 0.5).
   ``missed_discs_flagged``: the share of missed labelled discs where the report has a ``missed_discs_suspected``
   entry (IoU at least 0.3, or its centre inside the labelled box); ``level_accuracy_where_certain``: level accuracy
   on the images whose report does not say ``levels_uncertain``; ``images_levels_certain``: the share of such images.
@@ -145,6 +148,8 @@ class ImageScore:
     all_levels_right: float  # 1/0, NaN where no reference disc of the image has a level
     levels_uncertain: bool = False  # the report's own flag
     found_levels_right: float = float("nan")  # 1/0: every matched disc with a level has it right; NaN where none
+    # 1/0: every reference disc with a level has a reported disc of that level centred inside its box; NaN where none
+    all_levels_right_by_centre: float = float("nan")
     # grading -> (matched discs, 3): probability, target, the reference disc's level (NaN where it has none)
     gradings: dict[str, np.ndarray] = field(default_factory=dict)
     ordinal: dict[str, np.ndarray] = field(default_factory=dict)  # grading -> (matched discs, 2): grade, target
@@ -206,6 +211,10 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
     score.levels_right = len(right)
     if labelled:
         score.all_levels_right = float(len(right) == len(labelled))
+        named = centres_inside(boxes, reference[labelled]) & np.array(
+            [[_level(d.get("level")) == _level(levels[j]) for j in labelled] for d in discs], dtype=bool).reshape(
+            len(discs), len(labelled))
+        score.all_levels_right_by_centre = float(named.any(0).all())
     if score.levels_labelled:
         score.found_levels_right = float(len(right) == score.levels_labelled)
     found_reference = set(matched[matched >= 0].tolist())
@@ -317,6 +326,7 @@ class EndToEndScores:
         self.levels_right = np.array([x.levels_right for x in s], dtype=np.int64)
         self.all_levels_right = np.array([x.all_levels_right for x in s], dtype=np.float64)
         self.found_levels_right = np.array([x.found_levels_right for x in s], dtype=np.float64)
+        self.all_levels_right_by_centre = np.array([x.all_levels_right_by_centre for x in s], dtype=np.float64)
         self.has_confusion = np.array([x.confusion is not None for x in s], dtype=bool)
         self.detections, self.detection_image = self._rows([x.detections for x in s])
         self.gradings = {g: self._rows([x.gradings.get(g, np.zeros((0, 3))) for x in s]) for g in self.thresholds}
@@ -377,6 +387,8 @@ class EndToEndScores:
         out["images_levels_certain"] = ratio(w @ self.certain, w.sum(1))
         levelled = ~np.isnan(self.all_levels_right)
         out["images_all_levels_right"] = ratio(w[:, levelled] @ self.all_levels_right[levelled], w[:, levelled].sum(1))
+        out["images_all_levels_right_by_centre"] = ratio(w[:, levelled] @ self.all_levels_right_by_centre[levelled],
+                                                         w[:, levelled].sum(1))
         found = ~np.isnan(self.found_levels_right)
         out["images_found_levels_right"] = ratio(w[:, found] @ self.found_levels_right[found], w[:, found].sum(1))
         for grading, threshold in self.thresholds.items():
