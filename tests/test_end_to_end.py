@@ -81,6 +81,7 @@ def test_missing_the_lowest_disc_costs_recall_and_shifts_every_level():
     assert out["images_all_levels_right"] == 0.0 and out["images_found_levels_right"] == 0.0
     score = score_image(_report(BOXES[1:], [1, 2, 3]), _truth(), ())
     assert [d["level"] for d in score.missed] == [1] and len(score.wrong_levels) == 3 and not score.extra
+    assert not score.missed[0]["reported_at_centre"]
     assert out["missed_discs_flagged"] == 0.0
     # the same report with the missed disc flagged where it is, and the levels above it counted past it
     flagged = {**_report(BOXES[1:], [2, 3, 4]), "missed_discs_suspected": [{"box": [12, 158, 50, 182], "level": 1}]}
@@ -103,6 +104,8 @@ def test_a_disc_named_right_in_a_loose_labelled_box_is_right_by_centre_only():
     out = _figures([(_report(BOXES, [1, 2, 3, 4]), _truth(boxes=tall))])
     assert out["disc_recall"] == pytest.approx(3 / 4) and out["images_all_levels_right"] == 0.0
     assert out["images_all_levels_right_by_centre"] == 1.0
+    missed = score_image(_report(BOXES, [1, 2, 3, 4]), _truth(boxes=tall)).missed
+    assert [(d["level"], d["reported_at_centre"]) for d in missed] == [(1, True)]
     # the same box with the wrong level, or a box of the right level beside the labelled one, is not right
     assert _figures([(_report(BOXES, [2, 2, 3, 4]), _truth(boxes=tall))])["images_all_levels_right_by_centre"] == 0.0
     beside = [[b[0] + 60, b[1], b[2] + 60, b[3]] if k == 0 else b for k, b in enumerate(BOXES)]
@@ -309,11 +312,19 @@ def test_failures_page_lists_the_worst_image_first(tmp_path):
     cv2.imwrite(str(tmp_path / "b.png"), image)
     reports = {"a": {**_report(BOXES[1:], [1, 2, 3]), "file": str(tmp_path / "a.png")},
                "b": {**_report([*BOXES, [10, 0, 50, 20]], [1, 2, 3, 4, 5]), "file": str(tmp_path / "b.png")}}
-    scores = [score_image(reports["b"], _truth("b"), ()), score_image(reports["a"], _truth("a"), ())]
+    # c: every disc found and named right, L5/S1 inside a labelled box too tall for IoU 0.5 (1 missed + 1 extra)
+    cv2.imwrite(str(tmp_path / "c.png"), image)
+    reports["c"] = {**_report(BOXES, [1, 2, 3, 4]), "file": str(tmp_path / "c.png")}
+    tall = [[10, 130, 50, 190], *BOXES[1:]]
+    scores = [score_image(reports["b"], _truth("b"), ()), score_image(reports["a"], _truth("a"), ()),
+              score_image(reports["c"], _truth("c", boxes=tall), ())]
     summary = write_failures(tmp_path / "failures.html", scores, reports, max_images=10)
     page = (tmp_path / "failures.html").read_text()
-    assert summary["images"] == 2 and page.index("<h2>a") < page.index("<h2>b")  # a: 1 missed + 3 wrong levels
+    # a: 1 missed + 3 wrong levels, c: 1 missed + 1 extra, b: 1 extra
+    assert summary["images"] == 3 and page.index("<h2>a") < page.index("<h2>c") < page.index("<h2>b")
     assert (tmp_path / "failures" / "a.png").is_file()
+    boxed = "1 of them reported, with their level, centred inside the labelled box"
+    assert page.count(boxed) == 1 and page.index("<h2>c") < page.index(boxed) < page.index("<h2>b")
 
 
 def test_evaluate_command_on_an_exported_model_dir_writes_every_file(tmp_path, data_dir, compose):

@@ -250,6 +250,10 @@ def write_failures(path: Path, scores: list[ImageScore], reports: dict[str, dict
         if score.missed:
             problems.append(f"{len(score.missed)} labelled disc(s) missed (levels "
                             f"{', '.join(str(d['level']) for d in score.missed if d['level'] is not None) or 'unknown'})")
+            boxed = sum(d["reported_at_centre"] for d in score.missed)
+            if boxed:
+                problems.append(f"{boxed} of them reported, with their level, centred inside the labelled box "
+                                "(boxed differently: IoU under 0.5)")
         if score.extra:
             problems.append(f"{len(score.extra)} extra box(es)")
         if score.wrong_levels:

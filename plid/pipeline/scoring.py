@@ -154,7 +154,8 @@ class ImageScore:
     gradings: dict[str, np.ndarray] = field(default_factory=dict)
     ordinal: dict[str, np.ndarray] = field(default_factory=dict)  # grading -> (matched discs, 2): grade, target
     confusion: np.ndarray | None = None  # (C, C) on the segmented crop; None where the image has no mask
-    missed: list[dict[str, Any]] = field(default_factory=list)  # reference discs not found: box, level
+    # reference discs not matched at IoU 0.5: box, level, suspected, reported_at_centre
+    missed: list[dict[str, Any]] = field(default_factory=list)
     extra: list[dict[str, Any]] = field(default_factory=list)  # reported boxes matching no reference disc
     wrong_levels: list[dict[str, Any]] = field(default_factory=list)  # box, reported level, reference level
 
@@ -209,12 +210,13 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
                 score.wrong_levels.append({"box": boxes[k], "level": discs[k].get("level"),
                                            "reference_level": _level(levels[j])})
     score.levels_right = len(right)
+    # (reported, reference): the reported disc is centred inside the labelled box, with its level where it has one
+    at_centre = centres_inside(boxes, reference) & np.array(
+        [[j not in labelled or _level(d.get("level")) == _level(levels[j]) for j in range(len(reference))]
+         for d in discs], dtype=bool).reshape(len(discs), len(reference))
     if labelled:
         score.all_levels_right = float(len(right) == len(labelled))
-        named = centres_inside(boxes, reference[labelled]) & np.array(
-            [[_level(d.get("level")) == _level(levels[j]) for j in labelled] for d in discs], dtype=bool).reshape(
-            len(discs), len(labelled))
-        score.all_levels_right_by_centre = float(named.any(0).all())
+        score.all_levels_right_by_centre = float(at_centre[:, labelled].any(0).all())
     if score.levels_labelled:
         score.found_levels_right = float(len(right) == score.levels_labelled)
     found_reference = set(matched[matched >= 0].tolist())
@@ -225,8 +227,9 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
         pointed = centres_inside(suspected, reference[missed]).T | (box_iou_matrix(reference[missed], suspected)
                                                                     >= SUSPECTED_IOU)
         flagged = pointed.any(1)
-    score.missed = [{"box": [float(v) for v in reference[j]], "level": _level(levels[j]), "suspected": bool(f)}
-                    for j, f in zip(missed, flagged)]
+    # reported_at_centre: found (with its level) but boxed too differently for IoU 0.5 (a tilted disc's tall box)
+    score.missed = [{"box": [float(v) for v in reference[j]], "level": _level(levels[j]), "suspected": bool(f),
+                     "reported_at_centre": bool(at_centre[:, j].any())} for j, f in zip(missed, flagged)]
     for grading in gradings:
         key = next((k for k in (discs[0] if discs else {}) if k.endswith(PROBABILITY_SUFFIX) and grading_of(k) == grading),
                    None)
