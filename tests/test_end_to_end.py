@@ -96,6 +96,11 @@ def test_missing_the_lowest_disc_costs_recall_and_shifts_every_level():
     # every disc found has its right level, but not every labelled disc was found
     assert out["images_found_levels_right"] == 1.0 and out["images_all_levels_right"] == 0.0
     assert out["images_all_levels_right_by_centre"] == 0.0
+    # an image whose report says its levels are uncertain leaves the "where certain" figure
+    uncertain = {**_report(BOXES[1:], [1, 2, 3]), "levels_uncertain": True}
+    out = _figures([(uncertain, _truth()), (_report(BOXES, [1, 2, 3, 4]), _truth("b", "p2"))])
+    assert out["level_accuracy"] == pytest.approx(4 / 7) and out["level_accuracy_where_certain"] == 1.0
+    assert out["images_levels_certain"] == 0.5
 
 
 def test_a_disc_named_right_in_a_loose_labelled_box_is_right_by_centre_only():
@@ -110,12 +115,6 @@ def test_a_disc_named_right_in_a_loose_labelled_box_is_right_by_centre_only():
     assert _figures([(_report(BOXES, [2, 2, 3, 4]), _truth(boxes=tall))])["images_all_levels_right_by_centre"] == 0.0
     beside = [[b[0] + 60, b[1], b[2] + 60, b[3]] if k == 0 else b for k, b in enumerate(BOXES)]
     assert _figures([(_report(beside, [1, 2, 3, 4]), _truth())])["images_all_levels_right_by_centre"] == 0.0
-    # an image whose report says its levels are uncertain leaves the "where certain" figure
-    uncertain = {**_report(BOXES[1:], [1, 2, 3]), "levels_uncertain": True}
-    out = _figures([(uncertain, _truth()), (_report(BOXES, [1, 2, 3, 4]), _truth("b", "p2"))])
-    assert out["level_accuracy"] == pytest.approx(4 / 7) and out["level_accuracy_where_certain"] == 1.0
-    assert out["images_levels_certain"] == 0.5
-
 
 def test_an_extra_box_lowers_precision_only():
     extra = [10, 0, 50, 20]  # above the highest disc: the levels below it stay right

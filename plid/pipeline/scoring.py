@@ -211,9 +211,10 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
                                            "reference_level": _level(levels[j])})
     score.levels_right = len(right)
     # (reported, reference): the reported disc is centred inside the labelled box, with its level where it has one
-    at_centre = centres_inside(boxes, reference) & np.array(
-        [[j not in labelled or _level(d.get("level")) == _level(levels[j]) for j in range(len(reference))]
-         for d in discs], dtype=bool).reshape(len(discs), len(reference))
+    reference_levels = [_level(v) for v in levels]
+    same_level = np.array([[r is None or _level(d.get("level")) == r for r in reference_levels] for d in discs],
+                          dtype=bool).reshape(len(discs), len(reference))
+    at_centre = centres_inside(boxes, reference) & same_level
     if labelled:
         score.all_levels_right = float(len(right) == len(labelled))
         score.all_levels_right_by_centre = float(at_centre[:, labelled].any(0).all())
