@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow test-all clean
+.PHONY: install run test test-slow test-all lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 # the heavy tests (several trainings, subprocess launches, the study): CI runs them after make test
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# ruff, configured in pyproject.toml (CI runs it first)
+lint: $(STAMP)
+	$(PY) -m ruff check plid tests benchmarks
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

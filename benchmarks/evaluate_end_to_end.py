@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, interleave, parser, ratio, save, setup_torch, summary  # noqa: E402
 from pipeline import newest_model_dir  # noqa: E402  (benchmarks/pipeline.py: the newest make-run model_dir)
 
-from plid.pipeline.batch import predict_files  # noqa: E402
-from plid.pipeline.core import Pipeline  # noqa: E402
-from plid.pipeline.end_to_end import evaluate_model_dir, labelled_folder, split_images  # noqa: E402
-from plid.pipeline.model_dir import load_model_dir  # noqa: E402
+from plid.evaluation.end_to_end import evaluate_model_dir, labelled_folder, split_images  # noqa: E402
+from plid.inference.batch import predict_files  # noqa: E402
+from plid.inference.model_dir import load_model_dir  # noqa: E402
+from plid.inference.pipeline import Pipeline  # noqa: E402
 
 
 def main() -> None:

@@ -34,9 +34,9 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from plid.data.scans import list_scans  # noqa: E402
 from plid.datamodules.synthetic import generate_case  # noqa: E402
-from plid.pipeline.batch import predict_files  # noqa: E402
-from plid.pipeline.core import Pipeline  # noqa: E402
-from plid.pipeline.model_dir import load_model_dir  # noqa: E402
+from plid.inference.batch import predict_files  # noqa: E402
+from plid.inference.model_dir import load_model_dir  # noqa: E402
+from plid.inference.pipeline import Pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

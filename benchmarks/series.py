@@ -7,7 +7,7 @@
 The series: 15 sagittal slices written as suffix-less DICOM files in shuffled order (the 9 neighbouring slices
 of the first ``t2_SPACE`` patient of ``../shared/data/spider2d``, padded by mirroring 3 at each end; synthetic
 phantoms where that folder is absent). Two arms, interleaved, each through ``python -m plid.predict``'s own loop
-(:func:`plid.pipeline.batch.predict_inputs`: discovery and grouping, plane and spacing checks, reading and
+(:func:`plid.inference.batch.predict_inputs`: discovery and grouping, plane and spacing checks, reading and
 windowing, slice choice, models, overlay, mask NIfTI, report.json, report.html): ``slice=anatomical`` (one slice
 analysed) and ``slices=5``. Forward hooks time each network where the pipeline calls it; ``overhead`` = total /
 sum of forwards - 1. Without a trained model_dir the script builds an untrained one (YOLOv8n detectors at 256 px,
@@ -36,13 +36,13 @@ from common import SPIDER2D, compose, environment, parser, save, setup_torch  # 
 from pipeline import Recorder  # noqa: E402
 
 from plid.data.dicom import discover  # noqa: E402
+from plid.data.samples import write_dicom_series  # noqa: E402
 from plid.data.scans import read_case  # noqa: E402
 from plid.datamodules.synthetic import generate_case  # noqa: E402
-from plid.pipeline.batch import predict_inputs  # noqa: E402
-from plid.pipeline.core import Pipeline  # noqa: E402
-from plid.pipeline.model_dir import export_model_dir, load_model_dir  # noqa: E402
-from plid.pipeline.samples import write_dicom_series  # noqa: E402
-from plid.pipeline.slices import SliceOptions  # noqa: E402
+from plid.inference.batch import predict_inputs  # noqa: E402
+from plid.inference.model_dir import export_model_dir, load_model_dir  # noqa: E402
+from plid.inference.pipeline import Pipeline  # noqa: E402
+from plid.inference.slices import SliceOptions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICES = 15

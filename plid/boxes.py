@@ -81,3 +81,15 @@ def centres_inside(boxes, containers) -> np.ndarray:
     containers = np.asarray(containers, dtype=np.float64).reshape(-1, 4)
     cx, cy = ((boxes[:, 0] + boxes[:, 2]) / 2)[:, None], ((boxes[:, 1] + boxes[:, 3]) / 2)[:, None]
     return ((cx >= containers[:, 0]) & (cx <= containers[:, 2]) & (cy >= containers[:, 1]) & (cy <= containers[:, 3]))
+
+
+def box_iou_matrix(a, b) -> np.ndarray:
+    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), x2/y2 exclusive (torchvision's convention:
+    areas are (x2 - x1) * (y2 - y1)); plid's one box IoU, for matching reports to labels, slices to slices and
+    detections to boxes."""
+    import torch
+    from torchvision.ops import box_iou
+
+    a = torch.tensor(np.asarray(a, dtype=np.float64).reshape(-1, 4))
+    b = torch.tensor(np.asarray(b, dtype=np.float64).reshape(-1, 4))
+    return box_iou(a, b).numpy()

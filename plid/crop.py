@@ -40,16 +40,15 @@ from pathlib import Path
 import hydra
 import numpy as np
 import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import box_iou
 
+from plid.boxes import box_iou_matrix
 from plid.datamodules.base import SpineDataModule
 from plid.datamodules.contract import DISC_BOX, LUMBAR_BOX, SpineDataset
 from plid.errors import UserInputError
+from plid.inference.model_dir import detector_margin, detector_weights
 from plid.models.detection import NoLumbarRegionFound, RoiCropper
-from plid.pipeline.model_dir import detector_margin, detector_weights
 from plid.utils.hydra import run_task
 from plid.utils.io import atomic_dir, atomic_write, write_json
 
@@ -145,7 +144,7 @@ def match_boxes(found: np.ndarray, truth: np.ndarray, min_iou: float) -> dict[in
     """One-to-one matching of ``found`` to ``truth`` boxes maximising IoU: {found index: truth index}."""
     if len(found) == 0 or len(truth) == 0:
         return {}
-    iou = box_iou(torch.as_tensor(found, dtype=torch.float64), torch.as_tensor(truth, dtype=torch.float64)).numpy()
+    iou = box_iou_matrix(found, truth)
     rows, cols = linear_sum_assignment(-iou)
     return {int(r): int(c) for r, c in zip(rows, cols) if iou[r, c] >= min_iou}
 

@@ -1,4 +1,4 @@
-"""Write a model_dir for ``python -m plid.predict`` from trained runs (layout: :mod:`plid.pipeline.model_dir`).
+"""Write a model_dir for ``python -m plid.predict`` from trained runs (layout: :mod:`plid.inference.model_dir`).
 
     python -m plid.export lumbar_run=<detect run> ivd_run=<detect run> seg_run=<train run> \
         cls_runs='[<train run>,...]' ensemble=<ensemble run> out=models/plid
@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from plid.pipeline.model_dir import export_model_dir
+from plid.inference.model_dir import export_model_dir
 from plid.utils.hydra import run_task
 
 log = logging.getLogger(__name__)

@@ -65,9 +65,3 @@ def gradings(names) -> list[Grading]:
     if len(set(names)) != len(names):
         raise UserInputError(f"data.targets={names} names a grading twice")
     return [grading(n) for n in names]
-
-
-def probability_key(name: str) -> str:
-    """The report's key of a binary grading: ``herniation_probability`` for herniation (as plid always wrote),
-    ``<grading>_probability`` for the others."""
-    return "herniation_probability" if name == "disc_herniation" else f"{name}_probability"

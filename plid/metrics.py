@@ -53,6 +53,10 @@ SEGMENTATION_METRICS = ("dice", "miou", "miou_fg")
 NAN = float("nan")
 
 
+# the threshold (and each ordinal cut) of a model that chose none on validation: a version-1 model_dir, a run
+# whose validation split held one class; also CORAL's own rule for a grade
+DEFAULT_THRESHOLD = 0.5
+
 def ratio(a, b) -> np.ndarray:
     """``a / b`` elementwise in float64, NaN where ``b`` is 0."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -105,7 +109,7 @@ def binary_confusion(positive_probs, targets, threshold) -> torch.Tensor:
     return binary_confusion_matrix(called.long(), targets)
 
 
-def binary_scores(positive_probs, targets, threshold=0.5) -> dict[str, float]:
+def binary_scores(positive_probs, targets, threshold=DEFAULT_THRESHOLD) -> dict[str, float]:
     """Positive-class probabilities against 0/1 targets, a case called positive where its probability is above
     ``threshold`` (the one chosen on validation, :func:`youden_threshold`; one for all cases or one per case, as
     :func:`binary_confusion`): accuracy, balanced accuracy (the mean of recall and specificity), precision, recall
@@ -127,7 +131,7 @@ def binary_scores(positive_probs, targets, threshold=0.5) -> dict[str, float]:
             "tn": tn, "fp": fp, "fn": fn, "tp": tp}
 
 
-def youden_threshold(positive_probs, targets, default: float = 0.5) -> float:
+def youden_threshold(positive_probs, targets, default: float = DEFAULT_THRESHOLD) -> float:
     """The decision threshold that maximises Youden's J (sensitivity + specificity - 1) on these cases, as
     ``predicted positive = probability > threshold``.
 
@@ -165,7 +169,7 @@ def grade_of_distribution(distribution, cuts=None) -> np.ndarray:
     questions "grade > k" are answered yes, ``P(grade > k)`` above ``cuts[k]`` (K-1 values, or one row per
     distribution; default 0.5 each: CORAL's own rule)."""
     above = _above(distribution)
-    return (above > (0.5 if cuts is None else np.asarray(cuts, dtype=np.float64))).sum(-1)
+    return (above > (DEFAULT_THRESHOLD if cuts is None else np.asarray(cuts, dtype=np.float64))).sum(-1)
 
 
 def ordinal_cuts(distribution, targets) -> list[float]:

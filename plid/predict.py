@@ -22,10 +22,10 @@ import hydra
 from omegaconf import DictConfig
 
 from plid.errors import UserInputError
-from plid.pipeline.batch import predict_inputs
-from plid.pipeline.core import Pipeline
-from plid.pipeline.model_dir import load_model_dir
-from plid.pipeline.slices import SliceOptions
+from plid.inference.batch import predict_inputs
+from plid.inference.model_dir import load_model_dir
+from plid.inference.pipeline import Pipeline
+from plid.inference.slices import SliceOptions
 from plid.utils.hydra import run_task
 from plid.utils.io import claim_output_dir
 

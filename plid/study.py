@@ -76,7 +76,7 @@ class Study:
 def write_samples(seg_run: Path, out: Path, count: int) -> Path:
     """``count`` (at least 3) test images of the segmentation run's dataset: the second written as DICOM, the third
     as a NIfTI volume, the others as PNG; with fewer test images than that, images are used again."""
-    from plid.pipeline.samples import write_dicom, write_volume
+    from plid.data.samples import write_dicom, write_volume
 
     summary = json.loads((seg_run / "summary.json").read_text())
     root = Path(summary["data_root"])

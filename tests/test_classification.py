@@ -152,11 +152,11 @@ def test_crops_are_the_disc_boxes_enlarged_by_10_percent_and_clipped():
 
 def test_square_disc_crops_show_the_bone_above_and_below_and_travel_with_the_classifier(tmp_path, compose):
     from plid.datamodules.classification import disc_region, load_disc_crop
-    from plid.datamodules.synthetic import generate_case
     from plid.datamodules.contract import DISC_BOX
+    from plid.datamodules.synthetic import generate_case
     from plid.datamodules.transforms import to_tensor
-    from plid.pipeline.core import Pipeline
-    from plid.pipeline.model_dir import export_model_dir, load_model_dir
+    from plid.inference.model_dir import export_model_dir, load_model_dir
+    from plid.inference.pipeline import Pipeline
     from tests.test_grading import _untrained_detectors
     from tests.test_pipeline import _fake_train_run
 

@@ -12,7 +12,7 @@ import pytest
 from plid.datamodules.contract import SpineDataset
 from plid.datamodules.synthetic import SyntheticSpec, ensure_dataset
 from plid.errors import UserInputError
-from plid.pipeline.scoring import (
+from plid.evaluation.scoring import (
     EndToEndScores,
     ImageTruth,
     average_precision,
@@ -20,6 +20,7 @@ from plid.pipeline.scoring import (
     match_boxes,
     score_image,
 )
+from plid.reports import Decision
 
 # four discs of one image, bottom-up: level 1 is the lowest (largest y)
 BOXES = [[10, 160, 50, 180], [10, 120, 50, 140], [10, 80, 50, 100], [10, 40, 50, 60]]
@@ -36,7 +37,8 @@ def _truth(image="a", patient="p1", herniated=(0, 0, 1, 0), levels=(1, 2, 3, 4),
 def _report(boxes, levels, probabilities=None, lumbar=LUMBAR) -> dict:
     probabilities = probabilities or [0.5] * len(boxes)
     return {"status": "ok", "lumbar": {"box": list(lumbar), "score": 0.9},
-            "discs": [{"level": lv, "box": list(b), "score": 0.9 - 0.1 * k, "herniation_probability": p}
+            "discs": [{"level": lv, "box": list(b), "score": 0.9 - 0.1 * k,
+                       "gradings": {"disc_herniation": Decision.binary("disc_herniation", p, 0.5).model_dump()}}
                       for k, (b, lv, p) in enumerate(zip(boxes, levels, probabilities))],
             "classifier": {"threshold": 0.5}}
 
@@ -195,8 +197,8 @@ def test_segmentation_per_case_leaves_absent_classes_out_and_pooled_sums_pixels(
 def _dataset_with_truth_cropper(data_dir, compose, patients: int = 6):
     """The synthetic folder and a pipeline whose detectors return each image's labelled boxes."""
     from plid.boxes import enlarge_box
+    from plid.inference.pipeline import Pipeline
     from plid.models.detection import RoiCropper
-    from plid.pipeline.core import Pipeline
     from tests.test_pipeline import _models
 
     root = ensure_dataset(data_dir / "synthetic", SyntheticSpec(num_patients=patients, image_size=128, seed=5))
@@ -224,7 +226,7 @@ def _dataset_with_truth_cropper(data_dir, compose, patients: int = 6):
 
 
 def test_evaluating_reports_of_the_labelled_boxes_finds_every_disc_and_writes_every_file(tmp_path, data_dir, compose):
-    from plid.pipeline.end_to_end import evaluate_model_dir
+    from plid.evaluation.end_to_end import evaluate_model_dir
 
     dataset, pipeline = _dataset_with_truth_cropper(data_dir, compose)
     images = dataset.images["image"].tolist()
@@ -250,15 +252,15 @@ def test_evaluating_reports_of_the_labelled_boxes_finds_every_disc_and_writes_ev
 def test_a_folder_without_labels_is_refused(tmp_path):
     images = pd.DataFrame({"image": ["a"], "patient": ["p"], "has_mask": [0]})
     dataset = SpineDataset(tmp_path, images, pd.DataFrame(columns=["image", "patient", "x1", "y1", "x2", "y2"]))
-    from plid.pipeline.end_to_end import check_labelled
+    from plid.evaluation.end_to_end import check_labelled
 
     with pytest.raises(UserInputError, match="no labels"):
         check_labelled(dataset)
 
 
 def test_a_grading_the_folder_does_not_label_is_skipped_and_said(tmp_path, data_dir, compose):
-    from plid.pipeline.end_to_end import evaluate_model_dir
-    from plid.pipeline.model_dir import LoadedModule
+    from plid.evaluation.end_to_end import evaluate_model_dir
+    from plid.inference.model_dir import LoadedModule
     from tests.test_pipeline import _MeanIntensity
 
     dataset, pipeline = _dataset_with_truth_cropper(data_dir, compose)
@@ -278,8 +280,8 @@ def test_a_grading_the_folder_does_not_label_is_skipped_and_said(tmp_path, data_
 
 
 def test_a_fold_bag_is_not_scored_on_patients_its_runs_trained_on(tmp_path, data_dir, compose):
-    from plid.pipeline.end_to_end import evaluate_model_dir
-    from plid.pipeline.model_dir import LoadedModule
+    from plid.evaluation.end_to_end import evaluate_model_dir
+    from plid.inference.model_dir import LoadedModule
     from tests.test_pipeline import _MeanIntensity
 
     dataset, pipeline = _dataset_with_truth_cropper(data_dir, compose)
@@ -304,7 +306,7 @@ def test_a_fold_bag_is_not_scored_on_patients_its_runs_trained_on(tmp_path, data
 def test_failures_page_lists_the_worst_image_first(tmp_path):
     import cv2
 
-    from plid.pipeline.end_to_end import write_failures
+    from plid.evaluation.end_to_end import write_failures
 
     image = np.zeros((200, 80), np.uint8)
     cv2.imwrite(str(tmp_path / "a.png"), image)
@@ -330,7 +332,7 @@ def test_evaluate_command_on_an_exported_model_dir_writes_every_file(tmp_path, d
     """python -m plid.evaluate model_dir=... as a user runs it (in-process), on a model_dir of untrained tiny
     models: whatever they find, every file is written and every interval holds its estimate."""
     from plid.evaluate import evaluate
-    from plid.pipeline.model_dir import export_model_dir
+    from plid.inference.model_dir import export_model_dir
     from tests.test_pipeline import _fake_train_run, _untrained_detectors
 
     weights = _untrained_detectors(tmp_path)

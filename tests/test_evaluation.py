@@ -11,7 +11,7 @@ import pytest
 
 from plid.ensemble.predictions import Predictions, load_predictions, save_predictions
 from plid.errors import UserInputError
-from plid.evaluate import check_disjoint_folds, evaluate_runs, fold_plan
+from plid.evaluation.cross_validation import check_disjoint_folds, evaluate_runs, fold_plan
 
 
 def test_kfold_driver_never_puts_a_patient_in_two_folds(compose):
@@ -119,7 +119,7 @@ def test_collects_fold_runs_into_tables_and_figures(tmp_path):
 def test_positive_crops_are_counted_as_distinct_discs_too():
     """Patient p0's level-1 disc on two t2_SPACE slices and its render, p1's level-3 disc, and a crop without a level:
     five positive crops, three distinct discs."""
-    from plid.evaluate import split_scores
+    from plid.evaluation.cross_validation import split_scores
 
     ids = np.array(["p0_t2_SPACE_s001:1", "p0_t2_SPACE_s002:1", "p0_t2_mid:1", "p1_t2:3", "p1_t2:nan", "p1_t2:2"])
     patient_of = {"p0_t2_SPACE_s001": "p0", "p0_t2_SPACE_s002": "p0", "p0_t2_mid": "p0", "p1_t2": "p1"}

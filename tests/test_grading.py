@@ -229,9 +229,9 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
     from plid.data.scans import Scan
     from plid.datamodules.synthetic import generate_case
     from plid.errors import UserInputError
-    from plid.pipeline.batch import predict_files
-    from plid.pipeline.core import Pipeline
-    from plid.pipeline.model_dir import export_model_dir, load_model_dir
+    from plid.inference.batch import predict_files
+    from plid.inference.model_dir import export_model_dir, load_model_dir
+    from plid.inference.pipeline import Pipeline
     from tests.test_pipeline import _fake_train_run, _truth_cropper
 
     case = generate_case(np.random.default_rng(3), size=128)
@@ -272,16 +272,15 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
     report = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report
     assert len(report["discs"]) == len(case.discs)
     for disc in report["discs"]:
-        assert 0 <= disc["herniation_probability"] <= 1  # the paper's key, kept
+        assert 0 <= disc["gradings"]["disc_herniation"]["probability"] <= 1  # the paper's key, kept
         for g in binary:
-            key = "herniation_probability" if g == "disc_herniation" else f"{g}_probability"
-            assert 0 <= disc[key] <= 1
-            threshold = float(chosen[list(ALL_GRADINGS).index(g)])
-            assert disc[key.replace("_probability", "_positive")] == (disc[key] >= threshold - 1e-4) or \
-                abs(disc[key] - threshold) < 1e-4
-        assert disc["pfirrman_grade_grade"] == 1 and disc["modic_grade"] == 3  # graded at the model's cuts
-        assert len(disc["pfirrman_grade_distribution"]) == 5 and len(disc["modic_distribution"]) == 4
-        assert sum(disc["pfirrman_grade_distribution"]) == pytest.approx(1, abs=1e-3)
+            made = disc["gradings"][g]
+            assert 0 <= made["probability"] <= 1
+            assert made["threshold"] == pytest.approx(float(chosen[list(ALL_GRADINGS).index(g)]))
+            assert made["positive"] == (made["probability"] > made["threshold"])
+        assert disc["gradings"]["pfirrman_grade"]["grade"] == 1 and disc["gradings"]["modic"]["grade"] == 3  # graded at the model's cuts
+        assert len(disc["gradings"]["pfirrman_grade"]["distribution"]) == 5 and len(disc["gradings"]["modic"]["distribution"]) == 4
+        assert sum(disc["gradings"]["pfirrman_grade"]["distribution"]) == pytest.approx(1, abs=1e-3)
         assert "measurements" in disc  # null where the (untrained) segmenter left no disc pixels in the box
         assert disc["measurements"] is None or disc["measurements"]["unit"] == "mm"
     # the page and report.json list them too
@@ -292,8 +291,8 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
     cv2.imwrite(str(image_path), case.image)
     summary = predict_files([image_path], pipeline, tmp_path / "out", progress=False)
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert saved["cases"][0]["discs"][0]["pfirrman_grade_distribution"] == summary["cases"][0]["discs"][0][
-        "pfirrman_grade_distribution"]
+    assert saved["cases"][0]["discs"][0]["gradings"]["pfirrman_grade"] == \
+        summary["cases"][0]["discs"][0]["gradings"]["pfirrman_grade"]
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<th>gradings</th>" in page and "Pf " in page and "Modic " in page and "bulg " in page
     # two multi-task runs that are no fold bag (no folds) are refused, with the reason
@@ -305,10 +304,17 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
         export_model_dir(tmp_path / "two", weights["lumbar"], weights["ivd"], seg, [run, other])
 
 
+def _graded(grade: int) -> dict:
+    """A Pfirrmann decision of ``grade``: all of the distribution on it."""
+    from plid.reports import Decision
+
+    return Decision.ordinal("pfirrman_grade", np.eye(5)[grade - 1]).model_dump()
+
+
 def test_ordinal_gradings_are_scored_end_to_end_on_matched_discs():
     import pandas as pd
 
-    from plid.pipeline.scoring import EndToEndScores, ImageTruth, score_image
+    from plid.evaluation.scoring import EndToEndScores, ImageTruth, score_image
 
     boxes = [[10, 10, 50, 20], [10, 30, 50, 40], [10, 50, 50, 60]]
     truth = ImageTruth("a", "p1", "t2", (0, 0, 100, 100),
@@ -317,9 +323,9 @@ def test_ordinal_gradings_are_scored_end_to_end_on_matched_discs():
                                      "ivd_label": [3, 2, 1], "pfirrman_grade": [2, 4, np.nan]}), False)
     # the report finds the three discs; the third has no reference grade, an extra box matches nothing
     report = {"status": "ok", "lumbar": {"box": [0, 0, 100, 100]},
-              "discs": [{"box": b, "score": 0.9, "level": 3 - i, "pfirrman_grade_grade": g}
+              "discs": [{"box": b, "score": 0.9, "level": 3 - i, "gradings": {"pfirrman_grade": _graded(g)}}
                         for i, (b, g) in enumerate(zip(boxes, [2, 3, 5]))] +
-                       [{"box": [60, 80, 90, 95], "score": 0.5, "level": None, "pfirrman_grade_grade": 1}]}
+                       [{"box": [60, 80, 90, 95], "score": 0.5, "level": None, "gradings": {"pfirrman_grade": _graded(1)}}]}
     score = score_image(report, truth, (), ["pfirrman_grade"])
     np.testing.assert_array_equal(score.ordinal["pfirrman_grade"], [[2, 2], [3, 4]])
     figures = EndToEndScores([score, score], {}, ["pfirrman_grade"])(np.array([0, 1]))
@@ -385,37 +391,34 @@ def test_spider2d_discs_carry_every_grading_with_measurements_where_a_mask_is(co
     np.testing.assert_array_equal(features[:, -1] == 1, measured)
 
 
-def test_several_slices_aggregate_every_grading_and_regrade_from_the_mean_distribution():
-    from plid.models.detection import RoiCropper
-    from plid.pipeline.core import Pipeline
-    from plid.pipeline.model_dir import LoadedModels, LoadedModule
-    from plid.pipeline.slices import aggregate
+def test_several_slices_aggregate_every_grading_and_decide_again_from_the_aggregate():
+    from plid.inference.slices import aggregate
+    from plid.reports import Decision
 
     def report(p_hern, p_bulg, distribution):
-        return {"discs": [{"box": [10, 10, 50, 20], "herniation_probability": p_hern, "disc_bulging_probability": p_bulg,
-                           "pfirrman_grade_distribution": distribution,
-                           "pfirrman_grade_grade": 1 + int(np.argmax(distribution))}]}
+        made = [Decision.binary("disc_herniation", p_hern, 0.5), Decision.binary("disc_bulging", p_bulg, 0.3),
+                Decision.ordinal("pfirrman_grade", distribution)]
+        return {"discs": [{"box": [10, 10, 50, 20], "gradings": {d.grading: d.model_dump() for d in made}}]}
 
     reports = {3: report(0.2, 0.6, [0.6, 0.4, 0, 0, 0]), 4: report(0.4, 0.2, [0.0, 0.2, 0.8, 0, 0]),
                5: report(0.9, 0.1, [0.0, 0.0, 0.2, 0.8, 0])}
-    classifier = LoadedModule("g", None, 32, 0.1, targets=["disc_herniation", "disc_bulging", "pfirrman_grade"],
-                              thresholds={})
-    pipeline = Pipeline(LoadedModels(Path("."), {}, None, None, None, [classifier], [1.0]),
-                        cropper=RoiCropper(lambda image: None, lambda region: None))
-    keys = pipeline.aggregated_keys()
-    assert keys == ["herniation_probability", "disc_bulging_probability", "pfirrman_grade_distribution"]
-    (disc,) = pipeline.regrade(aggregate(reports, 4, keys, "max"))["discs"]
-    assert disc["herniation_probability"] == pytest.approx(0.9) and disc["disc_bulging_probability"] == pytest.approx(0.6)
-    assert disc["pfirrman_grade_distribution"] == pytest.approx([0.2, 0.2, 1 / 3, 0.8 / 3, 0], abs=1e-4)
-    # P(grade > 1) = 0.8, P(> 2) = 0.6, P(> 3) = 0.27: grade 3 (it was 3 on the chosen slice too)
-    assert disc["pfirrman_grade_grade"] == 3 and disc["pfirrman_grade_grade_chosen_slice"] == 3
-    assert [s["disc_bulging_probability"] for s in disc["slices"]] == [0.6, 0.2, 0.1]
+    assert not reports[4]["discs"][0]["gradings"]["disc_herniation"]["positive"]  # the chosen slice alone: negative
+    (disc,) = aggregate(reports, 4, "max")["discs"]
+    herniation, bulging, pfirrmann = (disc["gradings"][g] for g in ("disc_herniation", "disc_bulging", "pfirrman_grade"))
+    assert herniation["probability"] == pytest.approx(0.9) and bulging["probability"] == pytest.approx(0.6)
+    assert herniation["positive"] and bulging["positive"] and herniation["slices"] == 3  # decided on the aggregate
+    assert pfirrmann["distribution"] == pytest.approx([0.2, 0.2, 1 / 3, 0.8 / 3, 0], abs=1e-4)
+    assert pfirrmann["aggregation"] == "mean"  # a maximum of distributions is no distribution
+    # P(grade > 1) = 0.8, P(> 2) = 0.6, P(> 3) = 0.27: grade 3, as the rule gives on the mean distribution
+    assert pfirrmann["grade"] == 3 == Decision.ordinal("pfirrman_grade", pfirrmann["distribution"]).grade
+    assert [s["gradings"]["disc_bulging"]["probability"] for s in disc["slices"]] == [0.6, 0.2, 0.1]
+    assert disc["slices"][1]["gradings"]["pfirrman_grade"]["grade"] == 3  # the chosen slice's own answer, kept
 
 
 def test_evaluating_a_multi_task_model_dir_scores_binary_at_their_thresholds_and_ordinal_gradings(
         tmp_path, data_dir, compose):
-    from plid.pipeline.end_to_end import evaluate_model_dir
-    from plid.pipeline.model_dir import LoadedModule
+    from plid.evaluation.end_to_end import evaluate_model_dir
+    from plid.inference.model_dir import LoadedModule
     from tests.test_end_to_end import _dataset_with_truth_cropper
 
     dataset, pipeline = _dataset_with_truth_cropper(data_dir, compose)
@@ -462,10 +465,10 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
     from plid.ensemble.folds import fold_bag
     from plid.ensemble.predictions import load_predictions
     from plid.errors import UserInputError
+    from plid.inference.model_dir import export_model_dir, load_model_dir
+    from plid.inference.pipeline import Pipeline
     from plid.metrics import grade_of_distribution, ordinal_cuts, youden_threshold
     from plid.models.grading import grade_distribution
-    from plid.pipeline.core import Pipeline
-    from plid.pipeline.model_dir import export_model_dir, load_model_dir
     from tests.test_pipeline import _fake_train_run, _truth_cropper
 
     targets = ["disc_bulging", "pfirrman_grade"]
@@ -504,15 +507,15 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
     # the two untrained runs disagree, so the mean is neither run's answer
     assert not torch.allclose(outputs[0]["disc_bulging"], outputs[1]["disc_bulging"])
     for i, disc in enumerate(report["discs"]):
-        assert disc["disc_bulging_probability"] == pytest.approx(float(bulging[i]), abs=1e-4)
-        assert disc["disc_bulging_positive"] == bool(bulging[i] > cut)
-        assert disc["pfirrman_grade_distribution"] == pytest.approx(distribution[i].tolist(), abs=1e-4)
-        assert disc["pfirrman_grade_grade"] == 1 + int(grade_of_distribution(distribution[i], cuts))
+        assert disc["gradings"]["disc_bulging"]["probability"] == pytest.approx(float(bulging[i]), abs=1e-4)
+        assert disc["gradings"]["disc_bulging"]["positive"] == bool(bulging[i] > cut)
+        assert disc["gradings"]["pfirrman_grade"]["distribution"] == pytest.approx(distribution[i].tolist(), abs=1e-4)
+        assert disc["gradings"]["pfirrman_grade"]["grade"] == 1 + int(grade_of_distribution(distribution[i], cuts))
     # the grades follow the bag's cuts: none answered yes gives Pfirrmann 1, all answered yes Pfirrmann 5
     for extreme, grade in ((1.0, 1), (-1.0, 5)):
         loaded.bag["cuts"] = {"pfirrman_grade": [extreme] * 4}
         report = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report
-        assert {d["pfirrman_grade_grade"] for d in report["discs"]} == {grade}
+        assert {d["gradings"]["pfirrman_grade"]["grade"] for d in report["discs"]} == {grade}
 
     # runs that validated on the same discs are no fold bag; a bag takes no ensemble weights
     with pytest.raises(UserInputError, match="both validated on"):

@@ -1,4 +1,4 @@
-"""The house's rule: imports run one way, entry points -> pipeline / evaluation -> ensemble, models, datamodules ->
+"""The house's rule: imports run one way, entry points -> inference / evaluation -> ensemble, models, datamodules ->
 labels, metrics, utilities. Every import of a plid module inside plid (at the top of a file or inside a function)
 is read from the source and checked against the layer of both ends."""
 
@@ -18,8 +18,10 @@ FORBIDDEN = {
     "plid.models": ("plid.datamodules", "plid.data", "plid.ensemble"),
     "plid.ensemble": ("plid.models", "plid.datamodules", "plid.data"),
     "plid.datamodules": ("plid.models", "plid.ensemble"),
+    # evaluation reads what inference writes; inference never needs evaluation
+    "plid.inference": ("plid.evaluation",),
 }
-UPPER = ("plid.pipeline", "plid.training", "plid.plots")
+UPPER = ("plid.inference", "plid.evaluation", "plid.training", "plid.plots")
 
 
 def module_name(path: Path) -> str:
@@ -93,11 +95,13 @@ def test_imports_run_one_way():
 @pytest.mark.parametrize(("importer", "imported", "allowed"), [
     ("plid.models.grading", "plid.datamodules.contract", False),
     ("plid.ensemble.run", "plid.models.nets", False),
-    ("plid.metrics", "plid.pipeline.core", False),
+    ("plid.metrics", "plid.inference.pipeline", False),
     ("plid.evaluate", "plid.train", False),
     ("plid.datamodules.base", "plid.models.detection", False),
-    ("plid.pipeline.core", "plid.models.detection", True),
+    ("plid.inference.pipeline", "plid.models.detection", True),
     ("plid.train", "plid.training", True),
+    ("plid.inference.batch", "plid.evaluation.scoring", False),
+    ("plid.evaluation.end_to_end", "plid.inference.batch", True),
     ("plid.models.grading", "plid.labels", True),
 ])
 def test_the_rule_tells_a_violation_from_an_allowed_import(importer, imported, allowed):

@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import SPIDER2D, requires_spider2d
+
 from plid.datamodules.synthetic import generate_case
+from plid.inference.levels import assign_levels, level_names, segmented_discs
 from plid.labels import LEVEL_NAMES
-from plid.pipeline.levels import assign_levels, level_names, segmented_discs
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,24 @@ def test_a_missed_lowest_disc_found_by_the_segmenter_keeps_every_name_right(case
     assert [d.level for d in suspected] == [1] and suspected[0].name == "L5/S1" and suspected[0].reason == "segmentation"
     assert result.uncertain and "missed" in "; ".join(result.reasons)
     assert all(d.level_confidence < 1 for d in result.discs if d.level)
+
+
+def test_a_new_level_rule_is_a_function_and_a_line_of_the_table(case, monkeypatch):
+    """A rule that never confirms L5/S1, registered in LEVEL_RULES: assign_levels runs it (the segmentation's checks
+    still apply) and the page's description table knows it."""
+    from plid.inference import levels
+
+    def never(inputs):
+        inputs.reasons.append("this rule never names levels")
+        return False, 1.0
+
+    monkeypatch.setitem(levels.LEVEL_RULES, "never", levels.LevelRule("nowhere", never))
+    boxes, scores = _boxes(case)
+    result = assign_levels(boxes, scores, case.mask, method="never")
+    assert [d.level for d in sorted(result.discs, key=lambda d: d.level)] == list(range(1, len(case.discs) + 1))
+    assert all(d.name is None for d in result.discs) and "never names" in result.describe()["levels_uncertain_reason"]
+    with pytest.raises(ValueError, match="not one of"):
+        assign_levels(boxes, scores, case.mask, method="unknown")
 
 
 def test_a_lowest_disc_missed_by_both_leaves_the_discs_numbered_but_not_named(case):
@@ -274,10 +292,10 @@ def test_the_pipeline_reports_a_missed_lowest_disc_and_keeps_the_names(compose, 
     from pathlib import Path
 
     from plid.data.scans import Scan
+    from plid.inference.model_dir import LoadedModule
+    from plid.inference.pipeline import Pipeline
+    from plid.inference.render import overlay
     from plid.models.detection import RoiCropper
-    from plid.pipeline.core import Pipeline
-    from plid.pipeline.model_dir import LoadedModule
-    from plid.pipeline.report import overlay
     from tests.test_pipeline import _models, _truth_cropper
 
     truth = _truth_cropper(case)
@@ -328,9 +346,9 @@ def test_the_pipeline_names_levels_from_a_level_class_disc_detector_and_refuses_
 
     from plid.data.scans import Scan
     from plid.errors import UserInputError
+    from plid.inference.model_dir import LoadedModule
+    from plid.inference.pipeline import Pipeline
     from plid.models.detection import RoiCropper
-    from plid.pipeline.core import Pipeline
-    from plid.pipeline.model_dir import LoadedModule
     from tests.test_pipeline import _models, _truth_cropper
 
     truth = _truth_cropper(case)

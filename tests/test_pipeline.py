@@ -11,15 +11,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from plid.data.samples import write_dicom, write_volume
 from plid.data.scans import ScanReadError, list_scans, read_scan
 from plid.datamodules.synthetic import generate_case
+from plid.inference.batch import predict_files
+from plid.inference.levels import level_names
+from plid.inference.model_dir import LoadedModels, LoadedModule, export_model_dir, load_model_dir
+from plid.inference.pipeline import Pipeline
 from plid.labels import LEVEL_NAMES
 from plid.models.detection import RoiCropper
-from plid.pipeline.batch import predict_files
-from plid.pipeline.core import Pipeline
-from plid.pipeline.levels import level_names
-from plid.pipeline.model_dir import LoadedModels, LoadedModule, export_model_dir, load_model_dir
-from plid.pipeline.samples import write_dicom, write_volume
 from tests.conftest import run_module
 
 
@@ -133,7 +133,7 @@ def test_pipeline_report_per_disc(compose, case):
     lowest = to_tensor(cv2.resize(crop(case.image, enlarge_box(reference[0], 0.1, height, width)), (32, 32),
                                   interpolation=cv2.INTER_AREA))[None]
     p = [torch.softmax(c.net(lowest), 1)[0, 1].item() for c in classifiers]
-    assert discs[0]["herniation_probability"] == pytest.approx((0.3 * p[0] + 0.9 * p[1]) / 1.2, abs=1e-4)
+    assert discs[0]["gradings"]["disc_herniation"]["probability"] == pytest.approx((0.3 * p[0] + 0.9 * p[1]) / 1.2, abs=1e-4)
     # segmentation: a class per pixel of the crop, areas in pixels and mm² (0.5 mm pixels)
     x1, y1, x2, y2 = report["segmentation"]["crop_box"]
     areas = report["segmentation"]["areas"]
@@ -292,7 +292,7 @@ def test_predict_applies_the_thresholds_chosen_on_validation(tmp_path, compose, 
     from plid.data.scans import Scan
 
     discs = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report["discs"]
-    assert discs and all(d["herniation_positive"] == (d["herniation_probability"] > 0.6) for d in discs)
+    assert discs and all(d["gradings"]["disc_herniation"]["positive"] == (d["gradings"]["disc_herniation"]["probability"] > 0.6) for d in discs)
     # a version-1 model_dir (no thresholds) loads, with 0.5
     manifest = json.loads((one / "manifest.json").read_text())
     manifest["version"] = 1
@@ -399,7 +399,7 @@ def test_predict_command_end_to_end_on_trained_tiny_models(tmp_path, data_dir, c
         centres = [(d["box"][1] + d["box"][3]) / 2 for d in report["discs"]]
         assert centres == sorted(centres, reverse=True)
         assert [d["level"] for d in report["discs"]] == list(range(1, len(centres) + 1))
-        assert all(0 <= d["herniation_probability"] <= 1 for d in report["discs"])
+        assert all(0 <= d["gradings"]["disc_herniation"]["probability"] <= 1 for d in report["discs"])
     # the same model_dir scored end to end on the test patients of its training folder, as a user runs it
     evaluation = tmp_path / "evaluate"
     result = run_module("plid.evaluate", f"model_dir={model_dir}", "split=test", "conf=0.001",
@@ -447,8 +447,8 @@ def test_a_single_target_fold_bag_predicts_the_runs_mean_at_its_pooled_threshold
         mean = torch.stack([c.net(Pipeline._crops(c, case.image, boxes)).softmax(1)[:, 1]
                             for c in loaded.classifiers]).mean(0)
     for disc, p in zip(discs, mean.tolist()):
-        assert disc["herniation_probability"] == pytest.approx(p, abs=1e-4)
-        assert disc["herniation_positive"] == (p > cut)
+        assert disc["gradings"]["disc_herniation"]["probability"] == pytest.approx(p, abs=1e-4)
+        assert disc["gradings"]["disc_herniation"]["positive"] == (p > cut)
     # two runs of one model whose folders share a name, not a bag: refused, not one silently overwritten
     summary = json.loads((runs[1] / "summary.json").read_text())
     (runs[1] / "summary.json").write_text(json.dumps({**summary, "fold": 0}))

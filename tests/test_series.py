@@ -20,16 +20,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import torch
 
 from plid.data.dicom import discover
+from plid.data.samples import write_dicom_series, write_volume
 from plid.data.scans import read_case
 from plid.datamodules.synthetic import generate_case
+from plid.inference.batch import predict_files, predict_inputs
+from plid.inference.model_dir import LoadedModule
+from plid.inference.pipeline import Pipeline
+from plid.inference.slices import SliceOptions, candidates, match_discs
 from plid.models.detection import RoiCropper
-from plid.pipeline.batch import predict_files, predict_inputs
-from plid.pipeline.core import Pipeline
-from plid.pipeline.model_dir import LoadedModule
-from plid.pipeline.samples import write_dicom_series, write_volume
-from plid.pipeline.slices import SliceOptions, candidates, match_discs
 from tests.conftest import SPIDER2D, requires_spider2d
 from tests.test_pipeline import _MeanIntensity, _models
 
@@ -172,8 +173,8 @@ def test_predict_on_a_study(study, slices, pipeline, tmp_path):
     if slices.shape[1] == 128:  # the synthetic volume: brightest at 6, off the geometric centre (4)
         assert normal["slice_index"] == expected == 6
     assert normal["slice_choice"]["method"] == "anatomical" and normal["slices_analysed"] == [normal["slice_index"]]
-    assert [d["herniation_probability"] for d in normal["discs"]] == \
-        pytest.approx([d["herniation_probability"] for d in anterior["discs"]], abs=1e-4)
+    assert [d["gradings"]["disc_herniation"]["probability"] for d in normal["discs"]] == \
+        pytest.approx([d["gradings"]["disc_herniation"]["probability"] for d in anterior["discs"]], abs=1e-4)
     assert normal["series"]["number"] == 3 and normal["modality"] == "MR" and normal["plane"] == "sagittal"
     assert [s["reason"] for s in summary["skipped"]] == ["axial series, not analysed (the models read sagittal slices)"]
     assert len(summary["errors"]) == 1 and "cannot be read" in summary["errors"][0]["error"]
@@ -206,11 +207,12 @@ def test_several_slices_give_each_disc_an_aggregate_with_each_slice_beside_it(st
     centre = (len(slices) - 1) // 2
     assert report["slices_analysed"] == [centre - 1, centre, centre + 1] and report["slice_index"] == centre
     for disc in report["discs"]:
-        values = [s["herniation_probability"] for s in disc["slices"]]
+        values = [s["gradings"]["disc_herniation"]["probability"] for s in disc["slices"]]
         assert [s["slice_index"] for s in disc["slices"]] == report["slices_analysed"] and None not in values
-        assert disc["herniation_probability"] == pytest.approx(np.mean(values) if how == "mean" else max(values),
-                                                               abs=1e-4)
-        assert disc["herniation_probability_chosen_slice"] == values[1]
+        made = disc["gradings"]["disc_herniation"]
+        assert made["probability"] == pytest.approx(np.mean(values) if how == "mean" else max(values), abs=1e-4)
+        assert made["slices"] == 3 and made["aggregation"] == how
+        assert disc["slices"][1]["box"] == disc["box"]  # the chosen slice's own answer stays beside the aggregate
     labels = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(report["mask"]), "PIL"))
     assert [k for k in range(labels.shape[0]) if labels[k].any()] == report["slices_analysed"]
 
@@ -307,3 +309,41 @@ def test_monochrome1_is_shown_as_stored_for_display(tmp_path, slices):
         ds.save_as(path)
     case = read_case(discover(tmp_path).cases[0])
     assert np.corrcoef(case.volume.image(1).ravel().astype(float), slices[1].ravel().astype(float))[0, 1] > 0.99
+
+
+class _Skewness(torch.nn.Module):
+    """A stand-in classifier whose probability differs between discs: the skewness of the standardised crop."""
+
+    def forward(self, x):
+        z = (x**3).mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+def test_with_several_slices_a_disc_has_one_call_and_the_page_shows_that_call(study, compose, tmp_path):
+    """The call of an aggregated disc is made once, from the aggregated probability at the classifier's threshold,
+    and the page flags exactly the discs report.json calls positive (it used to recompute the call, and report.json
+    kept the chosen slice's). The threshold is set between the discs' aggregated probabilities, so both calls occur.
+    """
+    pipeline = Pipeline(_models(compose, [LoadedModule("a", _Skewness(), 32, 0.1)], [1.0]), cropper=_cropper())
+    options = SliceOptions("center", 3, "max")
+    (first,) = predict_inputs(study / "SE4", pipeline, tmp_path / "first", progress=False, slices=options)["cases"]
+    aggregated = sorted(d["gradings"]["disc_herniation"]["probability"] for d in first["discs"])
+    classifier = pipeline.models.classifiers[0]
+    classifier.threshold = (aggregated[0] + aggregated[-1]) / 2
+    assert aggregated[0] < classifier.threshold < aggregated[-1]
+    (report,) = predict_inputs(study / "SE4", pipeline, tmp_path / "out", progress=False, slices=options)["cases"]
+    calls = [d["gradings"]["disc_herniation"]["positive"] for d in report["discs"]]
+    for disc in report["discs"]:
+        made = disc["gradings"]["disc_herniation"]
+        assert made["threshold"] == classifier.threshold
+        assert made["positive"] == (made["probability"] > classifier.threshold)
+    assert True in calls and False in calls
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("<tr class='flag'>") == sum(calls)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [d["gradings"]["disc_herniation"]["positive"] for d in saved["cases"][0]["discs"]] == calls
+    import jsonschema
+
+    from plid.reports import SCHEMA_FILE
+
+    jsonschema.validate(saved, json.loads(SCHEMA_FILE.read_text()))  # the schema shipped with the package

@@ -28,6 +28,12 @@ def test_study_smoke_runs_every_step_and_ends_with_the_report(tmp_path, data_dir
     assert f"detector.weights={lumbar_weights}" in study["steps"][1]["command"]
     report = json.loads((out / "predict" / "report.json").read_text())
     assert {c["format"] for c in report["cases"]} == {"image", "dicom", "volume"} and not report["errors"]
+    import jsonschema
+
+    from plid.reports import SCHEMA_FILE
+
+    jsonschema.validate(report, json.loads(SCHEMA_FILE.read_text()))
+    assert any(d["gradings"] for c in report["cases"] for d in c["discs"])  # the discs were graded
     assert (out / "model_dir" / "manifest.json").is_file()
     # the model_dir scored end to end on the test split, where study.json says
     assert Path(study["evaluations"]["test"]).is_file() and (out / "evaluate_test" / "evaluation.json").is_file()

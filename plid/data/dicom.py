@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
+# a single file read as one case, by suffix: its kind names its reader in plid.data.scans.READERS (DICOM files are
+# grouped into series first, whatever their suffix)
+FILE_KINDS = {**dict.fromkeys(IMAGE_SUFFIXES, "image"), **dict.fromkeys(VOLUME_SUFFIXES, "volume")}
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
 PLANES = ("sagittal", "coronal", "axial")  # the plane whose normal is along x, y, z (LPS)
 TOLERANCE_MM = 0.01  # positions and spacings that differ by less are the same
@@ -124,10 +127,8 @@ def collect(paths: list[Path], given: list[Path] | None = None) -> Found:
     cases, errors, headers = [], [], []
     for path in paths:
         suffix = scan_suffix(path)
-        if suffix in IMAGE_SUFFIXES:
-            cases.append(CaseSource(_stem(path), "image", path))
-        elif suffix in VOLUME_SUFFIXES:
-            cases.append(CaseSource(_stem(path), "volume", path))
+        if suffix in FILE_KINDS:
+            cases.append(CaseSource(_stem(path), FILE_KINDS[suffix], path))
         elif suffix in DICOM_SUFFIXES or path in given or path.name.upper() == "DICOMDIR" or _has_dicom_mark(path):
             try:
                 header = _read_header(path)

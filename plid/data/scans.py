@@ -23,6 +23,7 @@ where the rest stays evenly spaced.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,11 +152,7 @@ def read_case(source: CaseSource) -> Case:
     says why a case is not analysed. Files of a DICOM series left out are added to ``source.errors``."""
     path = source.path
     try:
-        if source.kind == "image":
-            return _read_image(source)
-        if source.kind == "volume":
-            return _read_volume_file(source)
-        return _read_series(source)
+        return READERS[source.kind](source)
     except (ScanReadError, CaseSkipped):
         raise
     except Exception as error:  # noqa: BLE001 - any decoder failure is this file's problem, reported by name
@@ -269,6 +266,12 @@ def _read_series(source: CaseSource) -> Case:
     if first.get("ImageOrientationPatient") is None:
         stored.SetDirection(_AS_STORED)
     return _volume(source, stored)
+
+
+# each kind of case and its reader: a new input format is a reader here and its suffixes in
+# plid.data.dicom.FILE_KINDS
+READERS: dict[str, Callable[[CaseSource], Case]] = {"image": _read_image, "volume": _read_volume_file,
+                                                   "dicom": _read_series}
 
 
 def _read_files(files: list[Path]):

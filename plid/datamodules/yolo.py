@@ -42,7 +42,7 @@ class DetectionDataModule(SpineDataModule):
         stage: ``lumbar`` (whole image, lumbar box) or ``ivd`` (lumbar crop, disc boxes).
         max_images_per_split: keep at most this many images per split (first ones, for smoke runs).
         disc_classes: ``disc`` (one class) or ``level`` (ivd stage: one class per level, from ``ivd_label``; the
-            disc detector then names levels itself, ``levels=detector`` in :mod:`plid.pipeline.levels`).
+            disc detector then names levels itself, ``levels=detector`` in :mod:`plid.inference.levels`).
 
     Images without the boxes a stage needs are left out and counted in :attr:`left_out`. ``image_size``,
     ``batch_size`` and ``num_workers`` are the detector's ``imgsz``, ``batch`` and ``workers``.

@@ -54,13 +54,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from plid.ensemble.folds import fold_bag, is_fold_bag
 from plid.ensemble.predictions import run_names
 from plid.errors import UserInputError
+from plid.metrics import DEFAULT_THRESHOLD
 from plid.models.detection import NMS_IOU
 from plid.utils.io import atomic_dir, atomic_write, write_json
 
 MANIFEST_VERSION = 2
 BAG_VERSION = 3  # a model_dir holding a fold bag
 READABLE_VERSIONS = (1, 2, 3)
-DEFAULT_THRESHOLD = 0.5  # models of a version-1 model_dir, or runs that chose no threshold
 DEFAULT_MARGIN = 0.1  # data.roi_margin's default: the disc detector's crop margin when its run cannot be read
 # model config keys that name initial weights (downloaded or read from a local file when the network is built)
 _INITIAL_WEIGHTS = {"encoder_weights": None, "weights_file": None, "pretrained": False}
@@ -155,7 +155,7 @@ def export_module(run: str | Path, out: Path) -> dict[str, Any]:
 
         extra["targets"] = [str(t) for t in data.targets]
         # the thresholds travel in the checkpoint (a buffer set at its validation epoch), as summary.json lists them
-        chosen = state.get("thresholds", torch.full((len(extra["targets"]),), 0.5)).tolist()
+        chosen = state.get("thresholds", torch.full((len(extra["targets"]),), DEFAULT_THRESHOLD)).tolist()
         extra["thresholds"] = {t: round(float(v), 6) for t, v in zip(extra["targets"], chosen)
                                if not grading(t).ordinal}
         # and the ordinal gradings' cuts (a buffer too; a checkpoint of an older plid has none: 0.5, CORAL's rule)

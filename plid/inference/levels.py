@@ -38,6 +38,7 @@ that agrees with the levels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,13 +48,6 @@ import numpy as np
 from plid.boxes import centres_inside
 from plid.labels import LEVEL_NAMES
 
-# each rule, and where it takes L5/S1 from, as the report page says it
-LEVEL_METHODS = {
-    "anchor": "where the lumbar region's lower edge, checked against the segmentation, confirms it",
-    "anatomy": "where the segmentation shows no vertebral body below the lowest disc",
-    "count": "counting up from the lowest disc found",
-    "detector": "where the disc detector's per-level classes put it, checked against the segmentation",
-}
 VERTEBRA, DISC = 1, 2
 # a spacing this many times the median means a disc is missing between (one missing gives about 2; on fold 0's val
 # images, gaps of 1.6 and 1.7 occurred between detected discs with no labelled disc between them)
@@ -162,14 +156,15 @@ def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anchor"
     """Levels of the detector's disc ``boxes`` (image pixels) given the segmenter's class ``mask`` over the image,
     the stage-1 detector's ``lumbar_box`` (image pixels, before any margin) and, from a disc detector with one
     class per level, each box's ``detected_levels`` (1 = L5/S1; see the module docstring)."""
-    if method not in LEVEL_METHODS:
-        raise ValueError(f"levels={method!r} is not one of {tuple(LEVEL_METHODS)}")
-    if method == "detector" and detected_levels is None:
-        raise ValueError("levels=detector needs a disc detector with one class per level (trained with "
+    if method not in LEVEL_RULES:
+        raise ValueError(f"levels={method!r} is not one of {tuple(LEVEL_RULES)}")
+    rule = LEVEL_RULES[method]
+    if rule.needs_level_classes and detected_levels is None:
+        raise ValueError(f"levels={method} needs a disc detector with one class per level (trained with "
                          "data.disc_classes=level); this one has one class")
     discs = [LevelledDisc(tuple(float(v) for v in b), float(s), k) for k, (b, s) in enumerate(zip(boxes, scores))]
     reasons: list[str] = []
-    if method == "count":
+    if rule.anchor is None:  # counted up, unchecked
         ordered = sorted(discs, key=lambda d: -_centre(d.box)[1])
         for level, (disc, name) in enumerate(zip(ordered, level_names(len(ordered), max_named)), start=1):
             disc.level, disc.name = level, name
@@ -223,25 +218,10 @@ def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anchor"
             filled.append(disc)
         numbered = filled
     bone_below = bool(numbered) and mask is not None and _vertebra_below(mask, numbered)
-    agreement = 1.0
-    if method == "detector" and numbered:
-        anchor, agreement = _detector_anchor(numbered, detected_levels, irregular, reasons)
-        # the vote may have removed boxes below L5/S1: bone is looked for below the disc now lowest
-        bone_below = anchor and mask is not None and _vertebra_below(mask, numbered)
-        if anchor and bone_below and numbered[0].detected is not None:
-            reasons.append("the segmentation shows a vertebral body below L5/S1")
-            irregular.append(_centre(numbered[0].box)[1])
-    elif method == "anchor" and numbered and lumbar_box is not None:
-        anchor = _lumbar_anchor(numbered, lumbar_box, irregular, reasons, bone_below)
-        if anchor and bone_below and numbered[0].reason != "lumbar region":
-            reasons.append("the segmentation shows a vertebral body below L5/S1")
-            irregular.append(_centre(numbered[0].box)[1])
-    else:
-        anchor = bool(numbered) and mask is not None and not bone_below
-        if numbered and not anchor and mask is None and not reasons:
-            reasons.append("no segmentation to confirm L5/S1")
-        elif numbered and not anchor and mask is not None:
-            reasons.append("a vertebral body lies below the lowest disc found: L5/S1 may be missing")
+    anchor, agreement = False, 1.0
+    if numbered:
+        anchor, agreement = rule.anchor(AnchorInputs(numbered, mask, lumbar_box, detected_levels, irregular, reasons,
+                                                     bone_below))
     names = level_names(len(numbered), max_named) if anchor else [None] * len(numbered)
     for level, (disc, name) in enumerate(zip(numbered, names), start=1):
         y = _centre(disc.box)[1]
@@ -250,6 +230,78 @@ def assign_levels(boxes, scores, mask: np.ndarray | None, method: str = "anchor"
     flagged = [d for d in discs if d.flag in ("not_a_disc_suspected", "duplicate")]
     everything = sorted([*numbered, *flagged], key=lambda d: -_centre(d.box)[1])
     return Levels(everything, anchor, list(dict.fromkeys(reasons)))
+
+
+@dataclass
+class AnchorInputs:
+    """What a level rule's anchor sees: the discs numbered bottom-up (it may add suspected missed discs at the start
+    or take boxes out), the segmentation, the lumbar box, the detector's per-level classes, and the lists it adds
+    irregularities (image y) and reasons to; ``bone_below``: a vertebral body below the lowest disc."""
+
+    numbered: list[LevelledDisc]
+    mask: np.ndarray | None
+    lumbar_box: Any
+    detected_levels: Any
+    irregular: list[float]
+    reasons: list[str]
+    bone_below: bool
+
+
+def anatomy_anchor(inputs: AnchorInputs) -> tuple[bool, float]:
+    """L5/S1 is the lowest disc found where the segmentation shows no vertebral body below it."""
+    anchor = inputs.mask is not None and not inputs.bone_below
+    if not anchor and inputs.mask is None and not inputs.reasons:
+        inputs.reasons.append("no segmentation to confirm L5/S1")
+    elif not anchor and inputs.mask is not None:
+        inputs.reasons.append("a vertebral body lies below the lowest disc found: L5/S1 may be missing")
+    return anchor, 1.0
+
+
+def lumbar_anchor(inputs: AnchorInputs) -> tuple[bool, float]:
+    """L5/S1 where the lumbar region's lower edge puts it (:func:`_lumbar_anchor`); the anatomy's rule without a
+    lumbar box."""
+    if inputs.lumbar_box is None:
+        return anatomy_anchor(inputs)
+    numbered = inputs.numbered
+    anchor = _lumbar_anchor(numbered, inputs.lumbar_box, inputs.irregular, inputs.reasons, inputs.bone_below)
+    if anchor and inputs.bone_below and numbered[0].reason != "lumbar region":
+        inputs.reasons.append("the segmentation shows a vertebral body below L5/S1")
+        inputs.irregular.append(_centre(numbered[0].box)[1])
+    return anchor, 1.0
+
+
+def detector_anchor(inputs: AnchorInputs) -> tuple[bool, float]:
+    """L5/S1 where the disc detector's per-level classes vote it (:func:`_detector_anchor`)."""
+    numbered, mask = inputs.numbered, inputs.mask
+    anchor, agreement = _detector_anchor(numbered, inputs.detected_levels, inputs.irregular, inputs.reasons)
+    # the vote may have removed boxes below L5/S1: bone is looked for below the disc now lowest
+    if anchor and mask is not None and _vertebra_below(mask, numbered) and numbered[0].detected is not None:
+        inputs.reasons.append("the segmentation shows a vertebral body below L5/S1")
+        inputs.irregular.append(_centre(numbered[0].box)[1])
+    return anchor, agreement
+
+
+@dataclass(frozen=True)
+class LevelRule:
+    """A way of naming levels: where it takes L5/S1 from (as the report page says it), the function that finds that
+    anchor (None: count up from the lowest disc found, no checks), and whether it needs a disc detector with one
+    class per level. A new rule is a function and a line of :data:`LEVEL_RULES`."""
+
+    description: str
+    anchor: Callable[[AnchorInputs], tuple[bool, float]] | None
+    needs_level_classes: bool = False
+
+
+LEVEL_RULES = {
+    "anchor": LevelRule("where the lumbar region's lower edge, checked against the segmentation, confirms it",
+                        lumbar_anchor),
+    "anatomy": LevelRule("where the segmentation shows no vertebral body below the lowest disc", anatomy_anchor),
+    "count": LevelRule("counting up from the lowest disc found", None),
+    "detector": LevelRule("where the disc detector's per-level classes put it, checked against the segmentation",
+                          detector_anchor, needs_level_classes=True),
+}
+# each rule's description, by name: what the pipeline, the page and the configs check names against
+LEVEL_METHODS = {name: rule.description for name, rule in LEVEL_RULES.items()}
 
 
 def _lumbar_anchor(numbered: list[LevelledDisc], lumbar_box, irregular: list[float], reasons: list[str],

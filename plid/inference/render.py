@@ -19,8 +19,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from plid.inference.levels import LEVEL_METHODS
 from plid.labels import CLASS_COLOURS
-from plid.pipeline.levels import LEVEL_METHODS
+from plid.reports import SHORT_NAMES, Decision, disc_decisions, primary_grading
 from plid.utils.io import atomic_write
 
 # plid's class colours as OpenCV draws them (BGR); background (class 0) stays as it is
@@ -56,11 +57,11 @@ def overlay(image: np.ndarray, report: dict[str, Any], mask: np.ndarray | None, 
     for disc in report.get("discs", []):
         x1, y1, x2, y2 = rect(disc["box"], DISC_COLOUR)
         label = _level_label(disc, report)
-        probability = _probability(disc)
-        if (report.get("classifier") or {}).get("targets"):
-            label += " " + grading_summary(disc, report["classifier"], only_positive=True).replace(", ", " ")
-        elif probability is not None:
-            label += f" {probability:.2f}"
+        decisions = disc_decisions(disc)
+        if len(decisions) > 1:  # a multi-task classifier: the grades, and the binary gradings called positive
+            label += " " + grading_summary(disc, only_positive=True).replace(", ", " ")
+        elif decisions and next(iter(decisions.values())).probability is not None:
+            label += f" {next(iter(decisions.values())).probability:.2f}"
         cv2.putText(canvas, label, (x2 + 4, (y1 + y2) // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255),
                     2, cv2.LINE_AA)
         cv2.putText(canvas, label, (x2 + 4, (y1 + y2) // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, DISC_COLOUR, 1,
@@ -79,40 +80,23 @@ def _level_label(disc: dict[str, Any], report: dict[str, Any]) -> str:
     return label + ("?" if report.get("levels_uncertain") else "")
 
 
+def _primary(disc: dict[str, Any]) -> Decision | None:
+    """The decision of the page's probability column: herniation, else the first binary grading."""
+    decisions = disc_decisions(disc)
+    found = decisions.get(primary_grading(decisions)) if decisions else None
+    return found if found is not None and found.kind == "binary" else None
+
+
 def _probability(disc: dict[str, Any]) -> float | None:
-    """The classifier's probability of a disc (``herniation_probability`` or ``<grading>_probability``)."""
-    if "herniation_probability" in disc:
-        return disc["herniation_probability"]
-    return next((v for k, v in disc.items() if k.endswith("_probability")), None)
+    primary = _primary(disc)
+    return None if primary is None else primary.probability
 
 
-# short names of the gradings for the overlay and the page
-SHORT_NAMES = {"pfirrman_grade": "Pf", "modic": "Modic", "up_endplate": "upper EP", "low_endplate": "lower EP",
-               "spondylolisthesis": "listh", "disc_herniation": "hern", "disc_narrowing": "narrow",
-               "disc_bulging": "bulg"}
-
-
-def _binary_values(disc: dict[str, Any], targets: list[str]) -> list[tuple[str, float]]:
-    from plid.labels import grading, probability_key
-
-    return [(t, disc[probability_key(t)]) for t in targets
-            if not grading(t).ordinal and disc.get(probability_key(t)) is not None]
-
-
-def grading_summary(disc: dict[str, Any], classifier: dict[str, Any] | None, only_positive: bool = False) -> str:
-    """Every grading of a multi-task classifier's disc in one line (``Pf 3, Modic 0, hern 0.12, ...``); with
-    ``only_positive`` the ordinal grades and the binary gradings at or above their thresholds. Empty for a
-    single-target classifier."""
-    targets = (classifier or {}).get("targets") or []
-    thresholds = (classifier or {}).get("thresholds") or {}
-    parts = []
-    for t in targets:
-        if disc.get(f"{t}_grade") is not None:
-            parts.append(f"{SHORT_NAMES.get(t, t)} {disc[f'{t}_grade']}")
-    for t, p in _binary_values(disc, targets):
-        if not only_positive or p > thresholds.get(t, 0.5):
-            parts.append(f"{SHORT_NAMES.get(t, t)} {p:.2f}")
-    return ", ".join(parts)
+def grading_summary(disc: dict[str, Any], only_positive: bool = False) -> str:
+    """Every grading of a disc in one line (``Pf 3, Modic 0, hern 0.12, ...``), ordinal grades first; with
+    ``only_positive`` the ordinal grades and the binary gradings its decisions call positive."""
+    decisions = sorted(disc_decisions(disc).values(), key=lambda d: d.kind != "ordinal")
+    return ", ".join(d.short() for d in decisions if d.called or not only_positive)
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
@@ -142,38 +126,33 @@ def _flags(report: dict[str, Any], disc: dict[str, Any] | None) -> list[str]:
     flags = list(report.get("warnings") or [])
     if disc is None:
         return [report.get("message") or report["status"], *flags]
-    classifier = report.get("classifier") or {}
-    threshold = classifier.get("threshold", 0.5)
-    p = _probability(disc)
-    if classifier.get("targets"):  # a multi-task classifier: each binary grading at its own threshold
-        for t, value in reversed(_binary_values(disc, classifier["targets"])):
-            limit = (classifier.get("thresholds") or {}).get(t, 0.5)
-            if value > limit:
-                flags.insert(0, f"probability > {limit:.2f} ({SHORT_NAMES.get(t, t)})")
-    elif p is not None and p > threshold:
-        flags.insert(0, f"probability > {threshold:g}")
+    for made in reversed([d for d in disc_decisions(disc).values() if d.kind == "binary" and d.positive]):
+        flags.insert(0, f"probability > {made.threshold:.2f} ({SHORT_NAMES.get(made.grading, made.grading)})")
     if disc.get("flag"):
         flags.append(disc["flag"].replace("_", " "))
     elif disc.get("name") is None:
         flags.append("level not named: " + (report.get("levels_uncertain_reason") or "too many discs found"))
     elif report.get("levels_uncertain"):
         flags.append("level uncertain: " + (report.get("levels_uncertain_reason") or ""))
-    values = [s for s in disc.get("slices", []) if _probability(s) is not None]
-    if disc.get("slices") and len(values) < len(disc["slices"]):
-        flags.append(f"found in {len(values)} of {len(disc['slices'])} slices")
+    seen = [s for s in disc.get("slices") or [] if s["box"] is not None]
+    if disc.get("slices") and len(seen) < len(disc["slices"]):
+        flags.append(f"found in {len(seen)} of {len(disc['slices'])} slices")
     return flags
 
 
 def _per_slice(disc: dict[str, Any]) -> str:
-    if not disc.get("slices"):
+    """The primary grading's probability on each analysed slice (– where the disc was not found there)."""
+    primary = _primary(disc)
+    if not disc.get("slices") or primary is None:
         return ""
-    return " / ".join("–" if _probability(s) is None else f"{_probability(s):.3f}" for s in disc["slices"])
+    values = [(s.get("gradings") or {}).get(primary.grading) for s in disc["slices"]]
+    return " / ".join("–" if v is None else f"{v['probability']:.3f}" for v in values)
 
 
 def _summary(reports: list[dict[str, Any]]) -> str:
     rows = []
     multi = any(d.get("slices") for r in reports for d in r.get("discs", []))
-    graded = any((r.get("classifier") or {}).get("targets") for r in reports)
+    graded = any(len(d.get("gradings") or {}) > 1 for r in reports for d in r.get("discs", []))
     for report in reports:
         anchor = html.escape(_anchor(report))
         name = f"<a href='#{anchor}'>{html.escape(report['name'])}</a>"
@@ -182,7 +161,6 @@ def _summary(reports: list[dict[str, Any]]) -> str:
                         f"{'<td></td>' if graded else ''}"
                         f"<td>{html.escape('; '.join(_flags(report, None)))}</td></tr>")
             continue
-        described = report.get("classifier")
         for disc in report["discs"]:
             p = _probability(disc)
             flags = _flags(report, disc)
@@ -191,7 +169,7 @@ def _summary(reports: list[dict[str, Any]]) -> str:
             rows.append(f"<tr{cls}><td>{name}</td><td>{html.escape(level)}</td>"
                         f"<td>{'' if p is None else f'{p:.3f}'}</td>"
                         f"{f'<td>{_per_slice(disc)}</td>' if multi else ''}"
-                        f"{f'<td>{html.escape(grading_summary(disc, described))}</td>' if graded else ''}"
+                        f"{f'<td>{html.escape(grading_summary(disc))}</td>' if graded else ''}"
                         f"<td>{html.escape('; '.join(flags))}</td></tr>")
     head = "<tr><th>case</th><th>level</th><th>probability</th>" + ("<th>per slice</th>" if multi else "") + \
         ("<th>gradings</th>" if graded else "") + "<th>flags</th></tr>"
@@ -207,8 +185,7 @@ def _disc_rows(report: dict[str, Any]) -> str:
     discs = [*report.get("discs", []), *({**d, "flag": "missed_disc_suspected"} for d in
                                          report.get("missed_discs_suspected", []))]
     rows = []
-    classifier = report.get("classifier") or {}
-    graded = bool(classifier.get("targets"))
+    graded = any(len(d.get("gradings") or {}) > 1 for d in report.get("discs", []))
     for disc in sorted(discs, key=lambda d: -(d["box"][1] + d["box"][3])):
         p, score = _probability(disc), disc.get("score")
         confidence = disc.get("level_confidence")
@@ -218,7 +195,7 @@ def _disc_rows(report: dict[str, Any]) -> str:
                     f"<td>{'' if confidence is None else f'{confidence:.2f}'}</td>"
                     f"<td>{'' if p is None else f'{p:.3f}'}</td><td>{_per_slice(disc)}</td>"
                     f"<td>{'' if score is None else f'{score:.2f}'}</td>"
-                    f"{f'<td>{html.escape(grading_summary(disc, classifier))}</td>' if graded else ''}"
+                    f"{f'<td>{html.escape(grading_summary(disc))}</td>' if graded else ''}"
                     f"<td class='warn'>{html.escape(flag)}</td></tr>")
     return "".join(rows)
 
@@ -262,7 +239,7 @@ def _case(report: dict[str, Any], page: Path) -> str:
     if report.get("levels_uncertain"):
         status += f"<p class='warn'>Levels uncertain: {html.escape(report.get('levels_uncertain_reason') or '')}</p>"
     warnings = "".join(f"<p class='warn'>{html.escape(w)}</p>" for w in report.get("warnings") or [])
-    graded = "<th>gradings</th>" if (report.get("classifier") or {}).get("targets") else ""
+    graded = "<th>gradings</th>" if any(len(d.get("gradings") or {}) > 1 for d in report.get("discs", [])) else ""
     table = ("<table><tr><th>#</th><th>level</th><th>level confidence</th><th>probability</th><th>per slice</th>"
              f"<th>detector score</th>{graded}<th>flag</th></tr>"
              f"{_disc_rows(report)}</table>") if report.get("discs") else "<p>No disc found.</p>"

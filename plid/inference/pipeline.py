@@ -17,7 +17,7 @@ Every disc also carries ``measurements`` from the segmentation (:mod:`plid.measu
 height index, posterior protrusion, disc-to-canal signal ratio; in mm where the spacing is known), or null where
 the mask has no disc pixels in its box.
 
-Levels (:mod:`plid.pipeline.levels`): the detector's discs checked against the segmentation (boxes on vertebral
+Levels (:mod:`plid.inference.levels`): the detector's discs checked against the segmentation (boxes on vertebral
 bodies, discs the detector missed, gaps, duplicates), numbered from 1, the lowest (as SPIDER's ``ivd_label``), and
 named from L5/S1 up only where the anchor is confirmed: by default where a disc detector with one class per level
 puts L5/S1 (``levels="detector"``), or, for a one-class disc detector, at the lumbar region's lower edge
@@ -40,13 +40,14 @@ from plid.datamodules.classification import load_disc_crop
 from plid.datamodules.transforms import to_tensor
 from plid.ensemble.combine import weighted_average
 from plid.errors import UserInputError
-from plid.labels import CLASS_NAMES, LEVEL_NAMES, grading, probability_key
+from plid.inference.levels import LEVEL_RULES, assign_levels
+from plid.inference.model_dir import LoadedModels
+from plid.labels import CLASS_NAMES, LEVEL_NAMES, grading
 from plid.measurements import measure_discs
-from plid.metrics import grade_of_distribution, predicted_classes
+from plid.metrics import DEFAULT_THRESHOLD, predicted_classes
 from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
 from plid.models.grading import grade_distribution
-from plid.pipeline.levels import LEVEL_METHODS, assign_levels
-from plid.pipeline.model_dir import LoadedModels
+from plid.reports import Decision, DiscReport
 
 
 @dataclass
@@ -73,10 +74,10 @@ class Pipeline:
         # unless asked, a disc detector with one class per level names the levels (the rule both SPIDER presets
         # chose on val), a one-class one leaves them to the anchor
         self.levels = levels or ("detector" if self.by_level else "anchor")
-        if self.levels not in LEVEL_METHODS:  # before any scan is read, not at the first one
-            raise UserInputError(f"levels={self.levels!r} is not one of {', '.join(LEVEL_METHODS)}")
-        if self.levels == "detector" and not self.by_level:
-            raise UserInputError("levels=detector needs a disc detector with one class per level (plid.detect "
+        if self.levels not in LEVEL_RULES:  # before any scan is read, not at the first one
+            raise UserInputError(f"levels={self.levels!r} is not one of {', '.join(LEVEL_RULES)}")
+        if LEVEL_RULES[self.levels].needs_level_classes and not self.by_level:
+            raise UserInputError(f"levels={self.levels} needs a disc detector with one class per level (plid.detect "
                                  "stage=ivd data.disc_classes=level); this model_dir's has one class")
 
     @torch.inference_mode()
@@ -99,12 +100,12 @@ class Pipeline:
                                detected_levels=[d.detected_level for d in roi.discs] if self.by_level else None)
         detected = levels.detected()
         measurements = measure_discs(mask, [d.box for d in detected], image, scan.spacing_mm)
+        decisions = self.disc_gradings(image, [d.box for d in detected], measurements)
         report["discs"] = [
-            {"level": disc.level, "name": disc.name, "level_confidence": disc.level_confidence,
-             "box": _box(disc.box), "score": round(disc.score, 4), **fields,
-             **({"flag": disc.flag, "flag_reason": disc.reason} if disc.flag else {}), "measurements": measured}
-            for disc, fields, measured in zip(detected, self.disc_gradings(image, [d.box for d in detected],
-                                                                           measurements), measurements)
+            DiscReport(level=disc.level, name=disc.name, level_confidence=disc.level_confidence, box=_box(disc.box),
+                       score=round(disc.score, 4), flag=disc.flag, flag_reason=disc.reason if disc.flag else None,
+                       measurements=measured, gradings=graded).model_dump(mode="json", exclude_none=False)
+            for disc, graded, measured in zip(detected, decisions, measurements)
         ]
         report["missed_discs_suspected"] = [
             {"level": d.level, "name": d.name, "level_confidence": d.level_confidence, "box": _box(d.box),
@@ -114,20 +115,18 @@ class Pipeline:
         report["segmentation"] = segmentation
         return ImageResult(report, mask)
 
-    def probability_key(self) -> str:
-        """``herniation_probability`` for herniation classifiers (the paper's), else ``<grading>_probability``;
-        for a multi-task classifier, herniation's key where it grades herniation, else its first binary grading's."""
-        targets = self.gradings()
-        if targets:
-            binary = [t for t in targets if not grading(t).ordinal]
-            return probability_key("disc_herniation" if "disc_herniation" in binary or not binary else binary[0])
-        target = self.models.classifiers[0].target if self.models.classifiers else None
-        return "herniation_probability" if target in (None, "disc_herniation") else f"{target}_probability"
-
     def gradings(self) -> list[str] | None:
         """A multi-task classifier's gradings; None for a single-target classifier or none."""
         classifiers = self.models.classifiers
         return list(classifiers[0].targets) if classifiers and classifiers[0].targets else None
+
+    def graded(self) -> list[str]:
+        """Every grading a disc's report decides: a multi-task classifier's, or a single-target classifier's one
+        (``disc_herniation`` for the paper's); none without a classifier."""
+        if self.gradings():
+            return self.gradings()
+        classifiers = self.models.classifiers
+        return [classifiers[0].target or "disc_herniation"] if classifiers else []
 
     def decision_threshold(self) -> float:
         """The threshold applied to the combined per-disc probability (positive above it): the classifier's own
@@ -169,40 +168,16 @@ class Pipeline:
         cuts = self.models.bag.get("cuts") if self.models.bag else self.models.classifiers[0].cuts
         return {t: [float(c) for c in v] for t, v in (cuts or {}).items()}
 
-    def aggregated_keys(self) -> list[str]:
-        """The report keys of a multi-task classifier aggregated over several slices: the primary probability
-        first, then the other binary gradings' probabilities and the ordinal gradings' distributions."""
-        keys = [self.probability_key()]
-        for name in self.gradings() or []:
-            key = f"{name}_distribution" if grading(name).ordinal else probability_key(name)
-            if key not in keys:
-                keys.append(key)
-        return keys
-
-    def regrade(self, report: dict[str, Any]) -> dict[str, Any]:
-        """Each ordinal grade recomputed from its (aggregated) distribution by the classifier's rule: the number of
-        questions "grade > k" whose probability is above their cut."""
-        cuts = self.grading_cuts()
-        for disc in report.get("discs", []):
-            for name in self.gradings() or []:
-                distribution = disc.get(f"{name}_distribution")
-                if grading(name).ordinal and distribution is not None:
-                    disc[f"{name}_grade_chosen_slice"] = disc.get(f"{name}_grade")
-                    disc[f"{name}_grade"] = grading(name).grade(int(grade_of_distribution(distribution,
-                                                                                          cuts.get(name))))
-        return report
-
-    def disc_gradings(self, image: np.ndarray, boxes: list, measurements: list | None = None) -> list[dict[str, Any]]:
-        """The report's grading fields of each disc box: ``{probability_key: p}`` for a single-target classifier
-        (or the ensemble), every grading of a multi-task classifier (see the module docstring), which takes the
-        discs' ``measurements`` too where it was trained with them (``model.use_measurements``)."""
+    def disc_gradings(self, image: np.ndarray, boxes: list, measurements: list | None = None
+                      ) -> list[dict[str, Decision]]:
+        """Each disc box's :class:`Decision` per grading: the single-target classifier's (or the ensemble's)
+        probability at its threshold, or every grading of a multi-task classifier, which takes the discs'
+        ``measurements`` too where it was trained with them (``model.use_measurements``)."""
+        if not boxes or not self.models.classifiers:
+            return [{} for _ in boxes]
         if not self.gradings():
-            key = self.probability_key()
-            call, threshold = key.removesuffix("_probability") + "_positive", self.decision_threshold()
-            return [{key: None if p is None else round(float(p), 4), call: None if p is None else bool(p > threshold)}
-                    for p in self.herniation(image, boxes)]
-        if not boxes:
-            return []
+            (name,), threshold = self.graded(), self.decision_threshold()
+            return [{name: Decision.binary(name, p, threshold)} for p in self.herniation(image, boxes)]
         probabilities: dict[str, list[torch.Tensor]] = {name: [] for name in self.gradings()}
         for classifier in self.models.classifiers:
             crops = self._crops(classifier, image, boxes)
@@ -218,23 +193,13 @@ class Pipeline:
                 probabilities[name].append(grade_distribution(logits[name]) if spec.ordinal
                                            else logits[name].softmax(1)[:, 1])
         weights, thresholds, cuts = self.models.weights, self.grading_thresholds(), self.grading_cuts()
-        fields: list[dict[str, Any]] = [{} for _ in boxes]
+        decisions: list[dict[str, Decision]] = [{} for _ in boxes]
         for name in self.gradings():
-            spec = grading(name)
-            combined = weighted_average(probabilities[name], weights)  # a fold bag: the mean of its runs
-            if spec.ordinal:
-                grades = grade_of_distribution(combined.cpu().numpy(), cuts.get(name))
-                for i, row in enumerate(fields):
-                    row[f"{name}_grade"] = spec.grade(int(grades[i]))
-                    row[f"{name}_distribution"] = [round(float(v), 4) for v in combined[i]]
-            else:
-                threshold = float(thresholds.get(name, 0.5))
-                key = probability_key(name)
-                for i, p in enumerate(combined.tolist()):
-                    fields[i][key] = round(float(p), 4)
-                    # the call at the threshold chosen on validation (positive above it, as Youden's J chose it)
-                    fields[i][key.removesuffix("_probability") + "_positive"] = bool(p > threshold)
-        return fields
+            combined = weighted_average(probabilities[name], weights).cpu().numpy()  # a fold bag: its runs' mean
+            for i, row in enumerate(decisions):
+                row[name] = (Decision.ordinal(name, combined[i], cuts.get(name)) if grading(name).ordinal
+                             else Decision.binary(name, combined[i], thresholds.get(name, DEFAULT_THRESHOLD)))
+        return decisions
 
     @staticmethod
     def _crops(classifier, image: np.ndarray, boxes: list) -> torch.Tensor:

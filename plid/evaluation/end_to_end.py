@@ -1,5 +1,5 @@
 """The end-to-end evaluation of a model_dir: the inference pipeline run as ``plid.predict`` runs it on every image
-of a split of a labelled folder, its reports scored against the folder's labels (:mod:`plid.pipeline.scoring`),
+of a split of a labelled folder, its reports scored against the folder's labels (:mod:`plid.evaluation.scoring`),
 every figure with a patient-level bootstrap interval, overall and per series type.
 
     python -m plid.evaluate model_dir=models/plid data.root=/data/spider2d split=test
@@ -23,20 +23,19 @@ import numpy as np
 
 from plid.datamodules.contract import LUMBAR_BOX, SpineDataset
 from plid.errors import UserInputError
-from plid.labels import CLASS_NAMES
-from plid.metrics import batched_patient_bootstrap
-from plid.pipeline.batch import predict_files
-from plid.pipeline.core import Pipeline
-from plid.pipeline.scoring import (
-    PROBABILITY_SUFFIX,
+from plid.evaluation.scoring import (
     EndToEndScores,
     ImageScore,
     crop_confusion,
     graded_columns,
-    grading_of,
     image_truths,
     score_image,
 )
+from plid.inference.batch import predict_files
+from plid.inference.pipeline import Pipeline
+from plid.labels import CLASS_NAMES
+from plid.metrics import batched_patient_bootstrap
+from plid.reports import disc_decisions
 from plid.utils.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -92,9 +91,10 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
                              f"{summary['errors'][0]['error']}; fix or remove them from images.csv")
     reports = {case["name"]: case for case in summary["cases"]}
     labelled = graded_columns(dataset)
-    # the gradings the model_dir predicts: probability keys with a value (a model_dir without classifiers has none)
-    predicted = sorted({grading_of(k) for case in summary["cases"] for d in case.get("discs", []) for k, v in d.items()
-                        if k.endswith(PROBABILITY_SUFFIX) and v is not None})
+    # the gradings the model_dir decides, and the threshold each binary one was called at (the same on every disc)
+    decided = [made for case in summary["cases"] for d in case.get("discs", []) for made in disc_decisions(d).values()]
+    binary_thresholds = {made.grading: made.threshold for made in decided if made.kind == "binary"}
+    predicted = sorted(binary_thresholds)
     skipped = {g: f"{dataset.root} does not label {g}" for g in predicted if g not in labelled}
     bag, in_sample = pipeline.models.bag, None
     trained_here = bag and (not bag.get("data_root") or Path(bag["data_root"]).resolve() == Path(dataset.root).resolve())
@@ -105,15 +105,8 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
         skipped.update({g: in_sample for g in predicted if g not in skipped})
     for grading, reason in skipped.items():
         log.warning("grading %s skipped: %s", grading, reason)
-    threshold = _threshold(summary["cases"])
-    # a multi-task classifier states a threshold per grading (chosen on validation); the others one for all
-    described = next((c["classifier"] for c in summary["cases"] if c.get("classifier")), None) or {}
-    per_grading = described.get("thresholds") or {}
-    thresholds = {g: float(per_grading.get(g, threshold)) for g in predicted if g not in skipped}
-    # a multi-task classifier's ordinal gradings (<grading>_grade in the reports)
-    from plid.labels import grading as grading_spec
-
-    ordinal = [g for g in described.get("targets") or [] if grading_spec(g).ordinal]
+    thresholds = {g: float(binary_thresholds[g]) for g in predicted if g not in skipped}
+    ordinal = sorted({made.grading for made in decided if made.kind == "ordinal"})
     for g in [g for g in ordinal if g not in labelled or in_sample]:
         skipped[g] = f"{dataset.root} does not label {g}" if g not in labelled else in_sample
         log.warning("grading %s skipped: %s", g, skipped[g])
@@ -153,13 +146,6 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
     with atomic_write(out / "evaluation.md") as handle:
         handle.write(markdown_tables(result))
     return result
-
-
-def _threshold(cases: list[dict[str, Any]]) -> float:
-    """The decision threshold of the model_dir's combined probability (0.5 where it states none)."""
-    described = next((c["classifier"] for c in cases if c.get("classifier")), None) or {}
-    value = described.get("threshold")
-    return 0.5 if value is None else float(value)
 
 
 def _counts(figures: EndToEndScores, index: np.ndarray) -> dict[str, Any]:
@@ -236,7 +222,7 @@ def write_failures(path: Path, scores: list[ImageScore], reports: dict[str, dict
                    ) -> dict[str, Any]:
     """``failures.html``: images with a missed disc, an extra box, a wrong level or no lumbar region, worst first
     (most problems), at most ``max_images`` of them drawn."""
-    from plid.pipeline.report import write_png
+    from plid.inference.render import write_png
 
     failed = sorted((s for s in scores if s.problems), key=lambda s: (-s.problems, s.image))
     sections = []

@@ -14,8 +14,9 @@ psoas is never chosen. ``slice=center`` keeps the geometric centre.
 ``slices=K`` analyses K neighbouring slices centred on that choice. Each disc of the chosen slice is matched in
 the others (greedily by box IoU, at least :data:`MIN_IOU`; a disc with no such overlap falls back to the nearest
 box centre within half its height), and its probability becomes the mean or the maximum over the slices where
-it was found (``slice_aggregation``), with each slice's value beside it: herniations are often paramedian, so a
-disc can look normal in the mid-sagittal slice and herniated one slice beside it. Boxes, levels and the
+it was found (``slice_aggregation``), and its call is made again from that value by the same rule, with each slice's
+decisions beside it: herniations are often paramedian, so a disc can look normal in the mid-sagittal slice and
+herniated one slice beside it. Boxes, levels and the
 segmentation of the report are those of the chosen slice.
 """
 
@@ -27,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from plid.boxes import box_iou_matrix
 from plid.data.sagittal import slice_window
 from plid.errors import UserInputError
+from plid.reports import AGGREGATIONS, Decision, SliceFinding, decision, disc_decisions
 
 SLICE_MODES = ("anatomical", "center")
-AGGREGATIONS = ("mean", "max")
 CANDIDATE_FRACTION = 0.5
 MIN_IOU = 0.3
 
@@ -90,16 +92,10 @@ def _window(num: int, count: int, centre: int) -> list[int]:
     return list(range(start, start + count))
 
 
-def iou(a, b) -> float:
-    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def match_discs(reference: list[dict], other: list[dict]) -> dict[int, int]:
     """Index in ``other`` of each disc of ``reference`` found there (one-to-one)."""
-    pairs = sorted(((iou(a["box"], b["box"]), i, j) for i, a in enumerate(reference) for j, b in enumerate(other)),
+    overlaps = box_iou_matrix([a["box"] for a in reference], [b["box"] for b in other])
+    pairs = sorted(((float(overlaps[i, j]), i, j) for i in range(len(reference)) for j in range(len(other))),
                    reverse=True)
     matched: dict[int, int] = {}
     used: set[int] = set()
@@ -123,32 +119,25 @@ def match_discs(reference: list[dict], other: list[dict]) -> dict[int, int]:
     return matched
 
 
-def aggregate(reports: dict[int, dict[str, Any]], chosen: int, key: str | list[str], how: str) -> dict[str, Any]:
-    """The report of slice ``chosen`` with each disc's ``key`` aggregated over ``reports`` (slice index ->
-    per-slice report) and a ``slices`` list beside it: ``{"slice_index", key, "box"}`` per slice (``key`` and
-    ``box`` null where the disc was not found there).
-
-    ``key`` may be several keys (a multi-task classifier's gradings), each aggregated the same way; a list value
-    (an ordinal grading's distribution) is averaged over the slices whatever ``how`` says."""
-    keys = [key] if isinstance(key, str) else list(key)
+def aggregate(reports: dict[int, dict[str, Any]], chosen: int, how: str) -> dict[str, Any]:
+    """The report of slice ``chosen`` (``reports``: slice index -> per-slice report) with each disc's decisions
+    combined over the slices where it was found (:meth:`plid.reports.Decision.aggregate`: the mean or maximum
+    probability, the mean distribution, the call made again at the same threshold or cuts), and a ``slices`` list
+    beside them: the disc's box and decisions on each analysed slice (null and empty where it was not found)."""
     report = reports[chosen]
-    for disc in report.get("discs", []):
-        disc["slices"] = []
+    discs = report.get("discs", [])
+    findings: list[list[dict[str, Any]]] = [[] for _ in discs]
     for k in sorted(reports):
         other = reports[k].get("discs", [])
-        matched = {i: i for i in range(len(other))} if k == chosen else match_discs(report.get("discs", []), other)
-        for i, disc in enumerate(report.get("discs", [])):
+        matched = {i: i for i in range(len(other))} if k == chosen else match_discs(discs, other)
+        for i in range(len(discs)):
             found = other[matched[i]] if i in matched else None
-            disc["slices"].append({"slice_index": k, **{name: found.get(name) if found else None for name in keys},
-                                   "box": found["box"] if found else None})
-    for disc in report.get("discs", []):
-        for name in keys:
-            values = [s[name] for s in disc["slices"] if s[name] is not None]
-            disc[f"{name}_chosen_slice"] = disc.get(name)
-            if values and isinstance(values[0], list):
-                disc[name] = [round(float(v), 4) for v in np.mean(values, axis=0)]
-            else:
-                disc[name] = None if not values else round(float(np.mean(values) if how == "mean" else np.max(values)),
-                                                           4)
+            finding = SliceFinding(slice_index=k, box=found["box"] if found else None,
+                                   gradings=disc_decisions(found) if found else {})
+            findings[i].append(finding.model_dump(mode="json"))
+    for disc, seen in zip(discs, findings):
+        disc["slices"] = seen
+        disc["gradings"] = {name: Decision.aggregate([decision(s, name) for s in seen], how).model_dump(mode="json")
+                            for name in disc.get("gradings") or {}}
     report["slice_aggregation"] = how
     return report

@@ -6,7 +6,7 @@ evaluation (:func:`predict_files`: a list of files, ``python -m plid.evaluate mo
 the one loop of :func:`predict_cases`, so that an evaluation scores exactly the reports a user gets.
 
 Per case: a 2D image is analysed as it is and its mask written as ``masks/<case>.png`` (class values 0-3 at
-the image's resolution). A volume or DICOM series has its slice(s) chosen (:mod:`plid.pipeline.slices`), each
+the image's resolution). A volume or DICOM series has its slice(s) chosen (:mod:`plid.inference.slices`), each
 analysed, and its mask written as ``masks/<case>.nii.gz`` in the geometry of the input (the analysed slices
 labelled, the others 0), so it opens over the scan in 3D Slicer or ITK-SNAP.
 """
@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from plid.data.dicom import CaseSource, Found, Skipped, collect, discover
 from plid.data.scans import Case, CaseSkipped, Scan, ScanReadError, read_case
-from plid.pipeline.core import ImageResult, Pipeline
-from plid.pipeline.report import overlay, write_html, write_label_map, write_png
-from plid.pipeline.slices import SliceOptions, aggregate, analysed_slices, choose_slice
+from plid.inference.pipeline import ImageResult, Pipeline
+from plid.inference.render import overlay, write_html, write_label_map, write_png
+from plid.inference.slices import SliceOptions, aggregate, analysed_slices, choose_slice
+from plid.reports import check_report
 from plid.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ def predict_cases(found: Found, pipeline: Pipeline, out: Path, progress: bool = 
             future.result()  # an overlay that failed to write is an error of this run, not of one file
     summary = {"model_dir": str(pipeline.models.root), "levels": pipeline.levels, "cases": cases, "skipped": skipped,
                "errors": errors}
+    check_report(summary)
     write_json(out / "report.json", summary)
     write_html(out / "report.html", cases, errors, title=f"plid report: {len(cases)} cases", levels=pipeline.levels,
                skipped=skipped)
@@ -146,11 +148,7 @@ def _analyse(case: Case, pipeline: Pipeline, options: SliceOptions, timings: dic
             masks[k] = result.mask
         if k == chosen:
             image, mask = scan.image, result.mask
-    if len(indices) > 1 and pipeline.gradings():  # a multi-task classifier: every grading over the slices
-        report = pipeline.regrade(aggregate(reports, chosen, pipeline.aggregated_keys(), options.aggregation))
-    else:
-        report = aggregate(reports, chosen, pipeline.probability_key(), options.aggregation) if len(indices) > 1 \
-            else reports[chosen]
+    report = aggregate(reports, chosen, options.aggregation) if len(indices) > 1 else reports[chosen]
     report["slice_choice"] = choice
     report["slices_analysed"] = indices
     report["num_slices"] = volume.num_slices

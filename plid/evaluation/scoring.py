@@ -28,10 +28,10 @@ Definitions (also in the README's "Evaluating a model_dir end to end"):
   ``missed_discs_flagged``: the share of missed labelled discs where the report has a ``missed_discs_suspected``
   entry (IoU at least 0.3, or its centre inside the labelled box); ``level_accuracy_where_certain``: level accuracy
   on the images whose report does not say ``levels_uncertain``; ``images_levels_certain``: the share of such images.
-- Gradings: on matched discs with that grading labelled; the decision threshold is the model_dir's
-  (``report["classifier"]["threshold"]``, 0.5 where a model_dir has none; a multi-task classifier's
-  ``thresholds`` per grading).
-- Ordinal gradings of a multi-task classifier (``<grading>_grade`` in the report, e.g. Pfirrmann): on matched
+- Gradings: on matched discs with that grading labelled, by the probability of each disc's decision; sensitivity
+  and specificity at the threshold its decisions were made at (the model_dir's, chosen on validation), so that they
+  count the calls ``report.json`` states.
+- Ordinal gradings of a multi-task classifier (the grade of their decisions in the report, e.g. Pfirrmann): on matched
   discs with that grading labelled, balanced accuracy (mean recall over the grades present), quadratic-weighted
   kappa and the share within one grade, resampled with the same patient bootstrap.
 - Segmentation: inside the crop the pipeline segmented (on images where no lumbar region was found, the
@@ -50,9 +50,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torchvision.ops import box_iou
 
-from plid.boxes import centres_inside
+from plid.boxes import box_iou_matrix, centres_inside
 from plid.datamodules.contract import DISC_BOX, LUMBAR_BOX, SpineDataset
 from plid.labels import ALL_GRADINGS, CLASS_NAMES
 from plid.metrics import (
@@ -63,20 +62,13 @@ from plid.metrics import (
     weighted_binary_scores,
     weighted_ordinal_scores,
 )
+from plid.reports import disc_decisions
 
 MATCH_IOU = 0.5
 # a missed labelled disc counts as flagged where a reported suspected disc overlaps it this much, or has its centre
 # inside it: a suspected disc is a position (the segmented part of a disc, or one spacing on from its neighbour), and
 # on tilted L5/S1 discs, whose boxes are tall, it pointed at the disc with an IoU under 0.3 (patient 162 of fold 0's val)
 SUSPECTED_IOU = 0.3
-PROBABILITY_SUFFIX = "_probability"
-
-
-def grading_of(key: str) -> str:
-    """The discs.csv grading a report's probability key is for: ``herniation_probability`` is the paper's
-    ``disc_herniation``, ``<grading>_probability`` is ``<grading>``."""
-    name = key[: -len(PROBABILITY_SUFFIX)]
-    return "disc_herniation" if name == "herniation" else name
 
 
 @dataclass
@@ -106,14 +98,6 @@ def image_truths(dataset: SpineDataset, images: Sequence[str]) -> list[ImageTrut
         truths.append(ImageTruth(image, str(row["patient"]), "all" if pd.isna(series) else str(series), box,
                                  discs.get(image, empty), bool(row.get("has_mask", 0) == 1)))
     return truths
-
-
-def box_iou_matrix(a, b) -> np.ndarray:
-    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), x2/y2 exclusive (torchvision's convention:
-    areas are (x2 - x1) * (y2 - y1))."""
-    a = torch.tensor(np.asarray(a, dtype=np.float64).reshape(-1, 4))
-    b = torch.tensor(np.asarray(b, dtype=np.float64).reshape(-1, 4))
-    return box_iou(a, b).numpy()
 
 
 def match_boxes(predicted, scores, reference, threshold: float = MATCH_IOU) -> np.ndarray:
@@ -175,8 +159,8 @@ def _level(value) -> int | None:
 
 def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[str] = (),
                 ordinal: Sequence[str] = ()) -> ImageScore:
-    """Score one image's report (``report.json``'s case) against its labels; ``ordinal`` names the gradings
-    reported as ``<grading>_grade``."""
+    """Score one image's report (``report.json``'s case) against its labels: ``gradings`` by their decisions'
+    probabilities, ``ordinal`` by their decisions' grades."""
     found = report.get("status") == "ok" and report.get("lumbar") is not None
     lumbar_iou = float("nan")
     if truth.lumbar_box is not None:
@@ -231,25 +215,23 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
     # reported_at_centre: found (with its level) but boxed too differently for IoU 0.5 (a tilted disc's tall box)
     score.missed = [{"box": [float(v) for v in reference[j]], "level": _level(levels[j]), "suspected": bool(f),
                      "reported_at_centre": bool(at_centre[:, j].any())} for j, f in zip(missed, flagged)]
+    decided = [disc_decisions(d) for d in discs]
     for grading in gradings:
-        key = next((k for k in (discs[0] if discs else {}) if k.endswith(PROBABILITY_SUFFIX) and grading_of(k) == grading),
-                   None)
         pairs = []
-        if key is not None and grading in truth.discs.columns:
+        if grading in truth.discs.columns:
             for k, j in enumerate(matched):
-                target, probability = truth.discs[grading].iloc[j] if j >= 0 else np.nan, discs[k].get(key)
-                if j >= 0 and not pd.isna(target) and probability is not None:
+                target, made = truth.discs[grading].iloc[j] if j >= 0 else np.nan, decided[k].get(grading)
+                if j >= 0 and not pd.isna(target) and made is not None and made.probability is not None:
                     level = _level(levels[j])
-                    pairs.append((float(probability), float(target), np.nan if level is None else float(level)))
+                    pairs.append((made.probability, float(target), np.nan if level is None else float(level)))
         score.gradings[grading] = np.asarray(pairs, dtype=np.float64).reshape(-1, 3)
     for grading in ordinal:
         pairs = []
         if grading in truth.discs.columns:
             for k, j in enumerate(matched):
-                target = truth.discs[grading].iloc[j] if j >= 0 else np.nan
-                grade = discs[k].get(f"{grading}_grade")
-                if j >= 0 and not pd.isna(target) and grade is not None:
-                    pairs.append((float(grade), float(target)))
+                target, made = truth.discs[grading].iloc[j] if j >= 0 else np.nan, decided[k].get(grading)
+                if j >= 0 and not pd.isna(target) and made is not None and made.grade is not None:
+                    pairs.append((float(made.grade), float(target)))
         score.ordinal[grading] = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
     return score
 
