@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -37,6 +38,15 @@ def crop(array: np.ndarray, box) -> np.ndarray:
     """The part of a (H, W, ...) array inside an integer box."""
     x1, y1, x2, y2 = (int(v) for v in box)
     return array[y1:y2, x1:x2]
+
+
+def roi_crop(array: np.ndarray, box, margin: float, size: int, interpolation: int = cv2.INTER_AREA
+             ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """``box`` enlarged by ``margin`` (:func:`enlarge_box`), cut out of ``array`` and resized to ``size`` x ``size``,
+    with the enlarged box: the segmenter's input, the same at training (images with ``INTER_AREA``, masks with
+    ``INTER_NEAREST``) and at inference."""
+    enlarged = enlarge_box(box, margin, *array.shape[:2])
+    return cv2.resize(crop(array, enlarged), (size, size), interpolation=interpolation), enlarged
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:

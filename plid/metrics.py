@@ -91,6 +91,19 @@ def pr_auc(positive_probs, targets) -> float:
     return float(binary_average_precision(probs, targets)) if _both_classes(targets) else NAN
 
 
+def batched_auc(score: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """The ROC AUC of :func:`auc` (Mann-Whitney, ties one half) of each row of ``score`` (B, N) against the boolean
+    labels ``positive`` (N,) at once: the ensemble's weight search scores thousands of weightings per call."""
+    ordered, order = score.sort(-1)
+    low = torch.searchsorted(ordered, ordered, side="left")
+    high = torch.searchsorted(ordered, ordered, side="right")
+    ranks = (low + high + 1).double() / 2  # average 1-based rank of each tie group
+    is_pos = positive[order]
+    n_pos = positive.sum().double()
+    n_neg = positive.numel() - n_pos
+    return ((ranks * is_pos).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
 def roc_points(positive_probs, targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """False and true positive rates from (0, 0) to (1, 1) and the thresholds between (torchmetrics'
     ``binary_roc``: one point per distinct probability, so tied cases make one diagonal step, as the AUC counts

@@ -90,8 +90,9 @@ def reliability_diagram(positive_probs: np.ndarray, targets: np.ndarray, path: s
 
 
 def confusion_matrix(positive_probs: np.ndarray, targets: np.ndarray, path: str | Path,
-                     labels: Sequence[str] = ("no herniation", "herniation"), threshold: float = 0.5) -> Path:
-    """Counts of reference (rows) against calls (columns), positive above ``threshold``
+                     threshold, labels: Sequence[str] = ("no herniation", "herniation")) -> Path:
+    """Counts of reference (rows) against calls (columns), positive above ``threshold``: the one chosen on
+    validation, one for all cases or one per case (pooled folds: each fold's own), as the tables beside it call them
     (:func:`plid.metrics.binary_confusion`)."""
     matrix = binary_confusion(positive_probs, targets, threshold).numpy()
     figure, ax = plt.subplots(figsize=(4.2, 3.8))
@@ -99,8 +100,15 @@ def confusion_matrix(positive_probs: np.ndarray, targets: np.ndarray, path: str 
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center", color="black" if count < matrix.max() / 2 else "white")
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=labels, yticklabels=labels, xlabel="predicted",
-           ylabel="reference", title=f"confusion matrix (threshold {threshold})")
+           ylabel="reference", title=_threshold_title(threshold))
     return save_figure(figure, path, close=True)
+
+
+def _threshold_title(threshold) -> str:
+    values = np.unique(np.asarray(threshold, dtype=np.float64))
+    if values.size == 1:
+        return f"confusion matrix (threshold {values[0]:.3g})"
+    return f"confusion matrix (thresholds {values.min():.3g}-{values.max():.3g}, each fold's own)"
 
 
 def segmentation_grid(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], predictions: Sequence[np.ndarray],

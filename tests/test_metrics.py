@@ -290,3 +290,13 @@ def test_batched_bootstrap_equals_the_bootstrap_of_the_one_sample_scores():
             assert batched[name][part] == pytest.approx(plain[name][part], abs=1e-6), (name, part)
     counts = bootstrap_counts(groups, samples=50, seed=2)
     assert counts.shape == (50, len(groups)) and (counts.sum(1) == len(groups)).all()  # 3 cases per patient
+
+
+def test_the_batched_auc_of_the_ensemble_search_is_torchmetrics_auc_row_by_row():
+    from plid.metrics import auc, batched_auc
+
+    rng = np.random.default_rng(3)
+    positive = rng.random(40) < 0.3
+    scores = np.round(rng.random((5, 40)), 1)  # rounded: many ties, which count one half in both
+    batched = batched_auc(torch.from_numpy(scores), torch.from_numpy(positive)).numpy()
+    np.testing.assert_allclose(batched, [auc(row, positive.astype(int)) for row in scores], atol=1e-6)  # float32

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from plid.boxes import crop, enlarge_box
+from plid.boxes import roi_crop
 from plid.datamodules.base import SpineDataModule
 from plid.datamodules.contract import LUMBAR_BOX, DataContractError, SpineDataset
 from plid.datamodules.transforms import augment, paper_augmentation, to_tensor
@@ -43,12 +43,11 @@ def load_roi(dataset: SpineDataset, row, roi: str, size: int, roi_margin: float 
             f"{dataset.mask_path(row.image)}: mask is {mask.shape[::-1]} (w, h) but its image is "
             f"{image.shape[::-1]}; masks must match their image pixel for pixel"
         )
-    if roi != "none":
-        box = enlarge_box([getattr(row, c) for c in LUMBAR_BOX], roi_margin, *image.shape)
-        image, mask = crop(image, box), crop(mask, box)
-    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
-    return image, mask
+    if roi == "none":
+        return (cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA),
+                cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
+    box = [getattr(row, c) for c in LUMBAR_BOX]
+    return roi_crop(image, box, roi_margin, size)[0], roi_crop(mask, box, roi_margin, size, cv2.INTER_NEAREST)[0]
 
 
 class SegmentationDataModule(SpineDataModule):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from plid.errors import UserInputError
-from plid.metrics import SEGMENTATION_METRICS, per_case_dice, segmentation_metric, segmentation_scores
+from plid.metrics import SEGMENTATION_METRICS, batched_auc, per_case_dice, segmentation_metric, segmentation_scores
 
 # the figures of plid.metrics.CLASSIFICATION_METRICS a search can maximise (AUC for two classes only)
 SEARCH_METRICS = ("accuracy", "f1", "auc")
@@ -111,7 +111,7 @@ class ClassificationScorer:
             return {k: v for k, v in out.items() if k in names}
         out = {}
         if "auc" in names:
-            out["auc"] = _auc(weights @ self.margin, self.positive.bool())
+            out["auc"] = batched_auc(weights @ self.margin, self.positive.bool())
         # in place: 1.0 where the ensemble says class 1 (a tie goes to class 0, as argmax does)
         predicted = (weights @ self.open_margin).gt_(0)
         tp, pp = (predicted @ self.open_labels).double().unbind(-1)  # true and all positive calls
@@ -125,18 +125,6 @@ class ClassificationScorer:
             if name in names:
                 out[name] = torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
         return out
-
-
-def _auc(score: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """Mann-Whitney AUC of each row of ``score`` (B, N) against the boolean labels ``positive`` (N,)."""
-    ordered, order = score.sort(-1)
-    low = torch.searchsorted(ordered, ordered, side="left")
-    high = torch.searchsorted(ordered, ordered, side="right")
-    ranks = (low + high + 1).double() / 2  # average 1-based rank of each tie group
-    is_pos = positive[order]
-    n_pos = positive.sum().double()
-    n_neg = positive.numel() - n_pos
-    return ((ranks * is_pos).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def allocate(sizes: np.ndarray, total: int) -> np.ndarray:

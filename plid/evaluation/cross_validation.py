@@ -240,7 +240,7 @@ def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: d
             path = run / predictions_dir / f"{split}.npz"
             if path.is_file():
                 predictions = load_predictions(path)
-                entry[split] = split_scores(task, predictions, patient_of, bootstrap, entry.get(decided, 0.5))
+                entry[split] = split_scores(task, predictions, patient_of, bootstrap, entry.get(decided, DEFAULT_THRESHOLD))
                 if split == "val":
                     val_sets[entry["fold"]] = predictions
         folds.append(entry)
@@ -361,7 +361,11 @@ def make_figures(result: dict[str, Any], runs: dict[int, Path], val_sets: dict, 
     if task == "cls":
         positive, targets = _pooled_binary(val_sets)
         figures["roc"] = str(plots.roc_curve(positive, targets, output_dir / "roc_val.png", "ROC, out-of-fold val"))
-        figures["confusion"] = str(plots.confusion_matrix(positive, targets, output_dir / "confusion_val.png"))
+        # each fold's val called at that fold's threshold, as val_pooled's table calls it
+        chosen = {f["fold"]: f.get("threshold", DEFAULT_THRESHOLD) for f in result["folds"]}
+        called_at = np.concatenate([np.full(len(p.ids), chosen[k], dtype=np.float64) for k, p in val_sets.items()])
+        figures["confusion"] = str(plots.confusion_matrix(positive, targets, output_dir / "confusion_val.png",
+                                                          called_at))
         return figures
     # the paper's Figure 6: some validation cases of the first fold, image / ground truth / prediction
     first = pooled[0]

@@ -29,12 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from plid.boxes import crop, enlarge_box
+from plid.boxes import roi_crop
 from plid.data.scans import Scan
 from plid.datamodules.classification import load_disc_crop
 from plid.datamodules.transforms import to_tensor
@@ -222,12 +221,10 @@ class Pipeline:
     def segment(self, image: np.ndarray, lumbar_box, spacing_mm: float | None) -> tuple[np.ndarray, dict[str, Any]]:
         """The segmenter on the lumbar box enlarged by its training margin; classes at the image's resolution."""
         segmenter = self.models.segmenter
-        box = enlarge_box(lumbar_box, segmenter.roi_margin, *image.shape)
-        region = crop(image, box)
-        size = segmenter.image_size
-        x = to_tensor(cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA))[None]
-        probs = segmenter.net(x).softmax(1)
-        probs = F.interpolate(probs, size=region.shape, mode="bilinear", align_corners=False)
+        resized, box = roi_crop(image, lumbar_box, segmenter.roi_margin, segmenter.image_size)
+        probs = segmenter.net(to_tensor(resized)[None]).softmax(1)
+        region_shape = (box[3] - box[1], box[2] - box[0])
+        probs = F.interpolate(probs, size=region_shape, mode="bilinear", align_corners=False)
         region_mask = predicted_classes(probs)[0].numpy().astype(np.uint8)
         mask = np.zeros(image.shape, np.uint8)
         mask[box[1]:box[3], box[0]:box[2]] = region_mask
