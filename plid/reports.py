@@ -124,6 +124,8 @@ class SliceFinding(_Model):
 
     slice_index: int
     box: list[float] | None
+    level: int | None = Field(None, description="the level this slice's own report gave the disc")
+    name: str | None = None
     gradings: dict[str, Decision] = Field(default_factory=dict)
 
 
@@ -138,6 +140,9 @@ class DiscReport(_Model):
     measurements: Measurements | None
     gradings: dict[str, Decision] = Field(default_factory=dict, description="one decision per grading")
     slices: list[SliceFinding] | None = Field(None, description="with slices>1: the disc on each analysed slice")
+    slices_seen: int | None = Field(None, description="with slices>1: on how many analysed slices it was found")
+    level_agreement: float | None = Field(
+        None, description="with slices>1: the share of the slices that found it and gave it a level that gave this one")
 
 
 class SuspectedDisc(_Model):

@@ -379,3 +379,58 @@ def test_batched_figures_equal_the_figures_of_each_resampled_set():
             if name == "disc_map50":  # repeated boxes of one image add points to the curve; counts do not
                 continue
             np.testing.assert_allclose(batch[name][r], value, atol=1e-9, equal_nan=True, err_msg=name)
+
+
+def _series_dataset(slices: int = 9, patients=("p1", "p2")):
+    """Per patient one t2_SPACE series of ``slices`` slices, each showing the four discs of BOXES (herniated: level 3
+    for p1, none for p2), and one mid-sagittal render (a series of one)."""
+    images, discs = [], []
+    for patient in patients:
+        for k in range(slices):
+            images.append({"image": f"{patient}_s{k}", "patient": patient, "series": "t2_SPACE", "slice": 40 + k})
+        images.append({"image": f"{patient}_t2", "patient": patient, "series": "t2", "slice": np.nan})
+    truths = {}
+    for row in images:
+        herniated = (0, 0, 1, 0) if row["patient"] == "p1" else (0, 0, 0, 0)
+        truths[row["image"]] = _truth(row["image"], row["patient"], herniated)
+        discs.append(truths[row["image"]].discs)
+    return SpineDataset(Path("."), pd.DataFrame(images), pd.concat(discs, ignore_index=True)), truths
+
+
+def test_per_disc_scoring_counts_a_disc_seen_on_nine_slices_once():
+    from plid.evaluation.per_disc import per_disc_section
+
+    dataset, truths = _series_dataset()
+    # p1's level-3 disc is called herniated on every slice, and p2's slices number the discs one too high on two of
+    # nine slices: the series' vote names them right
+    reports = {}
+    for image, truth in truths.items():
+        shifted = truth.patient == "p2" and image.endswith(("_s0", "_s1"))
+        probabilities = [0.1, 0.2, 0.9 if truth.patient == "p1" else 0.3, 0.2]
+        reports[image] = _report(BOXES, [2, 3, 4, 5] if shifted else [1, 2, 3, 4], probabilities)
+    section = per_disc_section(dataset, list(truths), reports, truths, {"disc_herniation": 0.5}, [],
+                               {"samples": 50, "seed": 0, "confidence": 0.95})
+    counts, figures = section["groups"]["all"]["counts"], section["groups"]["all"]["figures"]
+    # 2 patients x (one series of 9 slices + one render) = 4 series of 4 distinct discs each: 16, not 80
+    assert counts["series"] == 4 and counts["labelled_discs"] == 16 == counts["matched_discs"]
+    assert counts["disc_herniation/discs"] == 16 and counts["disc_herniation/positive_discs"] == 2  # p1's, twice
+    assert figures["level_accuracy"]["value"] == 1.0 and figures["series_all_levels_right"]["value"] == 1.0
+    assert figures["disc_herniation/auc"]["value"] == 1.0
+    assert figures["disc_herniation/called_positive"]["value"] == pytest.approx(2 / 16)
+    assert figures["disc_herniation/prevalence"]["value"] == pytest.approx(2 / 16)
+    assert set(section["groups"]) == {"all", "t2", "t2_SPACE"}
+    assert [len(s["discs"]) for s in section["series"]] == [4, 4, 4, 4]
+
+
+def test_per_disc_scoring_says_a_series_misnamed_on_most_slices_is_wrong():
+    from plid.evaluation.per_disc import per_disc_section
+
+    dataset, truths = _series_dataset(slices=3, patients=("p1",))
+    reports = {image: _report(BOXES, [1, 2, 3, 4] if image.endswith(("_s0", "_t2")) else [2, 3, 4, 5])
+               for image in truths}
+    section = per_disc_section(dataset, list(truths), reports, truths, {}, [],
+                               {"samples": 0, "seed": 0, "confidence": 0.95})
+    by_type = {name: g["figures"] for name, g in section["groups"].items()}
+    assert by_type["t2_SPACE"]["level_accuracy"]["value"] == 0.0  # two of three slices shift every name: one answer
+    assert by_type["t2_SPACE"]["series_all_levels_right"]["value"] == 0.0
+    assert by_type["t2"]["level_accuracy"]["value"] == 1.0

@@ -437,6 +437,12 @@ def test_evaluating_a_multi_task_model_dir_scores_binary_at_their_thresholds_and
         assert 0 <= figures[key]["value"] <= 1, key
     page = (tmp_path / "evaluation.md").read_text()
     assert "## pfirrman_grade" in page and "quadratic kappa" in page and "threshold 0.37" in page
+    # per disc: the synthetic images are series of one, so each disc is one distinct disc, graded as per slice
+    per_disc = result["per_disc"]["groups"]["all"]
+    assert per_disc["counts"]["series"] == len(dataset.images) and per_disc["counts"]["pfirrman_grade/discs"] == \
+        len(dataset.discs) == per_disc["counts"]["disc_bulging/discs"]
+    assert per_disc["figures"]["disc_bulging/auc"]["value"] == pytest.approx(figures["disc_bulging/auc"]["value"])
+    assert "## Per disc" in page and "### pfirrman_grade per disc" in page
 
 
 def _bag_run(compose, folder: Path, fold: int, targets: list[str], seed: int) -> Path:

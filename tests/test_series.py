@@ -213,6 +213,7 @@ def test_several_slices_give_each_disc_an_aggregate_with_each_slice_beside_it(st
         assert made["probability"] == pytest.approx(np.mean(values) if how == "mean" else max(values), abs=1e-4)
         assert made["slices"] == 3 and made["aggregation"] == how
         assert disc["slices"][1]["box"] == disc["box"]  # the chosen slice's own answer stays beside the aggregate
+        assert disc["slices_seen"] == 3 and disc["level_agreement"] is not None
     labels = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(report["mask"]), "PIL"))
     assert [k for k in range(labels.shape[0]) if labels[k].any()] == report["slices_analysed"]
 
@@ -347,3 +348,38 @@ def test_with_several_slices_a_disc_has_one_call_and_the_page_shows_that_call(st
     from plid.reports import SCHEMA_FILE
 
     jsonschema.validate(saved, json.loads(SCHEMA_FILE.read_text()))  # the schema shipped with the package
+
+
+def _slice_report(levels, names=None, uncertain=None) -> dict:
+    """Three discs at fixed boxes, bottom-up, with the levels (and names) one slice's own report gave them."""
+    boxes = [[10, 160, 50, 180], [10, 120, 50, 140], [10, 80, 50, 100]]
+    names = names or [None] * len(levels)
+    return {"discs": [{"box": b, "level": lv, "name": n, "gradings": {}} for b, lv, n in zip(boxes, levels, names)],
+            "levels_uncertain": bool(uncertain), "levels_uncertain_reason": uncertain}
+
+
+def test_a_series_whose_slices_disagree_on_the_levels_gets_one_level_per_disc_and_says_so():
+    from plid.inference.slices import aggregate
+
+    # the chosen slice (4) missed L5/S1 and numbered the discs from the one above; its neighbours did not
+    reports = {3: _slice_report([2, 3, 4], ["L4/L5", "L3/L4", "L2/L3"]), 4: _slice_report([1, 2, 3]),
+               5: _slice_report([2, 3, 4], ["L4/L5", "L3/L4", "L2/L3"])}
+    report = aggregate(reports, 4, "mean")
+    assert [d["level"] for d in report["discs"]] == [2, 3, 4]
+    assert [d["name"] for d in report["discs"]] == ["L4/L5", "L3/L4", "L2/L3"]
+    assert all(d["level_agreement"] == pytest.approx(2 / 3, abs=1e-4) and d["slices_seen"] == 3
+               for d in report["discs"])
+    assert [s["level"] for s in report["discs"][0]["slices"]] == [2, 1, 2]  # each slice's own answer, kept
+    assert report["levels_uncertain"] and "disagree on the level of 3 disc(s)" in report["levels_uncertain_reason"]
+
+
+def test_a_series_whose_slices_agree_keeps_its_levels_and_certainty():
+    from plid.inference.slices import aggregate
+
+    names = ["L5/S1", "L4/L5", "L3/L4"]
+    report = aggregate({k: _slice_report([1, 2, 3], names) for k in (3, 4, 5)}, 4, "mean")
+    assert [d["level"] for d in report["discs"]] == [1, 2, 3] and [d["name"] for d in report["discs"]] == names
+    assert all(d["level_agreement"] == 1.0 for d in report["discs"]) and not report["levels_uncertain"]
+    # a tie (one slice each way, the chosen slice among them) keeps the chosen slice's level
+    tie = aggregate({4: _slice_report([1, 2, 3], names), 5: _slice_report([2, 3, 4])}, 4, "mean")
+    assert [d["level"] for d in tie["discs"]] == [1, 2, 3] and tie["levels_uncertain"]

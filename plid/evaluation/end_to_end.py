@@ -23,6 +23,7 @@ import numpy as np
 
 from plid.datamodules.contract import LUMBAR_BOX, SpineDataset
 from plid.errors import UserInputError
+from plid.evaluation.per_disc import per_disc_section
 from plid.evaluation.scoring import (
     EndToEndScores,
     ImageScore,
@@ -139,6 +140,8 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
 
         result["groups"][name] = {"counts": _counts(figures, index),
                                   "figures": batched_patient_bootstrap(patients, statistic, **bootstrap)}
+    # one answer per distinct disc of each series, beside the per-slice figures above
+    result["per_disc"] = per_disc_section(dataset, images, reports, truths, thresholds, ordinal, bootstrap)
     result["images"] = [_image_entry(s, reports[s.image]) for s in scores]
     result["figures"] = _figures(figures, out)
     result["failures"] = write_failures(out / "failures.html", scores, reports, max_failures)
@@ -314,6 +317,8 @@ def markdown_tables(result: dict[str, Any]) -> str:
                         [[n, str(c[n][f"{grading}/discs"]),
                           *(_cell(f[n].get(f"{grading}/{k}")) for k in ("balanced_accuracy", "kappa", "within_one",
                                                                           "accuracy"))] for n in groups])
+    if result.get("per_disc"):
+        lines += _per_disc_tables(result["per_disc"], result["thresholds"], result.get("ordinal_gradings") or [])
     if result.get("classifier_in_sample"):
         lines.append(f"\nGradings not scored on this split: {result['classifier_in_sample']}.")
     for grading, reason in result["skipped_gradings"].items():
@@ -331,6 +336,35 @@ def markdown_tables(result: dict[str, Any]) -> str:
                           *(_cell(f[n].get(f"dice_pooled_{k}")) for k in classes), _cell(f[n].get("dice_pooled"))]
                          for n in groups if c[n]["images_with_mask"]])
     return "\n".join(lines) + "\n"
+
+
+def _per_disc_tables(section: dict[str, Any], thresholds: dict[str, float], ordinal: list[str]) -> list[str]:
+    groups = section["groups"]
+    f = {name: g["figures"] for name, g in groups.items()}
+    c = {name: g["counts"] for name, g in groups.items()}
+    lines = [f"\n## Per disc: one answer per distinct disc of a series (slices read as one case, gradings "
+             f"aggregated by {section['aggregation']}; each distinct disc counted once)\n"]
+    lines += _table(["series type", "series", "distinct discs labelled / matched", "disc recall", "level accuracy",
+                     "series with every level right"],
+                    [[n, str(c[n]["series"]), f"{c[n]['labelled_discs']} / {c[n]['matched_discs']}",
+                      *(_cell(f[n].get(k)) for k in ("disc_recall", "level_accuracy", "series_all_levels_right"))]
+                     for n in groups])
+    for grading, threshold in thresholds.items():
+        lines += [f"\n### {grading} per disc (threshold {threshold:g})\n"]
+        lines += _table(["series type", "positive discs / discs", "ROC AUC", "balanced accuracy", "sensitivity",
+                         "specificity", "called positive", "prevalence"],
+                        [[n, f"{c[n][f'{grading}/positive_discs']} / {c[n][f'{grading}/discs']}",
+                          *(_cell(f[n].get(f"{grading}/{k}")) for k in ("auc", "balanced_accuracy", "sensitivity",
+                                                                          "specificity", "called_positive",
+                                                                          "prevalence"))] for n in groups])
+    for grading in ordinal:
+        lines += [f"\n### {grading} per disc\n"]
+        lines += _table(["series type", "discs", "balanced accuracy", "quadratic kappa", "within one grade",
+                         "accuracy"],
+                        [[n, str(c[n][f"{grading}/discs"]),
+                          *(_cell(f[n].get(f"{grading}/{k}")) for k in ("balanced_accuracy", "kappa", "within_one",
+                                                                          "accuracy"))] for n in groups])
+    return lines
 
 
 def labelled_folder(model_dir: Path, manifest: dict[str, Any], root: str | None = None, fold: int | None = None

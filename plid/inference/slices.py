@@ -16,13 +16,14 @@ the others (greedily by box IoU, at least :data:`MIN_IOU`; a disc with no such o
 box centre within half its height), and its probability becomes the mean or the maximum over the slices where
 it was found (``slice_aggregation``), and its call is made again from that value by the same rule, with each slice's
 decisions beside it: herniations are often paramedian, so a disc can look normal in the mid-sagittal slice and
-herniated one slice beside it. Boxes, levels and the
-segmentation of the report are those of the chosen slice.
+herniated one slice beside it. Its level is decided once for the series too, by the slices' vote
+(:func:`aggregate`). Boxes and the segmentation of the report are those of the chosen slice.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,10 +121,17 @@ def match_discs(reference: list[dict], other: list[dict]) -> dict[int, int]:
 
 
 def aggregate(reports: dict[int, dict[str, Any]], chosen: int, how: str) -> dict[str, Any]:
-    """The report of slice ``chosen`` (``reports``: slice index -> per-slice report) with each disc's decisions
-    combined over the slices where it was found (:meth:`plid.reports.Decision.aggregate`: the mean or maximum
-    probability, the mean distribution, the call made again at the same threshold or cuts), and a ``slices`` list
-    beside them: the disc's box and decisions on each analysed slice (null and empty where it was not found)."""
+    """One answer per disc for several slices of a series (``reports``: slice index -> per-slice report): the discs
+    of slice ``chosen``, each matched on the other slices (:func:`match_discs`), with
+
+    - its level decided once for the series: the level most of the slices that found it gave it (ties: the chosen
+      slice's), ``level_agreement`` the share that agree; where slices disagree, or two discs end up with one
+      level, the case's ``levels_uncertain`` is set with the reason;
+    - each decision combined over the slices where it was found (:meth:`plid.reports.Decision.aggregate`: the mean
+      or maximum probability, the mean distribution, the call made again at the same threshold or cuts);
+    - a ``slices`` list beside them: its box, level and decisions on each slice (null and empty where not found),
+      and ``slices_seen``.
+    """
     report = reports[chosen]
     discs = report.get("discs", [])
     findings: list[list[dict[str, Any]]] = [[] for _ in discs]
@@ -133,11 +141,40 @@ def aggregate(reports: dict[int, dict[str, Any]], chosen: int, how: str) -> dict
         for i in range(len(discs)):
             found = other[matched[i]] if i in matched else None
             finding = SliceFinding(slice_index=k, box=found["box"] if found else None,
+                                   level=found.get("level") if found else None,
+                                   name=found.get("name") if found else None,
                                    gradings=disc_decisions(found) if found else {})
             findings[i].append(finding.model_dump(mode="json"))
+    disagree = 0
     for disc, seen in zip(discs, findings):
         disc["slices"] = seen
+        disc["slices_seen"] = sum(s["box"] is not None for s in seen)
         disc["gradings"] = {name: Decision.aggregate([decision(s, name) for s in seen], how).model_dump(mode="json")
                             for name in disc.get("gradings") or {}}
+        if disc.get("level") is None:  # a flagged box (duplicate, not a disc): no level to vote on
+            continue
+        level, name, agreement = _vote(disc, seen)
+        disc["level"], disc["name"], disc["level_agreement"] = level, name, agreement
+        disagree += agreement < 1
+    reasons = [report.get("levels_uncertain_reason")] if report.get("levels_uncertain_reason") else []
+    if disagree:
+        reasons.append(f"the slices disagree on the level of {disagree} disc(s)")
+    levels = [d["level"] for d in discs if d.get("level") is not None]
+    if len(set(levels)) < len(levels):
+        reasons.append("two discs were given one level by the slices' vote")
+    if reasons:
+        report["levels_uncertain"], report["levels_uncertain_reason"] = True, "; ".join(dict.fromkeys(reasons))
     report["slice_aggregation"] = how
     return report
+
+
+def _vote(disc: dict[str, Any], seen: list[dict[str, Any]]) -> tuple[int, str | None, float]:
+    """The level most slices gave the disc (ties: the chosen slice's own ``disc["level"]``), the name they gave
+    it most (None where most named none), and the share of the levelled slices that agree."""
+    levels = [s["level"] for s in seen if s["box"] is not None and s["level"] is not None]
+    counts = Counter(levels)
+    top = max(counts.values())
+    level = disc["level"] if counts.get(disc["level"]) == top else min(lv for lv, c in counts.items() if c == top)
+    names = Counter(s["name"] for s in seen if s["box"] is not None and s["level"] == level)
+    name = max(names, key=lambda n: (names[n], n is not None))
+    return level, name, round(counts[level] / len(levels), 4)
