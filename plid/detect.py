@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from plid.models.detection import DetectorSettings, evaluate_detector, train_detector
+from plid.models.detection import (
+    WEIGHTS_ONLY_FILE,
+    DetectorSettings,
+    evaluate_detector,
+    save_weights_only,
+    train_detector,
+)
 from plid.utils.hydra import config_choices, config_to_dict, instantiate_loggers, run_optimized_task
 from plid.utils.io import claim_output_dir, write_json
 
@@ -64,6 +71,9 @@ def detect(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             summary.update(epochs=settings.epochs,
                            seconds_per_epoch=round((time.perf_counter() - start) / max(settings.epochs, 1), 3))
         summary["weights"] = str(weights)
+        if weights.is_file():  # the weights-only copy plid.export reads, made while this run's pickle is trusted
+            summary["weights_only"] = str(save_weights_only(weights, output_dir / WEIGHTS_ONLY_FILE,
+                                                            Path(tempfile.gettempdir()) / "plid-ultralytics"))
         evaluate = {"imgsz": settings.imgsz, "batch": settings.batch, "device": settings.device,
                     "workers": settings.workers}
         summary["val"] = evaluate_detector(weights, data_yaml, "val", **evaluate)

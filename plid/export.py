@@ -22,7 +22,7 @@ def export(cfg: DictConfig) -> Path:
     out = cfg.get("out") or Path(cfg.paths.output_dir) / "model_dir"
     path = export_model_dir(out, cfg.lumbar_run, cfg.ivd_run, cfg.seg_run, list(cfg.get("cls_runs") or []),
                             cfg.get("ensemble"), conf=float(cfg.conf), iou=float(cfg.iou),
-                            overwrite=bool(cfg.overwrite))
+                            overwrite=bool(cfg.overwrite), trust_run=bool(cfg.get("trust_run", False)))
     log.info("model_dir written: %s", path)
     print(f"model_dir: {path}")
     return path

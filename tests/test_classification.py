@@ -189,7 +189,7 @@ def test_square_disc_crops_show_the_bone_above_and_below_and_travel_with_the_cla
     box = case.discs[0]["box"]
     inputs = {}
     for crop, run in runs.items():
-        out = export_model_dir(tmp_path / f"model_dir_{crop}", weights["lumbar"], weights["ivd"], seg, [run])
+        out = export_model_dir(tmp_path / f"model_dir_{crop}", weights["lumbar"], weights["ivd"], seg, [run], trust_run=True)
         assert json.loads((out / "manifest.json").read_text())["classifiers"]["cls_resnet50"]["disc_crop"] == crop
         classifier = load_model_dir(out).classifiers[0]
         assert classifier.disc_crop == crop

@@ -338,7 +338,7 @@ def test_evaluate_command_on_an_exported_model_dir_writes_every_file(tmp_path, d
     weights = _untrained_detectors(tmp_path)
     seg = _fake_train_run(compose, tmp_path / "seg")
     classifier = _fake_train_run(compose, tmp_path / "cls", "cls_resnet50")
-    model_dir = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [classifier])
+    model_dir = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [classifier], trust_run=True)
     cfg = compose(f"model_dir={model_dir}", "split=test", "conf=0.0001", "bootstrap.samples=20",
                   config_name="evaluate")
     result = evaluate(cfg)

@@ -253,7 +253,7 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
     torch.save({"state_dict": module.state_dict()}, run / "checkpoints" / "epoch_000.ckpt")
     (run / "summary.json").write_text(json.dumps({"best_checkpoint": str(run / "checkpoints" / "epoch_000.ckpt"),
                                                   "choices": {"model": "grade_resnet50"}}))
-    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [run])
+    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [run], trust_run=True)
     entry = json.loads((out / "manifest.json").read_text())["classifiers"]["grade_resnet50"]
     binary = [g for g in ALL_GRADINGS if not grading(g).ordinal]
     assert entry["targets"] == list(ALL_GRADINGS) and "target" not in entry
@@ -301,7 +301,7 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
 
     shutil.copytree(run, other)
     with pytest.raises(UserInputError, match="not supported"):
-        export_model_dir(tmp_path / "two", weights["lumbar"], weights["ivd"], seg, [run, other])
+        export_model_dir(tmp_path / "two", weights["lumbar"], weights["ivd"], seg, [run, other], trust_run=True)
 
 
 def _graded(grade: int) -> dict:
@@ -481,7 +481,7 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
     runs = [_bag_run(compose, tmp_path / f"fold{k}", k, targets, seed=10 + k) for k in (1, 0)]
     weights = _untrained_detectors(tmp_path)
     seg = _fake_train_run(compose, tmp_path / "seg")
-    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, runs)
+    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, runs, trust_run=True)
     bag = json.loads((out / "manifest.json").read_text())["bag"]
     assert bag["folds"] == [0, 1] and bag["selection"] == "pooled out-of-fold"
     # the bulging threshold is Youden's cut of both folds' validation predictions together, not either fold's
@@ -528,7 +528,7 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
         fold_bag([runs[0], _overlapping(runs[0], tmp_path / "overlap")])
     with pytest.raises(UserInputError, match="drop ensemble"):
         export_model_dir(tmp_path / "with_weights", weights["lumbar"], weights["ivd"], seg, runs,
-                         ensemble=tmp_path / "ensemble_weights.json")
+                         ensemble=tmp_path / "ensemble_weights.json", trust_run=True)
 
 
 def _overlapping(run: Path, folder: Path) -> Path:

@@ -190,9 +190,10 @@ def _fake_train_run(compose, folder: Path, model: str = "unet_resnet34", *overri
 
 @pytest.fixture(scope="module")
 def detector_runs(tmp_path_factory):
-    """Untrained YOLOv8n weights in detect-run folders (``<run>/yolo/weights/best.pt``), the disc detector's run
-    trained, its summary says, with a crop margin of 0.25."""
-    from plid.models.detection import load_yolo
+    """Untrained YOLOv8n weights in detect-run folders (``<run>/yolo/weights/best.pt`` and the weights-only
+    ``<run>/detector.pt`` plid.detect writes beside it), the disc detector's run trained, its summary says, with a
+    crop margin of 0.25."""
+    from plid.models.detection import WEIGHTS_ONLY_FILE, load_yolo, save_weights_only
 
     root = tmp_path_factory.mktemp("detectors")
     runs = {}
@@ -202,6 +203,8 @@ def detector_runs(tmp_path_factory):
         runs[stage] = root / stage
         (runs[stage] / "yolo" / "weights").mkdir(parents=True)
         yolo.save(runs[stage] / "yolo" / "weights" / "best.pt")
+        save_weights_only(runs[stage] / "yolo" / "weights" / "best.pt", runs[stage] / WEIGHTS_ONLY_FILE,
+                          root / "ultralytics")
         (runs[stage] / "summary.json").write_text(json.dumps({"task": f"detection_{stage}", "roi_margin": margin}))
     return runs
 
@@ -302,7 +305,8 @@ def test_predict_applies_the_thresholds_chosen_on_validation(tmp_path, compose, 
 
 
 def _untrained_detectors(folder: Path, imgsz: int = 64) -> dict[str, Path]:
-    """``{lumbar, ivd}``: untrained YOLOv8n checkpoints as ultralytics saves them, to export."""
+    """``{lumbar, ivd}``: untrained YOLOv8n checkpoints as ultralytics saves them (pickles this test made itself: it
+    exports them with ``trust_run=True``)."""
     from plid.models.detection import load_yolo
 
     weights = {}
@@ -320,7 +324,7 @@ def test_model_dir_round_trip_loads_weights_only(tmp_path, compose, case, monkey
     weights = _untrained_detectors(tmp_path)
     seg = _fake_train_run(compose, tmp_path / "seg")
     classifier = _fake_train_run(compose, tmp_path / "cls", "cls_resnet50")
-    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [classifier], iou=0.45)
+    out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, [classifier], iou=0.45, trust_run=True)
     assert sorted(p.name for p in out.iterdir()) == ["classifiers", "detector_ivd.pt", "detector_lumbar.pt",
                                                      "manifest.json", "segmenter"]
     # nothing in a model_dir needs unpickling
@@ -347,9 +351,9 @@ def test_model_dir_round_trip_loads_weights_only(tmp_path, compose, case, monkey
         torch.testing.assert_close(value, state[key])
     with pytest.raises(Exception, match="ensemble"):  # two classifiers need the weights that combine them
         export_model_dir(tmp_path / "two", weights["lumbar"], weights["ivd"], seg,
-                         [classifier, _fake_train_run(compose, tmp_path / "cls2", "cls_resnet50")])
+                         [classifier, _fake_train_run(compose, tmp_path / "cls2", "cls_resnet50")], trust_run=True)
     with pytest.raises(Exception, match="not empty"):
-        export_model_dir(out, weights["lumbar"], weights["ivd"], seg)
+        export_model_dir(out, weights["lumbar"], weights["ivd"], seg, trust_run=True)
 
 
 @pytest.mark.slow

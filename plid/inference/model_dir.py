@@ -4,10 +4,10 @@
       manifest.json                  what is here: files, image sizes, margins, decision thresholds, the runs it came from
       detector_lumbar.pt             stage-1 YOLOv8: {"yaml", "state_dict", "names", "imgsz"}
       detector_ivd.pt                stage-2 YOLOv8, same format
-      segmenter/config.yaml          the segmentation run's composed Hydra config (rebuilds the network)
+      segmenter/model.json           the network as plain data (plid.inference.model_specs): what is rebuilt
+      segmenter/config.yaml          the segmentation run's composed Hydra config: how it was trained (never run)
       segmenter/model.ckpt           {"state_dict": ...} of its best checkpoint
-      classifiers/<name>/config.yaml one folder per disc classifier (optional), same two files
-      classifiers/<name>/model.ckpt
+      classifiers/<name>/...         one folder per disc classifier (optional), the same three files
       ensemble_weights.json          weights per classifier name, from python -m plid.ensemble task=cls (optional)
 
 A multi-task classifier (``model=grade_*``) is exported as one classifier whose manifest entry carries
@@ -22,10 +22,14 @@ chosen on the runs' pooled out-of-fold validation predictions (with the pool's c
 averages the runs' probabilities (distributions, for ordinal gradings) with equal weights and calls each binary
 grading at the bag's threshold. A bag takes no ``ensemble=`` (its weights are equal by design).
 
-Every ``.pt`` / ``.ckpt`` here holds only tensors and plain values and is read with
-``torch.load(weights_only=True)``: nothing in a model_dir is unpickled. Detectors are rebuilt from their
-architecture yaml (a plain dict) and state dict, so the ultralytics checkpoint (a pickle) is read only once, by
-the export, from the user's own training run.
+Loading a model_dir runs none of its code. Every ``.pt`` / ``.ckpt`` here holds only tensors and plain values and
+is read with ``torch.load(weights_only=True)``; networks are rebuilt by plid's factories from ``model.json``
+(a model_dir of an older plid: from its ``config.yaml`` read as data, every ``_target_`` compared with those plid
+writes), and detectors from ultralytics' own yaml of the YOLOv8 scale they were trained at
+(:mod:`plid.inference.model_specs`). ``manifest.json`` lists every file's sha256, checked before anything is read; a
+changed, unlisted or missing file, a path leaving the folder, an unknown kind, architecture or key is refused, naming
+the file. Export reads a detector run's ``detector.pt`` (the weights-only copy ``plid.detect`` writes), never its
+ultralytics ``best.pt`` (a pickle) unless ``trust_run=true``.
 
 A model_dir loads offline on any machine: the exported configs name no initial weights (``encoder_weights``
 and ``weights_file`` are null, ``pretrained`` false; what the run started from is kept in the manifest as
@@ -39,6 +43,7 @@ model_dir with a fold bag (``bag``), which a plid reading versions 1-2 only woul
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -54,6 +59,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from plid.ensemble.folds import fold_bag, is_fold_bag
 from plid.ensemble.predictions import run_names
 from plid.errors import UserInputError
+from plid.inference.model_specs import build_module, detector_architecture, read_spec, spec_from_config
 from plid.metrics import DEFAULT_THRESHOLD
 from plid.models.detection import NMS_IOU
 from plid.utils.io import atomic_dir, atomic_write, write_json
@@ -61,6 +67,7 @@ from plid.utils.io import atomic_dir, atomic_write, write_json
 MANIFEST_VERSION = 2
 BAG_VERSION = 3  # a model_dir holding a fold bag
 READABLE_VERSIONS = (1, 2, 3)
+SPEC_FILE = "model.json"  # each network as plain data (plid.inference.model_specs)
 DEFAULT_MARGIN = 0.1  # data.roi_margin's default: the disc detector's crop margin when its run cannot be read
 # model config keys that name initial weights (downloaded or read from a local file when the network is built)
 _INITIAL_WEIGHTS = {"encoder_weights": None, "weights_file": None, "pretrained": False}
@@ -117,18 +124,30 @@ def detector_margin(run: str | Path) -> tuple[float, str]:
     return DEFAULT_MARGIN, "default"
 
 
-def export_detector(weights: Path, out: Path) -> dict[str, Any]:
-    """An ultralytics checkpoint (the user's own training output) as a weights-only file."""
-    from plid.models.detection import load_yolo
+def export_detector(run: str | Path, out: Path, trust_run: bool = False) -> dict[str, Any]:
+    """A ``python -m plid.detect`` run's detector as a weights-only file: its ``detector.pt`` (plain data and
+    tensors, written by the run itself), read with ``weights_only=True`` and checked as a model_dir's would be. A run
+    without one (an older plid's, or a bare ultralytics ``best.pt``) is refused unless ``trust_run=true``: its
+    ``best.pt`` is a pickle, and unpickling it runs whatever it holds, so only a run you trained yourself."""
+    from plid.models.detection import WEIGHTS_ONLY_FILE, load_yolo, weights_only_blob
 
-    model = load_yolo(str(weights), Path(tempfile.gettempdir()) / "plid-ultralytics")
-    net = model.model
-    imgsz = int(model.ckpt.get("train_args", {}).get("imgsz", 640))
-    blob = {"yaml": _plain(net.yaml), "state_dict": {k: v.float() for k, v in net.state_dict().items()},
-            "names": {int(k): str(v) for k, v in net.names.items()}, "imgsz": imgsz}
+    path = Path(run).expanduser().resolve()
+    safe = path if path.suffix == ".pt" and path.name == WEIGHTS_ONLY_FILE else path / WEIGHTS_ONLY_FILE
+    if safe.is_file():
+        blob = _weights_only(safe)
+        detector_architecture(blob.get("yaml"), safe)
+        source = safe
+    elif trust_run:
+        source = detector_weights(run)
+        log.warning("%s: unpickled (trust_run=true): it runs whatever code it holds; only for runs you trained", source)
+        blob = weights_only_blob(load_yolo(str(source), Path(tempfile.gettempdir()) / "plid-ultralytics"))
+    else:
+        raise UserInputError(f"{path}: no {WEIGHTS_ONLY_FILE} (the weights-only copy plid.detect writes); its "
+                             f"ultralytics best.pt is a pickle, which plid opens only for a run you trained yourself: "
+                             f"pass trust_run=true to export it")
     with atomic_write(out, "wb") as handle:
         torch.save(blob, handle)
-    return {"file": out.name, "imgsz": imgsz, "source": str(weights)}
+    return {"file": out.name, "imgsz": int(blob["imgsz"]), "source": str(source)}
 
 
 def _plain(value):
@@ -143,9 +162,12 @@ def export_module(run: str | Path, out: Path) -> dict[str, Any]:
     initial = portable_config(cfg)
     checkpoint = _best_checkpoint(run)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    spec = spec_from_config(OmegaConf.to_container(cfg.model, resolve=True), run / ".hydra" / "config.yaml")
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "config.yaml") as handle:
+    with atomic_write(out / "config.yaml") as handle:  # provenance: how it was trained (never instantiated)
         handle.write(OmegaConf.to_yaml(cfg))
+    with atomic_write(out / SPEC_FILE) as handle:  # what is rebuilt: plain data
+        handle.write(spec.model_dump_json(indent=2) + "\n")
     with atomic_write(out / "model.ckpt", "wb") as handle:
         torch.save({"state_dict": state}, handle)
     data = cfg.get("data", {})
@@ -207,7 +229,8 @@ def portable_config(cfg: DictConfig) -> dict[str, Any]:
 
 def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Path, seg_run: str | Path,
                      cls_runs: list[str | Path] | None = None, ensemble: str | Path | None = None,
-                     conf: float = 0.25, iou: float = NMS_IOU, overwrite: bool = False) -> Path:
+                     conf: float = 0.25, iou: float = NMS_IOU, overwrite: bool = False,
+                     trust_run: bool = False) -> Path:
     """Write a model_dir (see the module docstring) from trained runs; written whole into a temporary folder
     beside ``out``, then renamed, so a model_dir is never half-written."""
     out = Path(out).expanduser().resolve()
@@ -220,8 +243,8 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
                                     "detection": {"conf": conf, "iou": iou, "margin": margin,
                                                   "margin_source": margin_source}}
         manifest["detectors"] = {
-            "lumbar": export_detector(detector_weights(lumbar_run), tmp / "detector_lumbar.pt"),
-            "ivd": export_detector(detector_weights(ivd_run), tmp / "detector_ivd.pt"),
+            "lumbar": export_detector(lumbar_run, tmp / "detector_lumbar.pt", trust_run),
+            "ivd": export_detector(ivd_run, tmp / "detector_ivd.pt", trust_run),
         }
         manifest["segmenter"] = {"dir": "segmenter", **export_module(seg_run, tmp / "segmenter")}
         classifiers = {}
@@ -276,8 +299,47 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
         elif len(classifiers) > 1:
             raise UserInputError("several classifiers but no ensemble=...: give the ensemble_weights.json that "
                                  "combines them (python -m plid.ensemble task=cls runs=[...])")
+        # every file's sha256, checked on load: a file changed since the export is refused, by name
+        manifest["sha256"] = {str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
         write_json(tmp / "manifest.json", manifest)
     return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _inside(root: Path, relative: str, manifest_path: Path, key: str) -> Path:
+    """``root / relative``, refused where it leaves the model_dir (``..``, an absolute path, a link outside)."""
+    path = (root / str(relative)).resolve()
+    if path != root and root not in path.parents:
+        raise UserInputError(f"{manifest_path}: key {key} points outside the model_dir ({relative})")
+    return path
+
+
+def verify_checksums(root: Path, manifest: dict[str, Any], manifest_path: Path) -> None:
+    """Every file the manifest lists has its sha256 (model_dirs exported before checksums list none), and every
+    weights or model file is listed: a changed, added or missing file is refused, naming it."""
+    listed = manifest.get("sha256")
+    if listed is None:
+        log.warning("%s lists no checksums (exported by an older plid): its files are not verified", manifest_path)
+        return
+    for relative, expected in listed.items():
+        path = _inside(root, relative, manifest_path, f"sha256.{relative}")
+        if not path.is_file():
+            raise UserInputError(f"{path}: listed in {manifest_path.name} but missing")
+        if _sha256(path) != expected:
+            raise UserInputError(f"{path}: its sha256 differs from {manifest_path.name}'s (changed since the export); "
+                                 f"refused")
+    for path in sorted(root.rglob("*")):
+        relative = str(path.relative_to(root))
+        if path.is_file() and path.suffix in (".pt", ".ckpt", ".json", ".yaml") and path.name != "manifest.json" \
+                and relative not in listed:
+            raise UserInputError(f"{path}: not listed in {manifest_path.name}'s checksums; refused")
 
 
 def check_ensemble_names(weights: dict[str, float], classifiers: list[str], source, given: str) -> None:
@@ -325,18 +387,40 @@ class LoadedModels:
     bag: dict[str, Any] | None = None  # a fold bag's folds and pooled out-of-fold thresholds (manifest "bag")
 
 
+def _weights_only(path: Path) -> dict[str, Any]:
+    """A file of tensors and plain values, read with ``weights_only=True`` (a pickle of anything else is refused
+    without running it)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
+        raise UserInputError(f"{path}: not a weights-only file plid reads ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}); nothing of it was run") from error
+    if not isinstance(blob, dict):
+        raise UserInputError(f"{path}: holds a {type(blob).__name__}, not the dict plid writes")
+    return blob
+
+
 def load_detector(path: Path):
-    """A YOLO model rebuilt from a weights-only export (:func:`export_detector`)."""
+    """A YOLO model rebuilt from a weights-only export (:func:`export_detector`): the network from ultralytics' own
+    yaml of its scale (:func:`plid.inference.model_specs.detector_architecture`), the state dict from the file."""
     from plid.models.detection import prepare_ultralytics
 
     prepare_ultralytics(Path(tempfile.gettempdir()) / "plid-ultralytics")
     from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel
 
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    net = DetectionModel(cfg=blob["yaml"], nc=len(blob["names"]), verbose=False)
-    net.load_state_dict(blob["state_dict"])
-    net.names = blob["names"]
+    blob = _weights_only(path)
+    missing = {"yaml", "state_dict", "names", "imgsz"} - set(blob)
+    if missing:
+        raise UserInputError(f"{path}: no {sorted(missing)}; not a detector plid.export wrote")
+    architecture = detector_architecture(blob["yaml"], path)
+    names = {int(k): str(v) for k, v in blob["names"].items()}
+    net = DetectionModel(cfg=architecture, nc=len(names), verbose=False)
+    try:
+        net.load_state_dict(blob["state_dict"])
+    except RuntimeError as error:
+        raise UserInputError(f"{path}: its weights do not fit its architecture ({str(error).splitlines()[0]})") from error
+    net.names = names
     model = YOLO("yolov8n.yaml", task="detect")  # a shell whose network is replaced
     model.model = net.eval()
     model.imgsz = int(blob["imgsz"])
@@ -344,21 +428,36 @@ def load_detector(path: Path):
 
 
 def load_module(name: str, folder: Path, entry: dict[str, Any]) -> LoadedModule:
-    """A LightningModule rebuilt from its run config, with its weights (``weights_only=True``)."""
-    import hydra
-
-    cfg = OmegaConf.load(folder / "config.yaml")
+    """A LightningModule rebuilt by plid's factories from its plain-data spec (``model.json``; a model_dir of an older
+    plid: the ``model`` node of ``config.yaml``, read as data), with its weights (``weights_only=True``)."""
+    spec_path = folder / SPEC_FILE
+    if spec_path.is_file():
+        spec = read_spec(spec_path)
+    else:
+        config = folder / "config.yaml"
+        try:
+            model = OmegaConf.to_container(OmegaConf.load(config).model, resolve=True)
+        except Exception as error:  # noqa: BLE001 - a missing file, bad YAML or a dangling interpolation
+            raise UserInputError(f"{config}: cannot be read as a run config ({type(error).__name__}: {error})") from error
+        spec = spec_from_config(model, config)
     # the network is built from random weights only to receive the checkpoint's: the classifier's training advice
-    # about freezing a backbone without initial weights (which the exported config no longer names) is moot here
+    # about freezing a backbone without initial weights is moot here
     training_advice = logging.getLogger("plid.models.nets")
     level = training_advice.level
     training_advice.setLevel(logging.ERROR)
     try:
-        module = hydra.utils.instantiate(cfg.model, _convert_="all")
+        module = build_module(spec)
     finally:
         training_advice.setLevel(level)
-    state = torch.load(folder / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    checkpoint = folder / "model.ckpt"
+    state = _weights_only(checkpoint).get("state_dict")
+    if not isinstance(state, dict):
+        raise UserInputError(f"{checkpoint}: no state_dict")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise UserInputError(f"{checkpoint}: its weights do not fit {spec_path.name if spec_path.is_file() else 'its config'}"
+                             f" ({str(error).splitlines()[0]})") from error
     return LoadedModule(name, module.eval(), int(entry["image_size"]), float(entry["roi_margin"]), entry.get("target"),
                         float(entry.get("threshold", DEFAULT_THRESHOLD)), targets=entry.get("targets"),
                         thresholds=entry.get("thresholds"), cuts=entry.get("cuts"),
@@ -370,16 +469,23 @@ def load_model_dir(path: str | Path) -> LoadedModels:
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
         raise UserInputError(f"model_dir={root}: no manifest.json; write one with python -m plid.export")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("version") not in READABLE_VERSIONS:
-        raise UserInputError(f"{manifest_path}: version {manifest.get('version')}, this plid reads versions "
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"{manifest_path}: not valid JSON ({error})") from error
+    if not isinstance(manifest, dict) or manifest.get("version") not in READABLE_VERSIONS:
+        version = manifest.get("version") if isinstance(manifest, dict) else None
+        raise UserInputError(f"{manifest_path}: version {version}, this plid reads versions "
                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+    verify_checksums(root, manifest, manifest_path)  # before anything is read or built
     detectors = manifest["detectors"]
-    segmenter = load_module("segmenter", root / manifest["segmenter"]["dir"], manifest["segmenter"])
-    classifiers = [load_module(name, root / entry["dir"], entry) for name, entry in manifest["classifiers"].items()]
+    segmenter = load_module("segmenter", _inside(root, manifest["segmenter"]["dir"], manifest_path, "segmenter.dir"),
+                            manifest["segmenter"])
+    classifiers = [load_module(name, _inside(root, entry["dir"], manifest_path, f"classifiers.{name}.dir"), entry)
+                   for name, entry in manifest["classifiers"].items()]
     weights, threshold = [1.0] * len(classifiers), DEFAULT_THRESHOLD
     if manifest.get("ensemble"):
-        path = root / manifest["ensemble"]["file"]
+        path = _inside(root, manifest["ensemble"]["file"], manifest_path, "ensemble.file")
         ensemble = json.loads(path.read_text())
         check_ensemble_names(ensemble["weights"], [c.name for c in classifiers], path, "the model_dir's classifiers")
         weights = [float(ensemble["weights"][c.name]) for c in classifiers]
@@ -387,5 +493,6 @@ def load_model_dir(path: str | Path) -> LoadedModels:
     bag = manifest.get("bag")
     if bag and not classifiers[0].targets:  # a single-target bag: its one pooled threshold
         threshold = float(bag["thresholds"][classifiers[0].target])
-    return LoadedModels(root, manifest, load_detector(root / detectors["lumbar"]["file"]),
-                        load_detector(root / detectors["ivd"]["file"]), segmenter, classifiers, weights, threshold, bag)
+    lumbar = load_detector(_inside(root, detectors["lumbar"]["file"], manifest_path, "detectors.lumbar.file"))
+    ivd = load_detector(_inside(root, detectors["ivd"]["file"], manifest_path, "detectors.ivd.file"))
+    return LoadedModels(root, manifest, lumbar, ivd, segmenter, classifiers, weights, threshold, bag)

@@ -81,6 +81,34 @@ def load_yolo(model: str, config_dir: str | Path):
     return YOLO(str(path.resolve()), task="detect")
 
 
+WEIGHTS_ONLY_FILE = "detector.pt"  # beside a plid.detect run's summary.json: what plid.export reads
+
+
+def weights_only_blob(model) -> dict:
+    """A YOLO model as plain data and tensors (what ``torch.load(weights_only=True)`` reads): its architecture
+    yaml, state dict, class names and training image size."""
+    import json
+
+    net = model.model
+    imgsz = int((getattr(model, "ckpt", None) or {}).get("train_args", {}).get("imgsz", getattr(model, "imgsz", 640)))
+    return {"yaml": json.loads(json.dumps(net.yaml, default=str)),
+            "state_dict": {k: v.float() for k, v in net.state_dict().items()},
+            "names": {int(k): str(v) for k, v in net.names.items()}, "imgsz": imgsz}
+
+
+def save_weights_only(weights: str | Path, out: str | Path, config_dir: str | Path) -> Path:
+    """The weights-only copy of a detector this process trained (``weights``: its ultralytics ``best.pt``, a
+    pickle read once here, by the run that wrote it), so that exporting the run never unpickles it."""
+    import torch
+
+    from plid.utils.io import atomic_write
+
+    blob = weights_only_blob(load_yolo(str(weights), config_dir))
+    with atomic_write(out, "wb") as handle:
+        torch.save(blob, handle)
+    return Path(out)
+
+
 @dataclass
 class DetectorSettings:
     """How a detector trains; the defaults are the paper's (SGD, lr0 0.02, momentum 0.9, batch 8, 100 epochs)."""
