@@ -216,22 +216,22 @@ def score_image(report: dict[str, Any], truth: ImageTruth, gradings: Sequence[st
     score.missed = [{"box": [float(v) for v in reference[j]], "level": _level(levels[j]), "suspected": bool(f),
                      "reported_at_centre": bool(at_centre[:, j].any())} for j, f in zip(missed, flagged)]
     decided = [disc_decisions(d) for d in discs]
+
+    def labelled(grading: str):
+        """(decision, reference value, reference index) of each matched disc the folder labels for ``grading``."""
+        if grading not in truth.discs.columns:
+            return
+        for k, j in enumerate(matched):
+            made = decided[k].get(grading)
+            if j >= 0 and made is not None and not pd.isna(truth.discs[grading].iloc[j]):
+                yield made, float(truth.discs[grading].iloc[j]), j
+
     for grading in gradings:
-        pairs = []
-        if grading in truth.discs.columns:
-            for k, j in enumerate(matched):
-                target, made = truth.discs[grading].iloc[j] if j >= 0 else np.nan, decided[k].get(grading)
-                if j >= 0 and not pd.isna(target) and made is not None and made.probability is not None:
-                    level = _level(levels[j])
-                    pairs.append((made.probability, float(target), np.nan if level is None else float(level)))
+        pairs = [(made.probability, target, np.nan if _level(levels[j]) is None else float(_level(levels[j])))
+                 for made, target, j in labelled(grading) if made.probability is not None]
         score.gradings[grading] = np.asarray(pairs, dtype=np.float64).reshape(-1, 3)
     for grading in ordinal:
-        pairs = []
-        if grading in truth.discs.columns:
-            for k, j in enumerate(matched):
-                target, made = truth.discs[grading].iloc[j] if j >= 0 else np.nan, decided[k].get(grading)
-                if j >= 0 and not pd.isna(target) and made is not None and made.grade is not None:
-                    pairs.append((float(made.grade), float(target)))
+        pairs = [(float(made.grade), target) for made, target, _ in labelled(grading) if made.grade is not None]
         score.ordinal[grading] = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
     return score
 
