@@ -154,13 +154,13 @@ class PerDiscScores:
         self.right = np.concatenate([s.right for s in scores] or [[]]).astype(float)
         self.levelled = np.array([s.all_levels_right for s in scores], dtype=float)
 
-        def rows(name: str, per_series, width: int):
+        def rows(per_series, width: int):
             values = [np.asarray(per_series(s), dtype=np.float64).reshape(-1, width) for s in scores]
             units = np.concatenate([[k] * len(v) for k, v in enumerate(values)] or [[]]).astype(int)
             return (np.concatenate(values) if values else np.zeros((0, width))), units
 
-        self.binary = {g: rows(g, lambda s, g=g: s.binary.get(g, []), 3) for g in self.thresholds}
-        self.ordinal_rows = {g: rows(g, lambda s, g=g: s.ordinal.get(g, []), 2) for g in self.ordinal}
+        self.binary = {g: rows(lambda s, g=g: s.binary.get(g, []), 3) for g in self.thresholds}
+        self.ordinal_rows = {g: rows(lambda s, g=g: s.ordinal.get(g, []), 2) for g in self.ordinal}
 
     def batch(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         w = np.asarray(weights, dtype=np.float64)
