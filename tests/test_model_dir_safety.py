@@ -3,7 +3,6 @@ any model is built, naming the file, and the payload (it would write a file) nev
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +13,7 @@ from omegaconf import OmegaConf
 
 from plid.errors import UserInputError
 from plid.inference.model_dir import export_model_dir, load_model_dir
+from tests.conftest import resign_manifest
 from tests.test_pipeline import _fake_train_run, detector_runs  # noqa: F401 - detector_runs is a fixture
 
 MARKER_NAME = "payload_ran"
@@ -40,14 +40,6 @@ def model_dir(tmp_path, compose, detector_runs) -> Path:  # noqa: F811 - the fix
     seg = _fake_train_run(compose, tmp_path / "seg", "unet_resnet34", "model.net.encoder_name=resnet18")
     cls = _fake_train_run(compose, tmp_path / "cls", "cls_resnet50", "model.net.name=test_resnet")
     return export_model_dir(tmp_path / "model_dir", detector_runs["lumbar"], detector_runs["ivd"], seg, [cls])
-
-
-def _resign(folder: Path) -> None:
-    """The manifest's checksums made to match the tampered files, as a hostile sender would."""
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["sha256"] = {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
-                          for f in sorted(folder.rglob("*")) if f.is_file() and f.name != "manifest.json"}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _refused(folder: Path, tmp_path: Path, match: str) -> None:
@@ -78,7 +70,7 @@ def test_a_config_naming_a_target_of_its_own_is_refused_and_nothing_of_it_runs(m
     node["_target_"] = f"{__name__}.write_marker"
     node["path"] = str(tmp_path / MARKER_NAME)
     OmegaConf.save(config, model_dir / "segmenter" / "config.yaml")
-    _resign(model_dir)
+    resign_manifest(model_dir)
     _refused(model_dir, tmp_path, rf"segmenter/config.yaml: key {where}\._target_")
 
 
@@ -87,7 +79,7 @@ def test_a_config_is_provenance_only_where_the_model_json_describes_the_network(
     config.model._target_ = f"{__name__}.write_marker"
     config.model.path = str(tmp_path / MARKER_NAME)
     OmegaConf.save(config, model_dir / "segmenter" / "config.yaml")
-    _resign(model_dir)
+    resign_manifest(model_dir)
     load_model_dir(model_dir)  # the network comes from model.json; the config is never instantiated
     assert not (tmp_path / MARKER_NAME).exists()
 
@@ -103,7 +95,7 @@ def test_a_model_json_with_an_unknown_kind_architecture_or_key_is_refused(model_
     spec = json.loads(path.read_text())
     change(spec)
     path.write_text(json.dumps(spec))
-    _resign(model_dir)
+    resign_manifest(model_dir)
     _refused(model_dir, tmp_path, match)
 
 
@@ -112,14 +104,14 @@ def test_a_detector_whose_architecture_names_another_module_is_refused(model_dir
     blob = torch.load(path, weights_only=True)
     blob["yaml"]["head"][-1][2] = "builtins.exec"  # the Detect layer swapped for a callable of the sender's choice
     torch.save(blob, path)
-    _resign(model_dir)
+    resign_manifest(model_dir)
     _refused(model_dir, tmp_path, r"detector_ivd.pt: its architecture differs from ultralytics' yolov8n.yaml")
 
 
 def test_a_weights_file_that_is_a_pickle_is_refused_without_running_it(model_dir, tmp_path):
     path = model_dir / "classifiers" / "cls_resnet50" / "model.ckpt"
     torch.save({"state_dict": _Payload(tmp_path / MARKER_NAME)}, path)  # a torch file whose full unpickle runs it
-    _resign(model_dir)
+    resign_manifest(model_dir)
     _refused(model_dir, tmp_path, r"cls_resnet50/model.ckpt: not a weights-only file")
 
 
@@ -131,7 +123,7 @@ def test_a_file_changed_after_the_export_is_refused_by_its_checksum(model_dir, t
     torch.save(state, path)
     _refused(model_dir, tmp_path, r"segmenter/model.ckpt: its sha256 differs")
     (model_dir / "extra.pt").write_bytes(b"")
-    _resign(model_dir)
+    resign_manifest(model_dir)
     (model_dir / "unlisted.ckpt").write_bytes(b"")
     _refused(model_dir, tmp_path, r"unlisted.ckpt: not listed")
 
