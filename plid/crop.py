@@ -23,7 +23,7 @@ The :class:`~plid.models.detection.RoiCropper` runs once over every image of ``d
 - ``splits.json``: the source's splits (the file training on the source uses, made from the same ``data.*`` split
   settings if it does not exist yet), less the patients left out. The detectors were trained on those splits, so
   a model trained on the crops keeps their test patients unseen and has the folds it would have on the source.
-- ``counts.json`` (images, no_lumbar_region, gt_discs_missed, unmatched_detections), ``source_README.md`` (the
+- ``counts.json`` (images, no_lumbar_region, gt_discs_missed, unmatched_detections, duplicate_detections), ``source_README.md`` (the
   source's README, which carries its licence), and ``crop.json``: the source folder, each detector's weights and
   SHA-1, and the settings. ``crop.json`` marks a crop folder, which a later run may replace; any other non-empty
   ``out`` is refused.
@@ -77,7 +77,7 @@ def crop(cfg: DictConfig) -> Path:
     if counts["no_lumbar_region"]:
         log.warning("no lumbar region found in %d of %d images; they are left out",
                     counts["no_lumbar_region"], counts["images"])
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, PROVENANCE) as tmp:
         copy_files(SpineDataset(dataset.root, images, discs), tmp)
         with atomic_write(tmp / "images.csv") as f:
             images.to_csv(f, index=False)
@@ -118,7 +118,8 @@ def detected_tables(dataset: SpineDataset, cropper: RoiCropper, min_iou: float
     discs they match, and the counts of what was left out (see the module docstring)."""
     gt_discs = dataset.discs.groupby("image")
     image_rows, disc_rows = [], []
-    counts = {"images": len(dataset.images), "no_lumbar_region": 0, "gt_discs_missed": 0, "unmatched_detections": 0}
+    counts = {"images": len(dataset.images), "no_lumbar_region": 0, "gt_discs_missed": 0, "unmatched_detections": 0,
+              "duplicate_detections": 0}
     for row in dataset.images.to_dict("records"):
         try:
             result = cropper(dataset.read_image(row["image"]))
@@ -131,9 +132,15 @@ def detected_tables(dataset: SpineDataset, cropper: RoiCropper, min_iou: float
         pairs = match_boxes(found, truth[DISC_BOX].to_numpy(dtype=float), min_iou)
         counts["gt_discs_missed"] += len(truth) - len(pairs)
         counts["unmatched_detections"] += len(found) - len(pairs)
+        written = set()
         for i, box in enumerate(found):
+            pixels = tuple(pixel_box(box))
+            if pixels in written:  # two detections that round to one box (clipped to the crop) are one disc
+                counts["duplicate_detections"] += 1
+                continue
+            written.add(pixels)
             labels = truth.iloc[pairs[i]].to_dict() if i in pairs else {"image": row["image"], "patient": row["patient"]}
-            disc_rows.append({**labels, **dict(zip(DISC_BOX, pixel_box(box)))})
+            disc_rows.append({**labels, **dict(zip(DISC_BOX, pixels))})
     columns = [*dataset.images.columns, *(c for c in LUMBAR_BOX if c not in dataset.images.columns)]
     images = pd.DataFrame(image_rows, columns=columns)
     discs = pd.DataFrame(disc_rows, columns=dataset.discs.columns)

@@ -53,7 +53,7 @@ def evaluate_end_to_end(cfg: DictConfig, bootstrap: dict) -> dict[str, Any]:
         images = images[: int(cfg.max_images)]
     log.info("Evaluating %s on %d images of split %s of %s", models.root, len(images), cfg.split, dataset.root)
     pipeline = Pipeline(models, max_named_levels=int(cfg.max_named_levels), conf=cfg.get("conf"), iou=cfg.get("iou"),
-                        levels=cfg.get("levels"))
+                        levels=cfg.get("levels"), device=cfg.get("device", "auto"))
     result = evaluate_model_dir(pipeline, dataset, images, out, str(cfg.split), bootstrap,
                                 max_failures=int(cfg.failures.max_images))
     from plid.evaluation.end_to_end import markdown_tables

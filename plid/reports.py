@@ -134,6 +134,9 @@ class DiscReport(_Model):
     name: str | None = Field(description="L5/S1, L4/L5, ...; null where the anchor is not confirmed")
     level_confidence: float | None
     box: list[float] = Field(description="x1, y1, x2, y2 in pixels of the analysed image, x2/y2 exclusive")
+    box_mm: list[list[float]] | None = Field(
+        None, description="the box's corners (x1, y1) and (x2, y2) in patient coordinates (DICOM LPS, mm), where the "
+                          "input's geometry is known (volumes and DICOM series)")
     score: float = Field(description="the disc detector's confidence")
     flag: str | None = None
     flag_reason: str | None = None
@@ -143,6 +146,26 @@ class DiscReport(_Model):
     slices_seen: int | None = Field(None, description="with slices>1: on how many analysed slices it was found")
     level_agreement: float | None = Field(
         None, description="with slices>1: the share of the slices that found it and gave it a level that gave this one")
+
+
+class Provenance(_Model):
+    """What made a report: which plid, which model_dir (the sha256 of its manifest, which lists every file's
+    sha256), when."""
+
+    plid_version: str
+    commit: str | None = Field(None, description="the git commit of plid's checkout, + '-dirty' with local changes; "
+                                                 "null when installed from a wheel")
+    model_dir_sha256: str | None = Field(None, description="sha256 of the model_dir's manifest.json")
+    created: str = Field(description="when the report was written, ISO 8601 in UTC")
+
+
+class InputIdentity(_Model):
+    """Which input a case is: the DICOM series and the instances of its analysed slices, or the file's sha256."""
+
+    series_uid: str | None = None
+    sop_instance_uids: list[str | None] | None = Field(None, description="the analysed slices' SOP instance UIDs, "
+                                                                         "in the order of slices_analysed")
+    sha256: str | None = Field(None, description="an image or volume file's sha256")
 
 
 class SuspectedDisc(_Model):
@@ -189,6 +212,7 @@ class CaseReport(_Model):
     study: dict[str, Any] | None = None
     series: dict[str, Any] | None = None
     modality: str | None = None
+    input: InputIdentity | None = None
     plane: str | None = None
     warnings: list[str] = Field(default_factory=list)
 
@@ -197,10 +221,39 @@ class RunReport(_Model):
     """``report.json``: every case analysed, the series not analysed and the files that could not be read."""
 
     model_dir: str
+    provenance: Provenance | None = None
     levels: str = Field(description="the level rule that named the discs")
     cases: list[CaseReport]
     skipped: list[dict[str, Any]]
     errors: list[dict[str, str]]
+
+
+def disc_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per disc of every case of a ``report.json``: what ``discs.csv`` holds, for a spreadsheet or a
+    statistics package (a binary grading's probability and call, an ordinal one's grade and the probability of
+    each grade, the box in pixels and, where known, in mm, the measurements)."""
+    rows = []
+    for case in report["cases"]:
+        for disc in case.get("discs") or []:
+            row = {"case": case["name"], "file": case["file"], "patient": case.get("patient"),
+                   "series_uid": (case.get("input") or {}).get("series_uid"), "slice_index": case.get("slice_index"),
+                   "level": disc["level"], "name": disc["name"], "level_confidence": disc["level_confidence"],
+                   "levels_uncertain": case.get("levels_uncertain"), "score": disc["score"],
+                   **dict(zip(("x1", "y1", "x2", "y2"), disc["box"]))}
+            corners = disc.get("box_mm") or [[None] * 3] * 2
+            row.update({f"{axis}{k}_mm": corners[k - 1][i] for k in (1, 2) for i, axis in enumerate("LPS")})
+            for key, value in (disc.get("measurements") or {}).items():
+                if isinstance(value, int | float | str) or value is None:
+                    row[f"measured_{key}"] = value
+            for name, decision in disc_decisions(disc).items():
+                if decision.kind == "binary":
+                    row[f"{name}_probability"], row[f"{name}_positive"] = decision.probability, decision.positive
+                else:
+                    row[f"{name}_grade"] = decision.grade
+                    first = grading_spec(name).first
+                    row.update({f"{name}_p{first + k}": p for k, p in enumerate(decision.distribution or [])})
+            rows.append(row)
+    return rows
 
 
 def disc_decisions(disc: dict[str, Any]) -> dict[str, Decision]:

@@ -111,7 +111,7 @@ def test_crop_writes_a_dataset_of_detected_boxes_with_matched_labels(compose, tm
     assert (others["disc_herniation"] == others["disc_herniation_gt"]).all()
     counts = json.loads((out / "counts.json").read_text())
     assert counts == {"images": len(truth.images), "no_lumbar_region": 1, "gt_discs_missed": 1,
-                      "unmatched_detections": 1}
+                      "unmatched_detections": 1, "duplicate_detections": 0}
     provenance = json.loads((out / "crop.json").read_text())
     assert provenance["source"] == str(truth.root) and provenance["margin"] == 0.2
     assert provenance["detectors"]["ivd"] == {"weights": str(ivd / "yolo" / "weights" / "best.pt"),

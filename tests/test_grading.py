@@ -246,7 +246,7 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
     module.thresholds.copy_(chosen)
     # and cuts: Pfirrmann's questions never answered yes (grade 1), Modic's always (grade 3)
     module.cuts[list(ALL_GRADINGS).index("pfirrman_grade"), :4] = 1.0
-    module.cuts[list(ALL_GRADINGS).index("modic"), :3] = -1.0
+    module.cuts[list(ALL_GRADINGS).index("modic"), :3] = 0.0
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     (run / "checkpoints").mkdir()
@@ -258,7 +258,7 @@ def test_multi_grading_model_dir_round_trips_and_its_report_lists_every_grading(
     binary = [g for g in ALL_GRADINGS if not grading(g).ordinal]
     assert entry["targets"] == list(ALL_GRADINGS) and "target" not in entry
     assert entry["thresholds"] == pytest.approx({g: float(chosen[list(ALL_GRADINGS).index(g)]) for g in binary})
-    assert entry["cuts"] == {"modic": [-1.0] * 3, "pfirrman_grade": [1.0] * 4}
+    assert entry["cuts"] == {"modic": [0.0] * 3, "pfirrman_grade": [1.0] * 4}
     loaded = load_model_dir(out)
     assert loaded.classifiers[0].net.hparams.use_measurements is use_measurements
     state = torch.load(run / "checkpoints" / "epoch_000.ckpt", weights_only=True)["state_dict"]

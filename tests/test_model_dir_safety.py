@@ -148,3 +148,24 @@ def test_export_reads_a_detector_run_weights_only_and_unpickles_best_pt_only_whe
     entry = export_detector(run, tmp_path / "out.pt", trust_run=True)
     assert entry["source"].endswith("best.pt")
     torch.load(tmp_path / "out.pt", weights_only=True)
+
+
+def test_a_damaged_value_is_refused_by_its_key_even_with_matching_checksums(model_dir, tmp_path):
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["classifiers"]["cls_resnet50"]["threshold"] = 7.0
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    _refused(model_dir, tmp_path, r"manifest.json: classifiers.cls_resnet50.threshold = 7.0 is not a finite number")
+
+
+def test_export_overwrite_replaces_a_model_dir_but_refuses_a_folder_of_the_users(model_dir, tmp_path, compose,
+                                                                                detector_runs):  # noqa: F811
+    seg = _fake_train_run(compose, tmp_path / "seg2", "unet_resnet34", "model.net.encoder_name=resnet18")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(UserInputError, match=r"holds files plid did not write there \(no manifest.json; found notes.txt\)"):
+        export_model_dir(mine, detector_runs["lumbar"], detector_runs["ivd"], seg, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "mine"
+    (model_dir / "stale.txt").write_text("of the earlier export")
+    out = export_model_dir(model_dir, detector_runs["lumbar"], detector_runs["ivd"], seg, overwrite=True)
+    assert not (out / "stale.txt").exists() and load_model_dir(out).classifiers == []

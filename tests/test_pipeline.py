@@ -163,7 +163,14 @@ def test_folder_with_a_broken_file_reports_the_others(tmp_path, compose, case):
     assert len(summary["errors"]) == 1 and "d.png" in summary["errors"][0]["error"]
     for report in summary["cases"]:
         assert report["status"] == "ok" and [d["level"] for d in report["discs"]] == list(range(1, len(case.discs) + 1))
-        assert Path(report["overlay"]).is_file()
+        assert (tmp_path / "out" / report["overlay"]).is_file()  # relative to report.json's folder
+    import hashlib
+
+    by_name = {c["name"]: c for c in summary["cases"]}
+    assert by_name["a"]["input"]["sha256"] == hashlib.sha256((folder / "a.png").read_bytes()).hexdigest()
+    assert all(d["box_mm"] is None for d in by_name["a"]["discs"])  # a PNG has no geometry
+    assert all(len(d["box_mm"]) == 2 for d in by_name["c"]["discs"])  # a volume has
+    assert by_name["b"]["input"]["sop_instance_uids"] and by_name["b"]["input"]["series_uid"]
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["errors"][0]["file"].endswith("d.png")
     page = (tmp_path / "out" / "report.html").read_text()

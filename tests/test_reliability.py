@@ -104,9 +104,9 @@ def test_a_folder_written_atomically_keeps_the_previous_one_on_a_crash(tmp_path)
     from plid.utils.io import atomic_dir
 
     out = tmp_path / "dataset"
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "images.csv") as tmp:
         (tmp / "images.csv").write_text("v1")
-    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+    with pytest.raises(RuntimeError), atomic_dir(out, "images.csv") as tmp:
         (tmp / "images.csv").write_text("v2, half")
         raise RuntimeError("crash mid-write")
     assert (out / "images.csv").read_text() == "v1"

@@ -183,7 +183,7 @@ def test_predict_on_a_study(study, slices, pipeline, tmp_path):
     for report, number in ((normal, 3), (anterior, 4)):
         files = _series_files(study, number)
         scan = sitk.ReadImage([str(f) for f in files])
-        mask = sitk.ReadImage(report["mask"])
+        mask = sitk.ReadImage(str(tmp_path / "out" / report["mask"]))
         assert report["mask"].endswith(".nii.gz")
         assert mask.GetSize() == scan.GetSize()
         np.testing.assert_allclose(mask.GetSpacing(), scan.GetSpacing(), atol=1e-6)
@@ -195,8 +195,52 @@ def test_predict_on_a_study(study, slices, pipeline, tmp_path):
         assert labelled == [report["slice_index"]]
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["skipped"][0]["series"] == f"{PATIENT}_s5_t2_tse_tra"
+    _check_provenance(saved, study, tmp_path / "out")
     page = (tmp_path / "out" / "report.html").read_text()
     assert "axial series, not analysed" in page and "LUMBAR SPINE" in page and "Summary" in page
+
+
+def _check_provenance(saved, study, out):
+    """report.json says which plid made it and which instances it read, holds no machine path, and gives boxes in
+    patient coordinates; discs.csv has a row per disc."""
+    import pydicom
+
+    import plid
+
+    assert saved["provenance"]["plid_version"] == plid.__version__ and saved["provenance"]["created"]
+    strings = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            [walk(v) for v in value.values()]
+        elif isinstance(value, list):
+            [walk(v) for v in value]
+        elif isinstance(value, str):
+            strings.append(value)
+
+    walk(saved)
+    assert not [s for s in strings if s.startswith("/")], "report.json holds an absolute path"
+    for report in saved["cases"]:
+        files = _series_files(study, report["series"]["number"])
+        headers = {f: pydicom.dcmread(str(f), stop_before_pixels=True) for f in files}
+        assert report["input"]["series_uid"] == headers[files[0]].SeriesInstanceUID
+        (uid,) = report["input"]["sop_instance_uids"]
+        # that instance, read alone and reoriented, is the analysed slice of the reoriented series
+        (instance,) = [f for f, ds in headers.items() if ds.SOPInstanceUID == uid]
+        volume = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage([str(f) for f in files]), "PIL"))
+        alone = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(instance)), "PIL"))
+        np.testing.assert_array_equal(alone[0], volume[report["slice_index"]])
+        # the box corners in mm lie on that slice's plane, inside the image
+        stored = sitk.ReadImage(str(instance))
+        for disc in report["discs"]:
+            for corner in disc["box_mm"]:
+                index = stored.TransformPhysicalPointToContinuousIndex(corner)
+                assert abs(index[2]) < 0.01 and all(-0.51 <= index[i] <= stored.GetSize()[i] - 0.49 for i in (0, 1))
+    import pandas as pd
+
+    rows = pd.read_csv(out / "discs.csv")
+    assert len(rows) == sum(len(c["discs"]) for c in saved["cases"])
+    assert {"case", "level", "name", "x1", "L1_mm", "disc_herniation_probability"} <= set(rows.columns)
 
 
 @pytest.mark.parametrize("how", ["mean", "max"])
@@ -214,7 +258,7 @@ def test_several_slices_give_each_disc_an_aggregate_with_each_slice_beside_it(st
         assert made["slices"] == 3 and made["aggregation"] == how
         assert disc["slices"][1]["box"] == disc["box"]  # the chosen slice's own answer stays beside the aggregate
         assert disc["slices_seen"] == 3 and disc["level_agreement"] is not None
-    labels = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(report["mask"]), "PIL"))
+    labels = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(tmp_path / "out" / report["mask"])), "PIL"))
     assert [k for k in range(labels.shape[0]) if labels[k].any()] == report["slices_analysed"]
 
 
@@ -226,7 +270,7 @@ def test_2d_inputs_write_their_mask_as_png(slices, pipeline, tmp_path):
                             on_result=lambda scan, result: seen.append(result.mask))
     (report,) = summary["cases"]
     assert report["name"] == "a" and report["mask"].endswith("masks/a.png")
-    mask = cv2.imread(report["mask"], cv2.IMREAD_UNCHANGED)
+    mask = cv2.imread(str(tmp_path / "out" / report["mask"]), cv2.IMREAD_UNCHANGED)
     assert mask.shape == image.shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1, 2, 3}
     np.testing.assert_array_equal(mask, seen[0])
 

@@ -119,6 +119,23 @@ def test_optuna_searches_compose(search, compose):
     assert cfg.optimized_metric == f"{cfg.model.monitor}_best"
 
 
+@pytest.mark.slow
+def test_a_two_trial_optuna_sweep_keeps_its_study_in_sqlite_and_a_second_run_continues_it(tmp_path, data_dir):
+    """The README's storage=sqlite:///... works with the SQLAlchemy the sweeps extra installs (optuna<3 cannot create
+    an sqlite study with SQLAlchemy 2)."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for run in (1, 2):
+        result = run_module("plid.train", "hparams_search=seg_optuna", "debug=smoke", "hydra.sweeper.n_trials=2",
+                            "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweeper.storage={storage}",
+                            f"hydra.sweep.dir={tmp_path / f'sweep{run}'}", f"paths.data_dir={data_dir}", timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        trials = optuna.load_study(study_name="plid_seg", storage=storage).trials
+        assert [t.state.name for t in trials] == ["COMPLETE"] * (2 * run)
+    assert (tmp_path / "sweep2" / "optimization_results.yaml").is_file()
+
+
 def test_slurm_launcher_composes_and_follows_the_trainer():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

@@ -78,6 +78,8 @@ class CaseSource:
     info: dict[str, Any] = field(default_factory=dict)  # study and series, from the headers
     warnings: list[str] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)  # files of this series left out, and why
+    # dicom: per file of ``files``, its SOP instance UID and ImagePositionPatient (the input's identity)
+    instances: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -106,8 +108,15 @@ def discover(source: str | Path) -> Found:
     if source.is_file():
         paths = [source]
     elif source.is_dir():
-        paths = []
-        for folder, subfolders, names in os.walk(source):
+        paths, visited = [], set()
+        # symlinked series folders are followed (a study linked together from an archive); a link back up the
+        # tree is walked once
+        for folder, subfolders, names in os.walk(source, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in visited:
+                subfolders.clear()
+                continue
+            visited.add(real)
             subfolders.sort()
             paths.extend(Path(folder) / name for name in sorted(names) if not name.startswith("."))
     else:
@@ -191,6 +200,14 @@ def _info(ds) -> dict[str, Any]:
     }
 
 
+def _position(ds) -> list[float] | None:
+    value = ds.get("ImagePositionPatient")
+    try:
+        return [float(v) for v in value] if value is not None and len(value) == 3 else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _series_name(info: dict[str, Any]) -> str:
     parts = [info["patient"] or "patient", f"s{info['series_number']}" if info["series_number"] is not None else "",
              info["series_description"]]
@@ -230,6 +247,9 @@ def _series(headers: list[tuple[Path, Any]]) -> tuple[list[CaseSource], list[Ski
             case = CaseSource(_stem(ordered[0]), "dicom", ordered[0], ordered, info)
         else:
             case = CaseSource(name, "dicom", folder, ordered, info)
+        headers_of = dict(members)
+        case.instances = [{"uid": _text(headers_of[p].get("SOPInstanceUID")) or None,
+                           "position": _position(headers_of[p])} for p in ordered]
         if info["modality"] != "MR":
             case.warnings.append(f"{info['modality'] or 'unknown'} modality: the models were trained on MR "
                                  "(sagittal T1/T2); read its results with care")

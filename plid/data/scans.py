@@ -4,7 +4,9 @@ What the models were trained on is the spider2d contract (``../shared/data/spide
 grayscale, upright, anterior on the left, square pixels, intensities scaled per volume. Each case found by
 :func:`plid.data.dicom.discover` is read here as a :class:`Case`:
 
-- PNG / JPEG / BMP / TIFF (cv2): one image taken as it is (already 8-bit and upright); pixel spacing unknown.
+- PNG / JPEG / BMP / TIFF (cv2): one image, upright as it is; 8-bit images as they are, 16-bit and float ones
+  windowed to 8 bits as volumes are (a warning says so, and where an image has few grey levels); a side above
+  :data:`MAX_IMAGE_SIDE` downscaled with a warning; pixel spacing unknown.
 - NIfTI / MHA / NRRD volumes (SimpleITK) and DICOM series (SimpleITK's ``ImageSeriesReader`` on the files in
   the order :mod:`plid.data.dicom` checked; GDCM applies rescale slope and intercept and inverts
   ``MONOCHROME1``): a :class:`Volume` reoriented to ``PIL`` with ``DICOMOrient`` (slice index growing to the
@@ -46,6 +48,8 @@ from plid.errors import UserInputError
 
 SCAN_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES + VOLUME_SUFFIXES
 ISOTROPIC = 1.1  # a slice axis coarser than the other two by less than this factor is not told apart by spacing
+MAX_IMAGE_SIDE = 2048  # pixels; a 2D image above it is downscaled, a volume above it refused
+FEW_GREY_LEVELS = 32  # an image with fewer distinct values is warned about
 
 
 class ScanReadError(UserInputError):
@@ -102,6 +106,21 @@ class Volume:
     def image(self, k: int) -> np.ndarray:
         """Slice ``k`` (counting to the patient's left) upright, anterior on the left, square pixels."""
         return square_pixels(self.scaled[k], self.row_spacing, self.col_spacing, cv2.INTER_LINEAR)
+
+    def patient_point(self, k: int, x: float, y: float) -> list[float]:
+        """A point of :meth:`image` ``k`` (pixel-edge coordinates, as boxes are) in patient coordinates (LPS, mm)."""
+        rows, cols = self.scaled.shape[1:]
+        target = min(self.row_spacing, self.col_spacing)
+        height = max(1, round(rows * self.row_spacing / target))
+        width = max(1, round(cols * self.col_spacing / target))
+        # square_pixels' resize maps edges to edges; index i is the centre of pixel i, hence the half pixel
+        index = (x * cols / width - 0.5, y * rows / height - 0.5, float(k))
+        return [round(v, 2) for v in self.oriented.TransformContinuousIndexToPhysicalPoint(index)]
+
+    def slice_offset(self, k: int) -> float:
+        """Where slice ``k`` lies along the slice normal (mm), to find the DICOM instance it came from."""
+        normal = np.asarray(self.oriented.GetDirection(), float).reshape(3, 3)[:, 2]
+        return float(np.dot(self.oriented.TransformIndexToPhysicalPoint((0, 0, int(k))), normal))
 
     def label_map(self, masks: dict[int, np.ndarray]):
         """A uint8 SimpleITK label map in the stored geometry: ``masks[k]`` (class masks of :meth:`image` ``k``)
@@ -180,14 +199,60 @@ def read_scan(path: str | Path) -> Scan:
 
 
 def _read_image(source: CaseSource) -> Case:
-    image = cv2.imread(str(source.path), cv2.IMREAD_GRAYSCALE)
+    """An image at its own bit depth: 8-bit images as they are (the contract's), 16-bit PNG or TIFF and float
+    TIFF windowed between their 0.5 and 99.5 percentiles as volumes are (cv2's default read would keep the top
+    8 bits only, so a 12-bit slice saved as 16 bits would come out nearly black); colour images as grey."""
+    image = cv2.imread(str(source.path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if image is None:
         raise ScanReadError(f"{source.path}: cannot be decoded as an image (corrupt or truncated?)")
-    return Case(source, image=image)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    if image.dtype != np.uint8:
+        source.warnings.append(f"{image.dtype} image: windowed to 8 bits between its 0.5 and 99.5 percentiles, "
+                               "as volumes are")
+        image = scale_to_uint8(image)
+    levels = len(np.unique(image))
+    if levels < FEW_GREY_LEVELS:
+        source.warnings.append(f"only {levels} grey levels: a low-contrast or wrongly scaled image (the models "
+                               "were trained on slices windowed over 0-255)")
+    return Case(source, image=_capped(image, source))
+
+
+def _capped(image: np.ndarray, source: CaseSource, spacing_mm: float | None = None):
+    """``image`` with its longer side at most :data:`MAX_IMAGE_SIDE`, downscaled with a warning above it (the
+    models read a few hundred pixels; a huge image only costs minutes and a huge overlay)."""
+    side = max(image.shape)
+    if side <= MAX_IMAGE_SIDE:
+        return image
+    factor = MAX_IMAGE_SIDE / side
+    source.warnings.append(f"image side {side} px above {MAX_IMAGE_SIDE}: downscaled by {factor:.3f}")
+    size = (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _check_mhd_data_file(header: Path) -> None:
+    """A MetaImage header may name any file as its data (``ElementDataFile``): only one beside it is read, so a
+    header cannot turn another file of the machine into pixels of an overlay."""
+    for line in header.read_text(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() != "ElementDataFile":
+            continue
+        value = value.strip()
+        if value.upper() in ("LOCAL", "LIST") or value.startswith("LIST "):
+            return
+        data = (header.parent / value).resolve()
+        if Path(value).is_absolute() or "%" in value or data.parent != header.parent.resolve():
+            raise ScanReadError(f"{header}: ElementDataFile = {value} is not a file beside the header; refused "
+                                "(a .mhd header reads its data from its own folder only)")
+        return
 
 
 def _volume(source: CaseSource, stored) -> Case:
     import SimpleITK as sitk
+
+    if max(stored.GetSize()) > MAX_IMAGE_SIDE:
+        raise ScanReadError(f"{source.path}: volume of {stored.GetSize()} voxels, a side above {MAX_IMAGE_SIDE}; "
+                            "refused (resample it first)")
 
     oriented = sitk.DICOMOrient(stored, ORIENTATION)
     array = sitk.GetArrayFromImage(oriented)  # (left, inferior, posterior); GDCM has inverted MONOCHROME1
@@ -210,6 +275,8 @@ def _read_volume_file(source: CaseSource) -> Case:
     import SimpleITK as sitk
 
     path = source.path
+    if scan_suffix(path) == ".mhd":
+        _check_mhd_data_file(path)
     try:
         stored = sitk.ReadImage(str(path))
     except RuntimeError as error:

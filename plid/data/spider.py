@@ -271,7 +271,7 @@ def import_spider(root: str | Path, out: str | Path, series: list[str] | tuple[s
     overview = overview.sort_values(["_order", "_series"]).drop(columns=["_order", "_series"])
     gradings = read_gradings(root / "radiological_gradings.csv")
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "spider_import.json") as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         image_rows, disc_rows = [], []

@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 
 from plid.errors import UserInputError
-from plid.labels import ALL_GRADINGS, CLASS_NAMES
+from plid.labels import ALL_GRADINGS, CLASS_NAMES, grading
 
 LUMBAR_BOX = ["lumbar_x1", "lumbar_y1", "lumbar_x2", "lumbar_y2"]
 DISC_BOX = ["x1", "y1", "x2", "y2"]
 IMAGE_COLUMNS = ["image", "patient", "series", "slice", "height", "width", "has_mask", *LUMBAR_BOX]
 DISC_COLUMNS = ["image", "patient", "ivd_label", *DISC_BOX, *ALL_GRADINGS]
+MAX_IVD_LABEL = 24  # ivd_label counts discs up from the lowest (1): a spine has 23 (C2/C3 to L5/S1), 24 with a sixth lumbar
 
 
 # Where an image has disc boxes but no lumbar box (no mask: SPIDER's mid-sagittal T1/T2 renders), its lumbar box
@@ -128,7 +129,7 @@ def _box_problem(box, height: float, width: float) -> str | None:
 
 def find_problems(dataset: SpineDataset) -> list[Problem]:
     """Table-level checks that need no decoding: files present, boxes of positive size inside their image,
-    discs naming known images. Decoding problems (corrupt files, mask values, sizes) surface when the
+    discs naming known images, no image or disc listed twice, levels and gradings within the contract's ranges. Decoding problems (corrupt files, mask values, sizes) surface when the
     DataModule decodes the rows it uses."""
     problems: list[Problem] = []
     sizes = {}
@@ -144,6 +145,10 @@ def find_problems(dataset: SpineDataset) -> list[Problem]:
             message = _box_problem([getattr(row, c) for c in LUMBAR_BOX], height, width)
             if message:
                 problems.append(Problem("images.csv", row.image, f"lumbar {message}"))
+    for image, count in dataset.images["image"].value_counts().items():
+        if count > 1:
+            problems.append(Problem("images.csv", image, f"listed {count} times (an image is one row)"))
+    problems += _disc_label_problems(dataset.discs)
     for row in dataset.discs.itertuples():
         if row.image not in sizes:
             problems.append(Problem("discs.csv", row.image, "names an image that images.csv does not list"))
@@ -153,6 +158,35 @@ def find_problems(dataset: SpineDataset) -> list[Problem]:
             message = _box_problem([getattr(row, c) for c in DISC_BOX], height, width)
             if message:
                 problems.append(Problem("discs.csv", row.image, f"disc {message}"))
+    return problems
+
+
+def _disc_label_problems(discs: pd.DataFrame) -> list[Problem]:
+    """Disc rows repeated (one disc counted twice in training and scoring), levels that are not 1 (the lowest
+    disc) and up, gradings outside their grades."""
+    problems = []
+    if discs.empty:
+        return problems
+    # one disc twice: the same box of an image, or the same level of an image
+    for keys, what in ((["image", *DISC_BOX], "box"), (["image", "ivd_label"], "ivd_label")):
+        if not set(keys) <= set(discs.columns):
+            continue
+        labelled = discs.dropna(subset=keys)
+        for row in labelled[labelled.duplicated(subset=keys)].itertuples():
+            value = getattr(row, keys[1]) if len(keys) == 2 else tuple(getattr(row, c) for c in DISC_BOX)
+            problems.append(Problem("discs.csv", row.image, f"{what} {value} listed twice (one disc is one row)"))
+    if "ivd_label" in discs.columns:
+        for row in discs.dropna(subset=["ivd_label"]).itertuples():
+            level = row.ivd_label
+            if float(level) != int(level) or not 1 <= int(level) <= MAX_IVD_LABEL:
+                problems.append(Problem("discs.csv", row.image, f"ivd_label {level} is not a level 1-{MAX_IVD_LABEL} "
+                                                                "(1 is the lowest disc, counting up)"))
+    for column in (c for c in ALL_GRADINGS if c in discs.columns):
+        for image, value in zip(discs["image"], discs[column]):
+            try:
+                grading(column).index(value)
+            except (TypeError, ValueError) as error:
+                problems.append(Problem("discs.csv", image, str(error)))
     return problems
 
 

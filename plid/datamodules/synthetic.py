@@ -167,7 +167,7 @@ def write_dataset(out: str | Path, spec: SyntheticSpec) -> Path:
     """Generate ``spec`` into ``out`` in the spider2d layout, atomically (a folder appears whole or not at all)."""
     out = Path(out)
     rng = np.random.default_rng(spec.seed)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "synthetic.json") as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         image_rows, disc_rows = [], []

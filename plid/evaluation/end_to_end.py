@@ -15,13 +15,14 @@ from __future__ import annotations
 import html
 import logging
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from plid.datamodules.contract import LUMBAR_BOX, SpineDataset
+from plid.datamodules.contract import LUMBAR_BOX, SpineDataset, find_problems
 from plid.errors import UserInputError
 from plid.evaluation.per_disc import per_disc_section
 from plid.evaluation.scoring import (
@@ -32,7 +33,7 @@ from plid.evaluation.scoring import (
     image_truths,
     score_image,
 )
-from plid.inference.batch import predict_files
+from plid.inference.batch import predict_files, resolve
 from plid.inference.pipeline import Pipeline
 from plid.labels import CLASS_NAMES
 from plid.metrics import batched_patient_bootstrap
@@ -61,7 +62,9 @@ def split_images(dataset: SpineDataset, patients: dict[str, list[str]], split: s
 
 
 def check_labelled(dataset: SpineDataset) -> None:
-    """Refuse a folder with nothing to score against: no disc boxes, no lumbar boxes and no masks."""
+    """Refuse a folder with nothing to score against (no disc boxes, no lumbar boxes and no masks), or one with
+    bad rows (training's data check: an image or disc listed twice would count twice, a level outside the
+    contract would be scored as a level), naming the first row."""
     images = dataset.images
     lumbar = all(c in images.columns for c in LUMBAR_BOX) and images[LUMBAR_BOX].notna().all(axis=1).any()
     masks = "has_mask" in images.columns and (images["has_mask"] == 1).any()
@@ -70,6 +73,10 @@ def check_labelled(dataset: SpineDataset) -> None:
             f"{dataset.root} holds no labels (no discs.csv rows, no lumbar boxes in images.csv, no masks): there is "
             f"nothing to score the reports against. To get reports of unlabelled scans, run python -m plid.predict "
             f"input={dataset.root / 'images'}")
+    problems = find_problems(dataset)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserInputError(f"{dataset.root}: {problems[0]}{more}; fix the labels before scoring against them")
 
 
 def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[str], out: Path, split: str,
@@ -90,7 +97,9 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
     if summary["errors"]:
         raise UserInputError(f"{len(summary['errors'])} images of {dataset.root} could not be read, e.g. "
                              f"{summary['errors'][0]['error']}; fix or remove them from images.csv")
-    reports = {case["name"]: case for case in summary["cases"]}
+    # report.json's paths are relative to its folder: the failure pages open the files they name
+    reports = {case["name"]: {**case, **{key: str(resolve(case.get(key), out / "predict")) for key in ("file", "overlay")
+                                         if case.get(key)}} for case in summary["cases"]}
     labelled = graded_columns(dataset)
     # the gradings the model_dir decides, and the threshold each binary one was called at (the same on every disc)
     decided = [made for case in summary["cases"] for d in case.get("discs", []) for made in disc_decisions(d).values()]
@@ -142,7 +151,7 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
                                   "figures": batched_patient_bootstrap(patients, statistic, **bootstrap)}
     # one answer per distinct disc of each series, beside the per-slice figures above
     result["per_disc"] = per_disc_section(dataset, images, reports, truths, thresholds, ordinal, bootstrap)
-    result["images"] = [_image_entry(s, reports[s.image]) for s in scores]
+    result["images"] = [_image_entry(s, reports[s.image], out) for s in scores]
     result["figures"] = _figures(figures, out)
     result["failures"] = write_failures(out / "failures.html", scores, reports, max_failures)
     write_json(out / "evaluation.json", result)
@@ -171,11 +180,12 @@ def _counts(figures: EndToEndScores, index: np.ndarray) -> dict[str, Any]:
     return counts
 
 
-def _image_entry(score: ImageScore, report: dict[str, Any]) -> dict[str, Any]:
+def _image_entry(score: ImageScore, report: dict[str, Any], out: Path) -> dict[str, Any]:
     return {"image": score.image, "patient": score.patient, "series": score.series, "lumbar_iou": score.lumbar_iou,
             "labelled_discs": score.reference_discs, "reported_discs": len(score.detections),
             "matched_discs": score.matched, "missed": score.missed, "extra": score.extra,
-            "wrong_levels": score.wrong_levels, "overlay": report.get("overlay")}
+            "wrong_levels": score.wrong_levels,
+            "overlay": Path(os.path.relpath(report["overlay"], out)).as_posix() if report.get("overlay") else None}
 
 
 def _figures(figures: EndToEndScores, out: Path) -> dict[str, str]:
@@ -250,7 +260,7 @@ def write_failures(path: Path, scores: list[ImageScore], reports: dict[str, dict
                                                          for d in score.wrong_levels))
         sections.append(
             f"<section><h2>{html.escape(score.image)} <small>patient {html.escape(score.patient)}, "
-            f"{html.escape(score.series)}</small></h2><img src='{html.escape(os.path.relpath(drawn, path.parent))}'>"
+            f"{html.escape(score.series)}</small></h2><img src='{html.escape(urllib.parse.quote(os.path.relpath(drawn, path.parent)))}'>"
             f"<ul>{''.join(f'<li>{html.escape(p)}</li>' for p in problems)}</ul>"
             f"<p>{score.reference_discs} labelled discs, {len(score.detections)} reported, {score.matched} matched</p>"
             "</section>")

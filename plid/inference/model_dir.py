@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -237,7 +238,7 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserInputError(f"out={out} exists and is not empty; pass overwrite=true to replace it")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "manifest.json") as tmp:
         margin, margin_source = detector_margin(ivd_run)
         manifest: dict[str, Any] = {"version": MANIFEST_VERSION,
                                     "detection": {"conf": conf, "iou": iou, "margin": margin,
@@ -287,6 +288,7 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
             if not path.is_file():
                 raise UserInputError(f"ensemble={ensemble}: no ensemble_weights.json there")
             weights = json.loads(path.read_text())
+            check_ensemble_values(weights, path)
             check_ensemble_names(weights.get("weights", {}), list(classifiers), path, "the classifiers given (cls_runs)")
             if weights.get("task", "cls") != "cls":
                 raise UserInputError(f"{path}: a task={weights.get('task')} ensemble; predict combines classifiers")
@@ -358,6 +360,55 @@ def check_ensemble_names(weights: dict[str, float], classifiers: list[str], sour
         raise UserInputError(f"{source}: {'; '.join(problems)}; {given} are {sorted(classifiers)}, the ensemble's "
                              f"models {sorted(weights)}: export the runs the ensemble combined (plid.ensemble names "
                              f"them by their model choice)")
+
+
+def _number(value: Any, where: Path, key: str, low: float, high: float = math.inf) -> float:
+    """``value`` as a finite number in [low, high], or one line naming the file and key."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not low <= value <= high:
+        bound = f"[{low:g}, {high:g}]" if math.isfinite(high) else f"at least {low:g}"
+        raise UserInputError(f"{where}: {key} = {value!r} is not a finite number {bound}; refused (a damaged model_dir?)")
+    return float(value)
+
+
+def check_manifest_values(manifest: dict[str, Any], manifest_path: Path) -> None:
+    """Every number a decision rests on in range before anything is built: thresholds and cuts in [0, 1] (a
+    threshold of 7 would call every disc negative), detection conf and iou in [0, 1], margins and image sizes
+    non-negative, so a damaged model_dir is refused by the key at fault instead of reporting nothing."""
+    detection = manifest.get("detection") or {}
+    for key in ("conf", "iou"):
+        if key in detection:
+            _number(detection[key], manifest_path, f"detection.{key}", 0.0, 1.0)
+    if "margin" in detection:
+        _number(detection["margin"], manifest_path, "detection.margin", 0.0)
+    modules = {"segmenter": manifest.get("segmenter") or {},
+               **{f"classifiers.{n}": e for n, e in (manifest.get("classifiers") or {}).items()}}
+    for prefix, entry in modules.items():
+        for key in ("image_size", "roi_margin"):
+            if key in entry:
+                _number(entry[key], manifest_path, f"{prefix}.{key}", 1.0 if key == "image_size" else 0.0)
+        if "threshold" in entry:
+            _number(entry["threshold"], manifest_path, f"{prefix}.threshold", 0.0, 1.0)
+    for prefix, entry in [*modules.items(), ("bag", manifest.get("bag") or {})]:
+        for grading, value in (entry.get("thresholds") or {}).items():
+            _number(value, manifest_path, f"{prefix}.thresholds.{grading}", 0.0, 1.0)
+        for grading, cuts in (entry.get("cuts") or {}).items():
+            for k, value in enumerate(cuts):
+                _number(value, manifest_path, f"{prefix}.cuts.{grading}[{k}]", 0.0, 1.0)
+
+
+def check_ensemble_values(ensemble: dict[str, Any], path: Path) -> None:
+    """Weights finite and non-negative, not all 0, and the threshold in [0, 1]: a NaN weight would make every
+    probability NaN and every call negative."""
+    weights = ensemble.get("weights")
+    if not isinstance(weights, dict):
+        raise UserInputError(f"{path}: no weights (a mapping of classifier name to weight)")
+    for name, value in weights.items():
+        _number(value, path, f"weights.{name}", 0.0)
+    if weights and not any(weights.values()):
+        raise UserInputError(f"{path}: every weight is 0")
+    if "threshold" in ensemble:
+        _number(ensemble["threshold"], path, "threshold", 0.0, 1.0)
 
 
 @dataclass
@@ -478,6 +529,7 @@ def load_model_dir(path: str | Path) -> LoadedModels:
         raise UserInputError(f"{manifest_path}: version {version}, this plid reads versions "
                              f"{', '.join(map(str, READABLE_VERSIONS))}")
     verify_checksums(root, manifest, manifest_path)  # before anything is read or built
+    check_manifest_values(manifest, manifest_path)
     detectors = manifest["detectors"]
     segmenter = load_module("segmenter", _inside(root, manifest["segmenter"]["dir"], manifest_path, "segmenter.dir"),
                             manifest["segmenter"])
@@ -486,7 +538,11 @@ def load_model_dir(path: str | Path) -> LoadedModels:
     weights, threshold = [1.0] * len(classifiers), DEFAULT_THRESHOLD
     if manifest.get("ensemble"):
         path = _inside(root, manifest["ensemble"]["file"], manifest_path, "ensemble.file")
-        ensemble = json.loads(path.read_text())
+        try:
+            ensemble = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise UserInputError(f"{path}: not valid JSON ({error})") from error
+        check_ensemble_values(ensemble, path)
         check_ensemble_names(ensemble["weights"], [c.name for c in classifiers], path, "the model_dir's classifiers")
         weights = [float(ensemble["weights"][c.name]) for c in classifiers]
         threshold = float(ensemble.get("threshold", DEFAULT_THRESHOLD))

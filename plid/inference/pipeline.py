@@ -47,6 +47,7 @@ from plid.metrics import DEFAULT_THRESHOLD, predicted_classes
 from plid.models.detection import NMS_IOU, NoLumbarRegionFound, RoiCropper, YoloDetector
 from plid.models.grading import grade_distribution
 from plid.reports import Decision, DiscReport
+from plid.utils.devices import resolve_device, ultralytics_device
 
 
 @dataclass
@@ -60,14 +61,20 @@ class Pipeline:
     """Detectors, segmenter and classifiers of a model_dir, applied to one :class:`Scan` at a time."""
 
     def __init__(self, models: LoadedModels, max_named_levels: int = len(LEVEL_NAMES), conf: float | None = None,
-                 cropper: RoiCropper | None = None, iou: float | None = None, levels: str | None = None):
+                 cropper: RoiCropper | None = None, iou: float | None = None, levels: str | None = None,
+                 device: str | None = "auto"):
         self.models = models
+        # device=auto: CUDA where there is one; the networks move there, images and crops follow them
+        self.device = resolve_device(device)
+        for module in (models.segmenter, *models.classifiers):
+            module.net.to(self.device)
         detection = models.manifest.get("detection", {})
         conf = float(detection.get("conf", 0.25) if conf is None else conf)
         iou = float(detection.get("iou", NMS_IOU) if iou is None else iou)
         margin = float(detection.get("margin", 0.1))
-        self.cropper = cropper or RoiCropper(YoloDetector(models.lumbar, conf, iou=iou),
-                                             YoloDetector(models.ivd, conf, iou=iou), margin)
+        on = ultralytics_device(self.device)
+        self.cropper = cropper or RoiCropper(YoloDetector(models.lumbar, conf, iou=iou, device=on),
+                                             YoloDetector(models.ivd, conf, iou=iou, device=on), margin)
         self.max_named_levels = max_named_levels
         self.by_level = bool(getattr(self.cropper.ivd, "by_level", False))  # the disc detector names levels
         # unless asked, a disc detector with one class per level names the levels (the rule both SPIDER presets
@@ -179,12 +186,12 @@ class Pipeline:
             return [{name: Decision.binary(name, p, threshold)} for p in self.herniation(image, boxes)]
         probabilities: dict[str, list[torch.Tensor]] = {name: [] for name in self.gradings()}
         for classifier in self.models.classifiers:
-            crops = self._crops(classifier, image, boxes)
+            crops = self._crops(classifier, image, boxes).to(self.device)
             if getattr(getattr(classifier.net, "hparams", {}), "get", lambda k: False)("use_measurements"):
                 from plid.measurements import measurement_features
 
                 features = np.stack([measurement_features(m) for m in (measurements or [None] * len(boxes))])
-                logits = classifier.net(crops, torch.from_numpy(features))
+                logits = classifier.net(crops, torch.from_numpy(features).to(self.device))
             else:
                 logits = classifier.net(crops)
             for name in self.gradings():
@@ -215,17 +222,17 @@ class Pipeline:
             if weight == 0:  # the ensemble left it out: no need to run it
                 continue
             weights.append(weight)
-            probs.append(classifier.net(self._crops(classifier, image, boxes)).softmax(1)[:, 1])
-        return weighted_average(probs, weights).tolist()
+            probs.append(classifier.net(self._crops(classifier, image, boxes).to(self.device)).softmax(1)[:, 1])
+        return weighted_average(probs, weights).cpu().tolist()
 
     def segment(self, image: np.ndarray, lumbar_box, spacing_mm: float | None) -> tuple[np.ndarray, dict[str, Any]]:
         """The segmenter on the lumbar box enlarged by its training margin; classes at the image's resolution."""
         segmenter = self.models.segmenter
         resized, box = roi_crop(image, lumbar_box, segmenter.roi_margin, segmenter.image_size)
-        probs = segmenter.net(to_tensor(resized)[None]).softmax(1)
+        probs = segmenter.net(to_tensor(resized)[None].to(self.device)).softmax(1)
         region_shape = (box[3] - box[1], box[2] - box[0])
         probs = F.interpolate(probs, size=region_shape, mode="bilinear", align_corners=False)
-        region_mask = predicted_classes(probs)[0].numpy().astype(np.uint8)
+        region_mask = predicted_classes(probs)[0].cpu().numpy().astype(np.uint8)
         mask = np.zeros(image.shape, np.uint8)
         mask[box[1]:box[3], box[0]:box[2]] = region_mask
         counts = np.bincount(region_mask.ravel(), minlength=len(CLASS_NAMES))

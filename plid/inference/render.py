@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,9 @@ def write_label_map(path: str | Path, label_map) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name[: -len(''.join(path.suffixes))]}.partial{''.join(path.suffixes)}")
+    # a short temporary name: a case name near the 255-byte limit must leave room for it
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    partial = path.with_name(f".partial-{os.getpid()}-{path.name[: len(path.name) - len(suffix)][:40]}{suffix}")
     sitk.WriteImage(label_map, str(partial), True)
     os.replace(partial, path)
     return path
@@ -233,8 +236,14 @@ def _series_line(report: dict[str, Any]) -> str:
     return " · ".join(html.escape(str(p)) for p in parts)
 
 
-def _case(report: dict[str, Any], page: Path) -> str:
-    overlay_src = os.path.relpath(report["overlay"], page.parent) if report.get("overlay") else ""
+def _link(target: str, folder: Path) -> str:
+    """A link from a page in ``folder`` to the file ``target``: relative, URL-encoded (``#`` and ``?`` in a case
+    name would otherwise cut the link), then HTML-escaped."""
+    return html.escape(urllib.parse.quote(Path(os.path.relpath(folder / target, folder)).as_posix()))
+
+
+def _case(report: dict[str, Any], folder: Path) -> str:
+    overlay_src = _link(report["overlay"], folder) if report.get("overlay") else ""
     status = "" if report["status"] == "ok" else f"<p class='warn'>{html.escape(report.get('message', ''))}</p>"
     if report.get("levels_uncertain"):
         status += f"<p class='warn'>Levels uncertain: {html.escape(report.get('levels_uncertain_reason') or '')}</p>"
@@ -245,10 +254,10 @@ def _case(report: dict[str, Any], page: Path) -> str:
              f"{_disc_rows(report)}</table>") if report.get("discs") else "<p>No disc found.</p>"
     mask = ""
     if report.get("mask"):
-        mask_src = os.path.relpath(report["mask"], page.parent)
-        mask = f"<p>Mask: <a href='{html.escape(mask_src)}'>{html.escape(mask_src)}</a></p>"
+        mask_name = Path(os.path.relpath(folder / report["mask"], folder)).as_posix()
+        mask = f"<p>Mask: <a href='{_link(report['mask'], folder)}'>{html.escape(mask_name)}</a></p>"
     return (f"<section id='{html.escape(_anchor(report))}'><div><h3>{html.escape(report['name'])}</h3>"
-            f"<img src='{html.escape(overlay_src)}'></div><div><p>{_series_line(report)}</p>{warnings}{status}"
+            f"<img src='{overlay_src}'></div><div><p>{_series_line(report)}</p>{warnings}{status}"
             f"<p class='file'>{html.escape(report['file'])}</p>{table}{_areas(report)}{mask}</div></section>")
 
 
@@ -262,10 +271,12 @@ def _study_title(study: dict[str, Any] | None, patient: str | None) -> str:
 
 
 def write_html(path: str | Path, reports: list[dict[str, Any]], errors: list[dict[str, str]], title: str,
-               levels: str, skipped: list[dict[str, Any]] | None = None) -> Path:
+               levels: str, skipped: list[dict[str, Any]] | None = None, links_from: Path | None = None) -> Path:
     """One page: the summary table, every case grouped by study and series (overlay, discs, areas, mask), the
-    series skipped with their reasons, and the files that failed; ``levels`` is the level rule the reports used."""
+    series skipped with their reasons, and the files that failed; ``levels`` is the level rule the reports used.
+    Links are relative to ``links_from``, the folder the page is moved to (default: where it is written)."""
     path = Path(path)
+    where = Path(links_from) if links_from is not None else path.parent
     skipped = skipped or []
     groups: dict[str, dict[str, Any]] = {}
 
@@ -285,7 +296,7 @@ def write_html(path: str | Path, reports: list[dict[str, Any]], errors: list[dic
         skipped_items = "".join(
             f"<li><b>{html.escape(s['series'])}</b> ({html.escape(s['file'])}): {html.escape(s['reason'])}</li>"
             for s in entry["skipped"])
-        sections.append(f"<h2>{html.escape(entry['title'])}</h2>{''.join(_case(r, path) for r in cases)}"
+        sections.append(f"<h2>{html.escape(entry['title'])}</h2>{''.join(_case(r, where) for r in cases)}"
                         + (f"<h4>Series not analysed</h4><ul class='skipped'>{skipped_items}</ul>"
                            if skipped_items else ""))
     failed = "".join(f"<li><b>{html.escape(e['file'])}</b>: {html.escape(e['error'])}</li>" for e in errors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from plid.errors import find_user_error
+from plid.utils.locks import run_lock
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -77,12 +79,16 @@ def config_to_dict(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run an entry point's ``task(cfg)``: print the config where ``extras.print_config`` asks, and end the
-    process with one clear line (no trace) when the cause is bad user input (:class:`UserInputError`)."""
+    """Run an entry point's ``task(cfg)`` holding its run folder's lock (``paths.output_dir``): print the config
+    where ``extras.print_config`` asks, and end the process with one clear line (no trace) when the cause is bad
+    user input (:class:`UserInputError`)."""
     if cfg.get("extras", {}).get("print_config"):
         log.info("Config:\n%s", OmegaConf.to_yaml(cfg))
+    output_dir = OmegaConf.select(cfg, "paths.output_dir", default=None)
     try:
-        return task(cfg)
+        # one run per folder: a second run into a held one is refused (plid.utils.locks)
+        with run_lock(output_dir) if output_dir else contextlib.nullcontext():
+            return task(cfg)
     except Exception as error:
         user_error = find_user_error(error)
         if user_error is None:

@@ -20,8 +20,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # a short prefix: a file name near the 255-byte limit must still leave room for the temporary one
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600: a group could not read models or reports
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -33,21 +35,83 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         raise
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Fill a temporary folder beside ``path`` and rename it to ``path`` only when the block succeeds (replacing
-    any folder there): a folder appears whole or not at all, and a crash leaves the previous one intact."""
+def check_replaceable(path: str | os.PathLike, marker: str, option: str = "overwrite=true") -> None:
+    """Refuse to replace ``path`` unless it is missing, empty, or a folder plid wrote (holding ``marker``: a
+    model_dir's ``manifest.json``, an import's ``spider_import.json``): ``overwrite=true`` never deletes a
+    user's own folder. The message names what was found there."""
+    from plid.errors import UserInputError
+
     path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UserInputError(f"{path} is a file, not a folder; refused (choose another folder)")
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    if entries and marker not in entries:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise UserInputError(f"{path} holds files plid did not write there (no {marker}; found {shown}); "
+                             f"{option} replaces only a folder plid wrote: choose another folder")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
+    """Fill a temporary folder beside ``path`` and rename it to ``path`` only when the block succeeds: a folder
+    appears whole or not at all. A folder already at ``path`` is replaced only if plid wrote it (it holds
+    ``marker``, see :func:`check_replaceable`), by renaming it aside first, the new one in, then deleting the
+    old one: an interrupt at any point leaves one whole copy (the old one, or the new one)."""
+    path = Path(path)
+    check_replaceable(path, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name[:40]}.", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        replace_dir(tmp, path, marker)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_dir(new: Path, path: Path, marker: str) -> None:
+    """Put the folder ``new`` at ``path`` (a sibling), moving a previous folder there aside before and deleting it
+    after; ``new`` gets the usual folder mode (``mkdtemp`` makes it 0700)."""
+    check_replaceable(path, marker)
+    os.chmod(new, 0o777 & ~current_umask())
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name[:40]}.old.", dir=path.parent))
+        os.replace(path, old / path.name)
+        try:
+            os.replace(new, path)
+        except BaseException:
+            os.replace(old / path.name, path)  # the old one back: never neither
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, path)
+
+
+def current_umask() -> int:
+    """The process's umask, read once at import (reading it means setting it, which other threads must not see)."""
+    return _UMASK
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def publish_outputs(stage: Path, out: Path, entries: tuple[str, ...]) -> None:
+    """Move ``entries`` (the last one the run's record, e.g. ``report.json``) from ``stage`` into ``out``,
+    replacing those of an earlier run: the old record goes aside first, so that a crash during the moves never
+    leaves a record beside outputs of another run, then the old entries; the new ones come in, the record last."""
+    trash = Path(tempfile.mkdtemp(prefix=".replaced-", dir=out))
+    try:
+        for name in (entries[-1], *entries[:-1]):
+            if (out / name).exists():
+                os.replace(out / name, trash / name)
+        for name in entries:
+            if (stage / name).exists():
+                os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def json_safe(obj: Any) -> Any:
