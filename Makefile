@@ -6,14 +6,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow test-all lint clean
+.PHONY: install run test test-slow test-all lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned, so the rest of the install does not pull another build
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,8 +32,13 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check plid tests benchmarks
 
+# the documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or a page missing from nav fails
+# (not with -q: mkdocs 1.6 drops the warnings strict counts)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf logs data
+	rm -rf logs data site
