@@ -28,10 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from plid import CONF_DIR
 from plid.utils.hydra import PROJECT_ROOT  # noqa: E402  (registers the config resolvers)
 from plid.utils.io import write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SCRATCH = Path(tempfile.gettempdir()) / "plid-benchmarks"  # where a run without --save writes
 SPIDER2D = PROJECT_ROOT.parent / "shared" / "data" / "spider2d"
 
 
@@ -41,8 +43,16 @@ def parser(description: str) -> argparse.ArgumentParser:
     # one thread by default: on this shared 2-core machine, two threads wait on each other whenever another
     # process holds a core (a U-Net ResNet34 step took 10-19 s with 2 threads, 4.7 s with 1, load 8-10)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
-    p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/<name>.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"JSON file (default {SCRATCH}/<name>.json, or benchmarks/results/ with --save)")
+    p.add_argument("--save", action="store_true", help="write the tracked benchmarks/results/<name>.json")
     return p
+
+
+def result_path(name: str, quick: bool, save: bool, out: Path | None = None) -> Path:
+    """Where a run's JSON goes: ``out``, else benchmarks/results/ only when asked (``--save``: a tracked file changes
+    on purpose), else a scratch folder outside the checkout."""
+    return out or (RESULTS if save else SCRATCH) / f"{name}{'_quick' if quick else ''}.json"
 
 
 def setup_torch(threads: int) -> None:
@@ -51,7 +61,7 @@ def setup_torch(threads: int) -> None:
 
 
 def compose(*overrides: str, output_dir: str | None = None):
-    """``conf/train.yaml`` composed with ``overrides``, as ``python -m plid.train`` would (generated data and the
+    """``plid/conf/train.yaml`` composed with ``overrides``, as ``python -m plid.train`` would (generated data and the
     decode cache in the checkout's data/, outputs in a temporary folder)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -61,7 +71,7 @@ def compose(*overrides: str, output_dir: str | None = None):
 
     output_dir = output_dir or tempfile.mkdtemp(prefix="plid-bench-")
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="train", return_hydra_config=True,
                             overrides=[f"paths.output_dir={output_dir}", *overrides])
         HydraConfig().set_config(cfg)
@@ -119,9 +129,9 @@ def environment() -> dict:
     }
 
 
-def save(name: str, env: dict, results: dict, quick: bool, out: Path | None = None) -> Path:
+def save(name: str, env: dict, results: dict, quick: bool, out: Path | None = None, tracked: bool = False) -> Path:
     env = {**env, "loadavg_end": list(os.getloadavg()), "quick": quick}
-    path = out or RESULTS / f"{name}{'_quick' if quick else ''}.json"
+    path = result_path(name, quick, tracked, out)
     write_json(path, {"benchmark": name, "environment": env, "results": results})
     print(f"saved {path}")
     return path

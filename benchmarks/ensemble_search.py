@@ -27,6 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import result_path  # noqa: E402
+
 from plid.datamodules.synthetic import generate_case  # noqa: E402
 from plid.ensemble.predictions import Predictions, load_predictions, save_predictions  # noqa: E402
 from plid.ensemble.scoring import ClassificationScorer, SegmentationScorer  # noqa: E402
@@ -133,13 +135,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="less work, same figures (under two minutes)")
     parser.add_argument("--models", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default a scratch folder; --save: results/)")
+    parser.add_argument("--save", action="store_true", help="write the tracked benchmarks/results/ file")
     args = parser.parse_args()
     images, size = (12, 256) if args.quick else (50, 256)
     loop_seg, loop_cls = (3, 200) if args.quick else (10, 1000)
     # candidates of the step-0.1 grid both ways score (the loop the first few of them)
     compared, compared_cls = (5_000, 200_000) if args.quick else (50_000, 2_000_000)
-    # the defaults of conf/ensemble.yaml
+    # the defaults of plid/conf/ensemble.yaml
     max_candidates, sample_pixels = 500_000, 10_000
     rng = np.random.default_rng(args.seed)
     results: dict = {"machine": machine(), "commit": commit(), "command": " ".join([sys.executable, *sys.argv]),
@@ -219,7 +222,7 @@ def main() -> None:
               f"{row['speedup']:8.1f} {row['max_abs_score_difference']:10.2e}")
     print(json.dumps(results["paper_search"]))
     print(json.dumps(results["paper_search_classification"]))
-    out = args.out or ROOT / "benchmarks" / "results" / f"ensemble_search{'_quick' if args.quick else ''}.json"
+    out = result_path("ensemble_search", args.quick, args.save, args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written {out}")

@@ -75,7 +75,7 @@ def main() -> None:
     for name, values in samples.items():
         print(f"{name:<10} {results['seconds_per_image'][name]['median_s']:.4f} s/image (median of {len(values)})")
     print(f"scoring adds {overhead:.1%} to the pipeline (target <= 10 %), {len(images)} images of split {args.split}")
-    save("evaluate_end_to_end", env, results, args.quick, args.out)
+    save("evaluate_end_to_end", env, results, args.quick, args.out, args.save)
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def main() -> None:
             passes, repeats),
     }
     results["class_map"] = class_map((8, 4, seg_size, seg_size), passes * 5, repeats)
-    common.save("inference", env, results, args.quick, args.out)
+    common.save("inference", env, results, args.quick, args.out, args.save)
 
 
 if __name__ == "__main__":

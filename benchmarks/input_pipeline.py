@@ -115,7 +115,7 @@ def main() -> None:
     results["readme_defaults"] = compare("README defaults", base, steps, repeats)
     if not args.quick:
         results["one_persistent_worker"] = compare("1 persistent worker", [*base, "data.num_workers=1"], steps, repeats)
-    common.save("input_pipeline", env, results, args.quick, args.out)
+    common.save("input_pipeline", env, results, args.quick, args.out, args.save)
 
 
 if __name__ == "__main__":

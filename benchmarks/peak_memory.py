@@ -58,7 +58,7 @@ def main() -> None:
     for name, case in cases.items():
         results[name] = peak_rss(case, args.threads)
         print(f"{name}: peak RSS {results[name]['peak_rss_mib']:.0f} MiB ({results[name]['seconds']:.0f} s)")
-    common.save("peak_memory", env, results, args.quick, args.out)
+    common.save("peak_memory", env, results, args.quick, args.out, args.save)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+from common import result_path  # noqa: E402
+
 from plid.data.scans import list_scans  # noqa: E402
 from plid.datamodules.synthetic import generate_case  # noqa: E402
 from plid.inference.batch import predict_files  # noqa: E402
@@ -132,6 +134,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="10 images, 2 repeats")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default a scratch folder; --save: results/)")
+    parser.add_argument("--save", action="store_true", help="write the tracked benchmarks/results/ file")
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--synthetic", action="store_true",
                         help="fresh synthetic phantoms instead of the images the model_dir was trained on")
@@ -216,7 +220,8 @@ def main() -> None:
         "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
-    out = ROOT / "benchmarks" / "results" / f"pipeline{'_quick' if args.quick else ''}.json"
+    out = result_path("pipeline", args.quick, args.save, args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'':<44}{'s/image':>10}")
     for key, value in result["seconds_per_image"].items():

@@ -71,7 +71,7 @@ def main() -> None:
         print(f"{task}: s/epoch fp32 {fp32['seconds_per_epoch']:.1f}, bf16-mixed {bf16['seconds_per_epoch']:.1f} "
               f"({results[task]['speedup_bf16']:.2f}x); test {figure} fp32 {fp32['test'][figure]:.3f}, "
               f"bf16-mixed {bf16['test'][figure]:.3f}")
-    common.save("precision", env, results, args.quick, args.out)
+    common.save("precision", env, results, args.quick, args.out, args.save)
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ def main() -> None:
         print(f"{name:<18} total {entry['total_s_best']:.3f} s (median {entry['total_s_median']:.3f}); forwards "
               f"{forward_sum:.3f} s; parts {entry['parts_s_best']}; {entry['discs']} discs, slice "
               f"{entry['slice_index']} {entry['slices_analysed']}")
-    save("series", env, results, args.quick, args.out)
+    save("series", env, results, args.quick, args.out, args.save)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ def main() -> None:
         # whose step costs a few ms, so what is left is Lightning's loop, hooks, self.log and the progress bar
         results["overhead"] = compare("overhead (1x1 conv)", cases["segmentation"], steps * 5, repeats,
                                       net=torch.nn.Conv2d(1, 4, 1))
-    common.save(f"train_step_{args.only}" if args.only else "train_step", env, results, args.quick, args.out)
+    common.save(f"train_step_{args.only}" if args.only else "train_step", env, results, args.quick, args.out, args.save)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ The :class:`~plid.models.detection.RoiCropper` runs once over every image of ``d
 
 from __future__ import annotations
 
+from plid.cli import answer_help
+
+answer_help(__name__, "crop")  # --help answered here, before the heavy imports below
+
 import hashlib
 import logging
 import shutil
@@ -183,7 +187,7 @@ def file_sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="crop")
+@hydra.main(version_base="1.3", config_path="conf", config_name="crop")
 def main(cfg: DictConfig) -> None:
     run_task(crop, cfg)
 

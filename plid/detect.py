@@ -6,6 +6,10 @@
 
 from __future__ import annotations
 
+from plid.cli import answer_help
+
+answer_help(__name__, "detect")  # --help answered here, before the heavy imports below
+
 import logging
 import tempfile
 import time
@@ -97,7 +101,7 @@ def detect(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     return metrics, {"cfg": cfg, "datamodule": datamodule, "weights": weights, "summary": summary}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="detect")
+@hydra.main(version_base="1.3", config_path="conf", config_name="detect")
 def main(cfg: DictConfig) -> float | None:
     return run_optimized_task(detect, cfg)
 

@@ -30,6 +30,9 @@ def find_user_error(error: BaseException) -> UserInputError | None:
             return error
         if isinstance(error, ImportError) and (extra := missing_extra(error)) is not None:
             return extra
+        if type(error).__name__ == "MissingMandatoryValue":  # omegaconf's, for a ??? key left unset
+            key = getattr(error, "full_key", None) or "a required option"
+            return UserInputError(f"{key} is required: give {key}=... (--help lists every option)")
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None

@@ -14,6 +14,10 @@ chooses between the two.
 
 from __future__ import annotations
 
+from plid.cli import answer_help
+
+answer_help(__name__, "evaluate")  # --help answered here, before the heavy imports below
+
 import logging
 from pathlib import Path
 from typing import Any
@@ -76,7 +80,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return evaluate_runs(runs, output_dir, bootstrap, plots=bool(cfg.get("plots", True)))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     run_task(evaluate, cfg)
 

@@ -6,6 +6,10 @@
 
 from __future__ import annotations
 
+from plid.cli import answer_help
+
+answer_help(__name__, "export")  # --help answered here, before the heavy imports below
+
 import logging
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from plid.inference.model_dir import export_model_dir
+from plid.inference.packages import pack_model_dir
 from plid.utils.hydra import run_task
 
 log = logging.getLogger(__name__)
@@ -25,10 +30,13 @@ def export(cfg: DictConfig) -> Path:
                             overwrite=bool(cfg.overwrite), trust_run=bool(cfg.get("trust_run", False)))
     log.info("model_dir written: %s", path)
     print(f"model_dir: {path}")
+    if cfg.get("zip"):
+        archive = pack_model_dir(path)
+        print(f"model_dir zip: {archive} (share it; model_dir={archive.name} or its https:// URL loads it)")
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
     run_task(export, cfg)
 

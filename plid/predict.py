@@ -15,6 +15,10 @@ read or analysed is reported in ``errors`` and the rest go on; the exit code is 
 
 from __future__ import annotations
 
+from plid.cli import answer_help
+
+answer_help(__name__, "predict")  # --help answered here, before the heavy imports below
+
 import logging
 from pathlib import Path
 from typing import Any
@@ -70,7 +74,7 @@ def check_output_place(out: Path, source: Path) -> None:
                                  f"another folder")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     run_task(predict, cfg)
 

@@ -20,6 +20,10 @@ the paper's schedules on a GPU (``device: gpu``).
 
 from __future__ import annotations
 
+from plid.cli import answer_help
+
+answer_help(__name__, "study")  # --help answered here, before the heavy imports below
+
 import json
 import logging
 import subprocess
@@ -182,7 +186,7 @@ def study(cfg: DictConfig) -> Path:
     return report / "report.html"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="study")
+@hydra.main(version_base="1.3", config_path="conf", config_name="study")
 def main(cfg: DictConfig) -> None:
     run_task(study, cfg)
 

@@ -8,6 +8,10 @@
 
 from __future__ import annotations
 
+from plid.cli import answer_help
+
+answer_help(__name__, "train")  # --help answered here, before the heavy imports below
+
 import hydra
 from omegaconf import DictConfig
 
@@ -15,7 +19,7 @@ from plid.training import train
 from plid.utils.hydra import run_optimized_task
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     return run_optimized_task(train, cfg)
 

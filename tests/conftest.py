@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+from plid import CONF_DIR
 from plid.utils.hydra import PROJECT_ROOT  # noqa: E402  (registers the config resolvers)
 
 SPIDER2D = PROJECT_ROOT.parent / "shared" / "data" / "spider2d"
@@ -32,7 +33,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def compose(tmp_path, data_dir):
-    """Compose ``conf/train.yaml`` with overrides, outputs in ``tmp_path``, as Hydra would for a run."""
+    """Compose ``plid/conf/train.yaml`` with overrides, outputs in ``tmp_path``, as Hydra would for a run."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -41,7 +42,7 @@ def compose(tmp_path, data_dir):
 
     def _compose(*overrides: str, config_name: str = "train"):
         GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, return_hydra_config=True, overrides=[
                 f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}/logs", f"paths.output_dir={tmp_path}/run",
                 *overrides,

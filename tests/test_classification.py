@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import SPIDER2D, requires_spider2d, run_module
 
+from plid import CONF_DIR
 from plid.errors import UserInputError
-from plid.utils.hydra import PROJECT_ROOT
 
-CLASSIFIERS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("cls_*.yaml"))
+CLASSIFIERS = sorted(p.stem for p in (CONF_DIR / "model").glob("cls_*.yaml"))
 
 
 def test_the_papers_six_backbones_have_a_config():

@@ -43,7 +43,7 @@ def test_enlarge_box_grows_ten_percent_about_the_centre_and_clips_to_the_image()
 
 @pytest.fixture
 def detect_cfg(compose):
-    """Compose ``conf/detect.yaml`` as a run would, outputs in ``tmp_path``."""
+    """Compose ``plid/conf/detect.yaml`` as a run would, outputs in ``tmp_path``."""
     return lambda *overrides: compose(*overrides, config_name="detect")
 
 

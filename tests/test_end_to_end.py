@@ -246,7 +246,17 @@ def test_evaluating_reports_of_the_labelled_boxes_finds_every_disc_and_writes_ev
         assert (tmp_path / name).is_file(), name
     assert "no failure" in (tmp_path / "failures.html").read_text().lower()
     assert "disc recall" in (tmp_path / "evaluation.md").read_text()
-    json.loads((tmp_path / "evaluation.json").read_text())
+    import jsonschema
+
+    from plid.evaluation.schema import SCHEMA_FILE, evaluation_schema
+
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    jsonschema.validate(saved, json.loads(SCHEMA_FILE.read_text()))  # the schema kept in the package fits the output
+    assert json.loads(SCHEMA_FILE.read_text()) == evaluation_schema(), "python -m plid.evaluation.schema rewrites it"
+    assert saved["provenance"]["plid_version"] and saved["per_disc"]["groups"]["all"]["figures"]
+    broken = {k: v for k, v in saved.items() if k != "groups"}
+    with pytest.raises(jsonschema.ValidationError, match="groups"):
+        jsonschema.validate(broken, json.loads(SCHEMA_FILE.read_text()))
 
 
 def test_a_folder_without_labels_is_refused(tmp_path):

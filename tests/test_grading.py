@@ -9,14 +9,14 @@ import pytest
 import torch
 from conftest import requires_spider2d
 
+from plid import CONF_DIR
 from plid.labels import ALL_GRADINGS, MISSING, grading
-from plid.utils.hydra import PROJECT_ROOT
 
-GRADERS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("grade_*.yaml"))
+GRADERS = sorted(p.stem for p in (CONF_DIR / "model").glob("grade_*.yaml"))
 
 
 def test_every_paper_backbone_has_a_grading_config(compose):
-    assert {g.replace("grade_", "cls_") for g in GRADERS} == {p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("cls_*.yaml")}
+    assert {g.replace("grade_", "cls_") for g in GRADERS} == {p.stem for p in (CONF_DIR / "model").glob("cls_*.yaml")}
     for name in GRADERS:
         cfg = compose(f"model={name}")
         assert cfg.data._target_.endswith("ClassificationDataModule")

@@ -169,3 +169,34 @@ def test_export_overwrite_replaces_a_model_dir_but_refuses_a_folder_of_the_users
     (model_dir / "stale.txt").write_text("of the earlier export")
     out = export_model_dir(model_dir, detector_runs["lumbar"], detector_runs["ivd"], seg, overwrite=True)
     assert not (out / "stale.txt").exists() and load_model_dir(out).classifiers == []
+
+
+def test_a_model_dir_zip_or_its_url_loads_and_a_tampered_zip_is_refused_by_the_file(model_dir, tmp_path, monkeypatch):
+    import zipfile
+
+    from plid.inference.packages import pack_model_dir
+
+    monkeypatch.setenv("PLID_CACHE", str(tmp_path / "cache"))
+    archive = pack_model_dir(model_dir, tmp_path / "shared.zip")
+    loaded = load_model_dir(archive)
+    assert loaded.root.is_relative_to(tmp_path / "cache") and [c.name for c in loaded.classifiers] == ["cls_resnet50"]
+    assert load_model_dir(archive.resolve().as_uri()).root == loaded.root  # a file:// URL, downloaded once
+    with pytest.raises(UserInputError, match="its sha256 is not the 00ff"):
+        load_model_dir(archive.resolve().as_uri() + "#sha256=00ff")
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(tampered, "w") as target:
+        for member in source.infolist():
+            data = source.read(member)
+            if member.filename == "segmenter/model.json":
+                data = data.replace(b'"unet"', b'"fpn"')
+            target.writestr(member, data)
+    with pytest.raises(UserInputError, match=r"segmenter/model.json: its sha256 differs"):
+        load_model_dir(tampered)
+    escaping = tmp_path / "escaping.zip"
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(escaping, "w") as target:
+        for member in source.infolist():
+            target.writestr(member, source.read(member))
+        target.writestr("../outside.txt", "written where it should not be")
+    with pytest.raises(UserInputError, match=r"member '../outside.txt' would be written outside"):
+        load_model_dir(escaping)
+    assert not list(tmp_path.rglob("outside.txt"))

@@ -3,9 +3,9 @@ import hydra
 import pytest
 import torch
 
-from plid.utils.hydra import PROJECT_ROOT
+from plid import CONF_DIR
 
-MODEL_CONFIGS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("*.yaml") if not p.stem.startswith("_"))
+MODEL_CONFIGS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if not p.stem.startswith("_"))
 SEGMENTERS = [m for m in MODEL_CONFIGS if not m.startswith(("cls_", "grade_"))]
 
 

@@ -1,4 +1,4 @@
-"""docs/reference/: one page per entry point listing every option of its Hydra config, kept in step with conf/;
+"""docs/reference/: one page per entry point listing every option of its Hydra config, kept in step with plid/conf/;
 and the console scripts of pyproject.toml."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
+from plid import CONF_DIR
 from plid.utils import options as opts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -29,14 +30,14 @@ _ROW = re.compile(r"^\| `(?P<key>[^`]+)` \|", re.MULTILINE)
 
 def _composed_leaves(config_name: str) -> set[str]:
     """The leaf keys of a root config, composed as tests/conftest.py's compose fixture does (the user's optional
-    conf/local/ file left out), found independently of plid.utils.options."""
+    plid/conf/local/ file left out), found independently of plid.utils.options."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
 
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             try:
                 cfg = compose(config_name=config_name, overrides=["~local"], return_hydra_config=True)
             except ConfigCompositionException:  # no `optional local` in this config
@@ -64,11 +65,14 @@ def _scripts() -> dict[str, str]:
 
 def test_entry_points_are_every_hydra_main():
     assert {e.module: e.config for e in opts.ENTRY_POINTS} == EXPECTED
+    cli = Path(importlib.util.find_spec("plid.cli").origin).read_text()
     for entry in opts.ENTRY_POINTS:
-        module = entry.target.split(":")[0]
+        module = entry.module + (".__main__" if entry.module == "plid.ensemble" else "")
+        # the console script runs that module's main
+        assert f'{entry.target.split(":")[1]} = _command("{module}", "{entry.config}")' in cli, entry.target
         source = Path(importlib.util.find_spec(module).origin).read_text()
         assert re.search(rf'@hydra\.main\([^)]*config_name="{entry.config}"', source), (
-            f"{module} does not compose conf/{entry.config}.yaml")
+            f"{module} does not compose plid/conf/{entry.config}.yaml")
 
 
 @pytest.mark.parametrize("module", sorted(EXPECTED))
@@ -78,7 +82,7 @@ def test_every_leaf_key_is_on_its_page(module):
     assert page.is_file(), f"{page} is missing: run `{opts.REGENERATE}`"
     listed = set(_ROW.findall(page.read_text()))
     leaves = _composed_leaves(entry.config)
-    assert leaves - listed == set(), (f"options of conf/{entry.config}.yaml missing from {page.name}: run "
+    assert leaves - listed == set(), (f"options of plid/conf/{entry.config}.yaml missing from {page.name}: run "
                                       f"`{opts.REGENERATE}`")
     # the module's own view agrees with the independent composition, and every option was traced to its file
     found = opts.options(entry.config)
@@ -92,7 +96,7 @@ def test_pages_are_up_to_date(tmp_path):
     committed = {p.name: p.read_text() for p in REFERENCE.glob("*.md")}
     assert sorted(committed) == sorted(fresh), f"docs/reference/ holds other pages than it should: run `{opts.REGENERATE}`"
     stale = [name for name in fresh if committed[name] != fresh[name]]
-    assert stale == [], f"docs/reference/{stale} out of date with conf/: run `{opts.REGENERATE}`"
+    assert stale == [], f"docs/reference/{stale} out of date with plid/conf/: run `{opts.REGENERATE}`"
 
 
 def test_help_comes_from_the_yaml_comments():
@@ -103,7 +107,7 @@ def test_help_comes_from_the_yaml_comments():
     # unresolved interpolations are kept as written
     assert predict["paths.output_dir"].default == "${hydra:runtime.output_dir}"
     train = {o.key: o for o in opts.options("train")}
-    # a group's file: the comment in conf/trainer/default.yaml; the default from the last file that sets it
+    # a group's file: the comment in plid/conf/trainer/default.yaml; the default from the last file that sets it
     assert "bit-for-bit" in train["trainer.deterministic"].help
     assert train["trainer.deterministic"].source == "trainer/default.yaml"
     assert train["trainer.accelerator"].source == "trainer/cpu.yaml"
@@ -152,10 +156,6 @@ def test_console_scripts():
         assert callable(getattr(importlib.import_module(module), function)), target
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "@hydra.main(config_path='../conf') is resolved as the package pkg://conf when main() is imported rather "
-    "than run as __main__ (hydra/_internal/utils.py detect_calling_file_or_module_from_task_function), and conf/ "
-    "is no package: an absolute config_path (PROJECT_ROOT / 'conf') fixes it; then remove this mark"))
 def test_a_console_script_finds_its_configs(tmp_path):
     # what pip writes into .venv/bin/plid-import-spider; sys.path[0] is then the script's folder, not the checkout
     script = tmp_path / "plid-import-spider"

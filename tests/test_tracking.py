@@ -7,9 +7,10 @@ import json
 import pytest
 from conftest import run_module
 
+from plid import CONF_DIR
 from plid.utils.hydra import PROJECT_ROOT
 
-CONF = PROJECT_ROOT / "conf"
+CONF = CONF_DIR
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 SEGMENTERS = sorted(p.stem for p in (CONF / "model").glob("*.yaml")
                     if not p.stem.startswith(("_", "cls_", "grade_")))
@@ -19,8 +20,8 @@ STUDIES = [e for e in EXPERIMENTS if e.startswith("spider2d_")]
 
 
 def _root_config(experiment: str) -> str:
-    """Detection experiments belong to plid.detect (conf/detect.yaml), the real-data studies (spider2d_*) to
-    plid.study (conf/study.yaml), the others to plid.train."""
+    """Detection experiments belong to plid.detect (plid/conf/detect.yaml), the real-data studies (spider2d_*) to
+    plid.study (plid/conf/study.yaml), the others to plid.train."""
     if experiment in STUDIES:
         return "study"
     return "detect" if "_det" in experiment else "train"

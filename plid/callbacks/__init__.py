@@ -1,4 +1,4 @@
-"""Lightning callbacks of the project (configured in conf/callbacks/)."""
+"""Lightning callbacks of the project (configured in plid/conf/callbacks/)."""
 
 from plid.callbacks.overlays import SegmentationOverlays
 

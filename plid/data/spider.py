@@ -4,7 +4,7 @@
     python -m plid.data.spider root=... out=... series=[t2_SPACE] slices=15 subset=all
     python -m plid.data.spider root=... out=... debug=smoke          # one patient
 
-Options are in conf/spider_import.yaml.
+Options are in plid/conf/spider_import.yaml.
 
 SPIDER (van der Graaf et al., *Lumbar spine segmentation in MR images: a dataset and a public benchmark*,
 Sci Data 11, 264 (2024), CC BY 4.0) ships ``images/<patient>_<series>.mha``, ``masks/<same>.mha``,
@@ -27,6 +27,10 @@ folder that ``plid.datamodules.contract`` reads (``../shared/data/spider2d/READM
 """
 
 from __future__ import annotations
+
+from plid.cli import answer_help
+
+answer_help(__name__, "spider_import")  # --help answered here, before the heavy imports below
 
 import contextlib
 import logging
@@ -323,7 +327,7 @@ def _write_csv(path: Path, table: pd.DataFrame) -> None:
         table.to_csv(handle, index=False)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="spider_import")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="spider_import")
 def main(cfg: DictConfig) -> None:
     missing = [key for key in ("root", "out") if OmegaConf.is_missing(cfg, key)]
     if missing:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from plid.cli import answer_help
+
+answer_help(__name__, "ensemble")  # --help answered here, before the heavy imports below
+
 import logging
 
 import hydra
@@ -13,7 +17,7 @@ from plid.utils.hydra import run_task
 log = logging.getLogger(__name__)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="ensemble")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="ensemble")
 def main(cfg: DictConfig) -> float | None:
     summary = run_task(ensemble, cfg)
     return summary["val_score"]  # the searched metric of the chosen weights on val

@@ -25,6 +25,7 @@ import numpy as np
 from plid.datamodules.contract import LUMBAR_BOX, SpineDataset, find_problems
 from plid.errors import UserInputError
 from plid.evaluation.per_disc import per_disc_section
+from plid.evaluation.schema import check_evaluation
 from plid.evaluation.scoring import (
     EndToEndScores,
     ImageScore,
@@ -38,7 +39,8 @@ from plid.inference.pipeline import Pipeline
 from plid.labels import CLASS_NAMES
 from plid.metrics import batched_patient_bootstrap
 from plid.reports import disc_decisions
-from plid.utils.io import atomic_write, write_json
+from plid.utils.io import atomic_write, json_safe, write_json
+from plid.utils.provenance import provenance
 
 log = logging.getLogger(__name__)
 SPLITS = ("test", "val", "train", "all")
@@ -154,6 +156,8 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
     result["images"] = [_image_entry(s, reports[s.image], out) for s in scores]
     result["figures"] = _figures(figures, out)
     result["failures"] = write_failures(out / "failures.html", scores, reports, max_failures)
+    result["provenance"] = provenance(pipeline.models.root)
+    check_evaluation(json_safe(result))
     write_json(out / "evaluation.json", result)
     with atomic_write(out / "evaluation.md") as handle:
         handle.write(markdown_tables(result))

@@ -61,6 +61,7 @@ from plid.ensemble.folds import fold_bag, is_fold_bag
 from plid.ensemble.predictions import run_names
 from plid.errors import UserInputError
 from plid.inference.model_specs import build_module, detector_architecture, read_spec, spec_from_config
+from plid.inference.packages import local_model_dir
 from plid.metrics import DEFAULT_THRESHOLD
 from plid.models.detection import NMS_IOU
 from plid.utils.io import atomic_dir, atomic_write, write_json
@@ -516,7 +517,8 @@ def load_module(name: str, folder: Path, entry: dict[str, Any]) -> LoadedModule:
 
 
 def load_model_dir(path: str | Path) -> LoadedModels:
-    root = Path(path).expanduser().resolve()
+    """The models of a model_dir folder, of a ``.zip`` of one, or of its URL (:mod:`plid.inference.packages`)."""
+    root = local_model_dir(path).resolve()
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
         raise UserInputError(f"model_dir={root}: no manifest.json; write one with python -m plid.export")

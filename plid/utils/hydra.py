@@ -21,9 +21,16 @@ from plid.utils.locks import run_lock
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+
+def project_root() -> Path:
+    """The checkout plid runs from (the folder holding pyproject.toml beside plid/), or the working folder."""
+    return PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "plid").is_dir() \
+        else Path.cwd()
+
 if not OmegaConf.has_resolver("project_root"):
-    # the checkout that holds conf/; PLID_ROOT points elsewhere (e.g. a copy of conf/ and data/)
-    OmegaConf.register_new_resolver("project_root", lambda: os.environ.get("PLID_ROOT", str(PROJECT_ROOT)))
+    # where paths.root_dir (data/, logs/, ../shared) lies: PLID_ROOT, else the checkout plid runs from, else (an
+    # installed wheel) the folder the command runs in
+    OmegaConf.register_new_resolver("project_root", lambda: os.environ.get("PLID_ROOT", str(project_root())))
 
 
 def run_group(*, _root_: DictConfig) -> str:
@@ -50,7 +57,13 @@ def run_name(*parts: Any) -> str:
     return "_".join(str(p) for p in parts if p not in (None, ""))
 
 
-for _name, _resolver in {"run_group": run_group, "run_tags": run_tags, "run_name": run_name}.items():
+def first_given(*values: Any) -> Any:
+    """``${first_given:${out},...}``: the first value that is not null or empty (predict's run folder is its ``out``)."""
+    return next((v for v in values if v not in (None, "")), None)
+
+
+for _name, _resolver in {"run_group": run_group, "run_tags": run_tags, "run_name": run_name,
+                         "first_given": first_given}.items():
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
 

@@ -27,8 +27,10 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from plid import CONF_DIR
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = PROJECT_ROOT / "conf"
+
 REGENERATE = "python -m plid.utils.options --write docs/reference"
 # a group whose files are each user's own (git-ignored): never listed, never composed into the pages
 LOCAL_GROUP = "local"
@@ -36,7 +38,7 @@ LOCAL_GROUP = "local"
 
 @dataclass(frozen=True)
 class EntryPoint:
-    """One command: ``python -m <module>`` or its console script, composing ``conf/<config>.yaml``."""
+    """One command: ``python -m <module>`` or its console script, composing ``plid/conf/<config>.yaml``."""
 
     module: str
     config: str
@@ -50,15 +52,15 @@ class EntryPoint:
 
 
 ENTRY_POINTS: tuple[EntryPoint, ...] = (
-    EntryPoint("plid.data.spider", "spider_import", "plid-import-spider", "plid.data.spider:main"),
-    EntryPoint("plid.train", "train", "plid-train", "plid.train:main"),
-    EntryPoint("plid.detect", "detect", "plid-detect", "plid.detect:main"),
-    EntryPoint("plid.crop", "crop", "plid-crop", "plid.crop:main"),
-    EntryPoint("plid.ensemble", "ensemble", "plid-ensemble", "plid.ensemble.__main__:main"),
-    EntryPoint("plid.export", "export", "plid-export", "plid.export:main"),
-    EntryPoint("plid.predict", "predict", "plid-predict", "plid.predict:main"),
-    EntryPoint("plid.evaluate", "evaluate", "plid-evaluate", "plid.evaluate:main"),
-    EntryPoint("plid.study", "study", "plid-study", "plid.study:main"),
+    EntryPoint("plid.data.spider", "spider_import", "plid-import-spider", "plid.cli:import_spider"),
+    EntryPoint("plid.train", "train", "plid-train", "plid.cli:train"),
+    EntryPoint("plid.detect", "detect", "plid-detect", "plid.cli:detect"),
+    EntryPoint("plid.crop", "crop", "plid-crop", "plid.cli:crop"),
+    EntryPoint("plid.ensemble", "ensemble", "plid-ensemble", "plid.cli:ensemble"),
+    EntryPoint("plid.export", "export", "plid-export", "plid.cli:export"),
+    EntryPoint("plid.predict", "predict", "plid-predict", "plid.cli:predict"),
+    EntryPoint("plid.evaluate", "evaluate", "plid-evaluate", "plid.cli:evaluate"),
+    EntryPoint("plid.study", "study", "plid-study", "plid.cli:study"),
 )
 
 
@@ -69,7 +71,7 @@ class Option:
     key: str  # dotted path, e.g. trainer.max_epochs
     default: Any  # as written: interpolations are kept as strings, "???" is a required value
     help: str  # the comment above the key ("" where there is none)
-    source: str | None  # the file that sets the default, relative to conf/ (e.g. trainer/cpu.yaml)
+    source: str | None  # the file that sets the default, relative to plid/conf/ (e.g. trainer/cpu.yaml)
 
     @property
     def default_text(self) -> str:
@@ -212,7 +214,7 @@ def header(path: Path) -> str:
 @dataclass(frozen=True)
 class _Composed:
     cfg: DictConfig  # the config without its hydra node
-    files: tuple[tuple[Path, str], ...]  # (yaml file, package) in merge order, conf/ files only
+    files: tuple[tuple[Path, str], ...]  # (yaml file, package) in merge order, plid/conf/ files only
     choices: dict[str, str | None]  # group -> selected option (hydra's runtime.choices)
     has_local: bool  # whether the config has the optional `local` group
 
@@ -234,7 +236,7 @@ def _compose_cached(config_name: str, overrides: tuple[str, ...]) -> _Composed:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             loader = GlobalHydra.instance().config_loader()
-            # the pages describe the checkout's configs: a user's conf/local/default.yaml is left out
+            # the pages describe the checkout's configs: a user's plid/conf/local/default.yaml is left out
             try:
                 args = [*overrides, f"~{LOCAL_GROUP}"]
                 cfg = hydra_compose(config_name=config_name, overrides=args, return_hydra_config=True)
@@ -262,8 +264,8 @@ def _compose_cached(config_name: str, overrides: tuple[str, ...]) -> _Composed:
 
 
 def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """The composed default config of ``conf/<config_name>.yaml``, unresolved, without its ``hydra`` node and
-    without the user's ``conf/local/`` file."""
+    """The composed default config of ``plid/conf/<config_name>.yaml``, unresolved, without its ``hydra`` node and
+    without the user's ``plid/conf/local/`` file."""
     return _compose(config_name, overrides).cfg.copy()
 
 
@@ -280,7 +282,7 @@ def leaves(container: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def options(config_name: str, overrides: Sequence[str] = ()) -> list[Option]:
-    """Every leaf option of ``conf/<config_name>.yaml`` as composed by default (or with ``overrides``), in the order
+    """Every leaf option of ``plid/conf/<config_name>.yaml`` as composed by default (or with ``overrides``), in the order
     of the composed config."""
     composed = _compose(config_name, overrides)
     scanned = [(path, package, _scan(path)) for path, package in composed.files]
@@ -304,8 +306,8 @@ def options(config_name: str, overrides: Sequence[str] = ()) -> list[Option]:
 
 
 def choices(config_name: str) -> dict[str, str | None]:
-    """The option each config group of ``conf/<config_name>.yaml`` selects by default (None: the group is off), for
-    the groups that live in conf/ (the root config's order, Hydra's own subgroups such as hydra/launcher last)."""
+    """The option each config group of ``plid/conf/<config_name>.yaml`` selects by default (None: the group is off), for
+    the groups that live in plid/conf/ (the root config's order, Hydra's own subgroups such as hydra/launcher last)."""
     composed = _compose(config_name)
     selected = {g: c for g, c in reversed(composed.choices.items()) if (CONF_DIR / g).is_dir()}
     ordered = {g: c for g, c in selected.items() if "/" not in g}
@@ -340,7 +342,7 @@ def _overridden(path: Path) -> set[str]:
 
 
 def groups(config_name: str) -> dict[str, list[str]]:
-    """The config groups of ``conf/<config_name>.yaml`` and the options each offers: the files of conf/<group>/,
+    """The config groups of ``plid/conf/<config_name>.yaml`` and the options each offers: the files of plid/conf/<group>/,
     less the ``_``-prefixed bases the others extend and those that override a group this config does not have
     (``experiment=paper_det`` is for plid.detect), plus the default where it is Hydra's own (launcher: basic)."""
     known = set(_compose(config_name).choices)
@@ -358,7 +360,7 @@ def help_text(config_name: str) -> str:
     """Plain-text listing of a root config's groups and options (a ``--help``)."""
     lines = [header(CONF_DIR / f"{config_name}.yaml"), "", "groups (group=option):"]
     for group, names in groups(config_name).items():
-        listed = "your own conf/local/default.yaml, when it exists" if group == LOCAL_GROUP else ", ".join(names)
+        listed = "your own plid/conf/local/default.yaml, when it exists" if group == LOCAL_GROUP else ", ".join(names)
         lines.append(f"  {group}: {listed or '(none)'}")
     lines += ["", "options (key=value):"]
     for option in options(config_name):
@@ -434,7 +436,7 @@ def render_page(entry: EntryPoint) -> str:
     lines = [
         f"# {entry.module}",
         "",
-        f"<!-- generated by `{REGENERATE}` from conf/: edit the YAML comments, not this page -->",
+        f"<!-- generated by `{REGENERATE}` from plid/conf/: edit the YAML comments, not this page -->",
         "",
         *_intro(header(root)),
         "## Command line",
@@ -444,7 +446,7 @@ def render_page(entry: EntryPoint) -> str:
         f"{entry.script} [group=option ...] [key=value ...]   # its console script (make install: pip install -e .)",
         "```",
         "",
-        f"The root config is `conf/{entry.config}.yaml`. Each option below is a Hydra override, `key=value`; a "
+        f"The root config is `plid/conf/{entry.config}.yaml`. Each option below is a Hydra override, `key=value`; a "
         "group picks one of its files, `group=option`. `--cfg job` prints the composed config without running, "
         "`-m` sweeps comma-separated values (a multirun).",
         "",
@@ -453,7 +455,7 @@ def render_page(entry: EntryPoint) -> str:
         lines += ["## Config groups", "", "| Group | Default | Options |", "| --- | --- | --- |"]
         for group, names in group_names.items():
             if group == LOCAL_GROUP:
-                lines.append(f"| `{group}` | `default` (optional) | your own `conf/local/default.yaml` (git-ignored), "
+                lines.append(f"| `{group}` | `default` (optional) | your own `plid/conf/local/default.yaml` (git-ignored), "
                              "merged into every run when it exists; left out of the defaults below |")
                 continue
             default = selected.get(group)
@@ -464,7 +466,7 @@ def render_page(entry: EntryPoint) -> str:
         "## Options",
         "",
         f"{len(opts)} options. `???`: no default, the option must be given; `${{...}}`: an interpolation, resolved "
-        "when the run starts. *File*: where the default is set, under `conf/`.",
+        "when the run starts. *File*: where the default is set, under `plid/conf/`.",
         "",
     ]
     sections: dict[str, list[Option]] = {}
@@ -488,7 +490,7 @@ def render_index() -> str:
         "# Options",
         "",
         "Every option of every command, its default and its meaning, one page per entry point. The pages are "
-        f"generated from the Hydra configs in `conf/` by `{REGENERATE}` (the meanings are the comments above "
+        f"generated from the Hydra configs in `plid/conf/` by `{REGENERATE}` (the meanings are the comments above "
         "the keys), and `tests/test_options_docs.py` fails when they are out of date.",
         "",
         "| Command | Console script | Root config | Options |",
@@ -496,7 +498,7 @@ def render_index() -> str:
     ]
     for entry in ENTRY_POINTS:
         count = len(options(entry.config))
-        lines.append(f"| [`python -m {entry.module}`]({entry.page}) | `{entry.script}` | `conf/{entry.config}.yaml` "
+        lines.append(f"| [`python -m {entry.module}`]({entry.page}) | `{entry.script}` | `plid/conf/{entry.config}.yaml` "
                      f"| {count} |")
     lines.append("")
     return "\n".join(lines)
