@@ -444,3 +444,19 @@ def test_per_disc_scoring_says_a_series_misnamed_on_most_slices_is_wrong():
     assert by_type["t2_SPACE"]["level_accuracy"]["value"] == 0.0  # two of three slices shift every name: one answer
     assert by_type["t2_SPACE"]["series_all_levels_right"]["value"] == 0.0
     assert by_type["t2"]["level_accuracy"]["value"] == 1.0
+
+
+def test_failures_page_shows_a_failing_series_as_one_row(tmp_path):
+    from plid.evaluation.end_to_end import write_failures
+
+    series = [{"patient": "p1", "series": "t2_SPACE", "images": 9, "all_levels_right": True,
+               "discs": [{"ivd_label": 1, "found": True, "reported_level": 1}]},
+              {"patient": "p2", "series": "t2_SPACE", "images": 9, "all_levels_right": False,
+               "discs": [{"ivd_label": 1, "found": True, "reported_level": 1},
+                         {"ivd_label": 2, "found": False, "reported_level": None},
+                         {"ivd_label": 3, "found": True, "reported_level": 4}]}]
+    summary = write_failures(tmp_path / "failures.html", [], {}, max_images=10, series=series)
+    page = (tmp_path / "failures.html").read_text()
+    assert summary["series"] == 1 and "1 of 2 series" in page
+    assert page.count("<tr><td>") == 1  # p2 once, though nine slices show it
+    assert "<td>p2</td><td>t2_SPACE</td><td>9</td><td>3</td><td>2</td><td>3 named 4</td>" in page

@@ -155,7 +155,8 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
     result["per_disc"] = per_disc_section(dataset, images, reports, truths, thresholds, ordinal, bootstrap)
     result["images"] = [_image_entry(s, reports[s.image], out) for s in scores]
     result["figures"] = _figures(figures, out)
-    result["failures"] = write_failures(out / "failures.html", scores, reports, max_failures)
+    result["failures"] = write_failures(out / "failures.html", scores, reports, max_failures,
+                                        result["per_disc"].get("series"))
     result["provenance"] = provenance(pipeline.models.root)
     check_evaluation(json_safe(result))
     write_json(out / "evaluation.json", result)
@@ -201,11 +202,11 @@ def _figures(figures: EndToEndScores, out: Path) -> dict[str, str]:
         rows = figures.grading_rows(grading)
         probability, target = rows[:, 0], rows[:, 1].astype(int)
         if len(rows) and 0 < target.sum() < len(target):
-            written[f"roc_{grading}"] = str(plots.roc_curve(probability, target, out / f"roc_{grading}.png",
-                                                            f"ROC, {grading}, matched discs"))
+            written[f"roc_{grading}"] = Path(plots.roc_curve(probability, target, out / f"roc_{grading}.png",
+                                                             f"ROC, {grading}, matched discs")).name
         if len(rows):
-            written[f"reliability_{grading}"] = str(plots.reliability_diagram(
-                probability, target, out / f"reliability_{grading}.png", f"reliability, {grading}, matched discs"))
+            written[f"reliability_{grading}"] = Path(plots.reliability_diagram(
+                probability, target, out / f"reliability_{grading}.png", f"reliability, {grading}, matched discs")).name
     return written
 
 
@@ -235,10 +236,32 @@ def failure_overlay(score: ImageScore, report: dict[str, Any], image: np.ndarray
     return canvas
 
 
-def write_failures(path: Path, scores: list[ImageScore], reports: dict[str, dict[str, Any]], max_images: int
-                   ) -> dict[str, Any]:
-    """``failures.html``: images with a missed disc, an extra box, a wrong level or no lumbar region, worst first
-    (most problems), at most ``max_images`` of them drawn."""
+def _series_rows(series: list[dict[str, Any]]) -> tuple[str, int]:
+    """A failing series as one row: its discs missed and misnamed, decided once from all its slices (per_disc)."""
+    rows = []
+    for entry in series:
+        if entry.get("all_levels_right"):
+            continue
+        discs = entry.get("discs") or []
+        missed = [str(d["ivd_label"]) for d in discs if not d.get("found")]
+        misnamed = [f"{d['ivd_label']} named {d['reported_level']}" for d in discs
+                    if d.get("found") and d.get("reported_level") != d["ivd_label"]]
+        rows.append(f"<tr><td>{html.escape(str(entry['patient']))}</td><td>{html.escape(str(entry['series']))}</td>"
+                    f"<td>{entry.get('images')}</td><td>{len(discs)}</td><td>{html.escape(', '.join(missed) or '-')}</td>"
+                    f"<td>{html.escape(', '.join(misnamed) or '-')}</td></tr>")
+    if not rows:
+        return "", 0
+    table = ("<h2>Series with a disc missed or misnamed (each series once, its discs decided from all its slices)</h2>"
+             "<table><tr><th>patient</th><th>series</th><th>images</th><th>labelled discs</th><th>missed (level)</th>"
+             f"<th>misnamed</th></tr>{''.join(rows)}</table>")
+    return table, len(rows)
+
+
+def write_failures(path: Path, scores: list[ImageScore], reports: dict[str, dict[str, Any]], max_images: int,
+                   series: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``failures.html``: the series with a disc missed or misnamed, one row each (``series``: per_disc's), then the
+    images with a missed disc, an extra box, a wrong level or no lumbar region, worst first (most problems), at most
+    ``max_images`` of them drawn."""
     from plid.inference.render import write_png
 
     failed = sorted((s for s in scores if s.problems), key=lambda s: (-s.problems, s.image))
@@ -268,10 +291,13 @@ def write_failures(path: Path, scores: list[ImageScore], reports: dict[str, dict
             f"<ul>{''.join(f'<li>{html.escape(p)}</li>' for p in problems)}</ul>"
             f"<p>{score.reference_discs} labelled discs, {len(score.detections)} reported, {score.matched} matched</p>"
             "</section>")
+    series_table, failing_series = _series_rows(series or [])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>plid evaluation: failures</title><style>
 body{{font-family:sans-serif;margin:2em}} section{{margin-bottom:2em}} img{{max-width:640px;display:block}}
+td,th{{padding:0.2em 0.6em;border-bottom:1px solid #ddd;text-align:left}}
 .key span{{padding:0 0.5em;font-weight:bold}}</style></head><body>
-<h1>Failures: {len(failed)} of {len(scores)} images</h1>
+<h1>Failures: {failing_series} of {len(series or [])} series, {len(failed)} of {len(scores)} images</h1>
+{series_table}
 <p class="key">Drawn over each report's overlay: <span style="color:#ffdc00;background:#333">missed labelled disc</span>
 <span style="color:#ff00ff">extra box</span> <span style="color:#ff0000">wrong level (the labelled level beside it)</span>.
 Worst first (most problems){f'; the first {max_images} of {len(failed)} shown' if len(failed) > max_images else ''}.</p>
@@ -279,7 +305,7 @@ Worst first (most problems){f'; the first {max_images} of {len(failed)} shown' i
 """
     with atomic_write(path) as handle:
         handle.write(page)
-    return {"page": str(path), "images": len(failed), "drawn": min(len(failed), max_images)}
+    return {"page": path.name, "series": failing_series, "images": len(failed), "drawn": min(len(failed), max_images)}
 
 
 def _cell(score: dict[str, float] | None) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,15 @@ def update(readme: Path, block: str) -> bool:
 
 
 def kept(result: dict[str, Any]) -> dict[str, Any]:
-    """An evaluation's figures without its per-image and per-series lists (a small file to keep in the repository)."""
+    """An evaluation's figures without its per-image and per-series lists (a small file to keep in the repository),
+    its paths made portable: the data folder relative to the checkout, the model_dir a placeholder (it is named by
+    its manifest's sha256 in ``provenance``)."""
     out = {key: result[key] for key in KEPT if key in result}
+    if "model_dir" in out:
+        out["model_dir"] = "<model_dir>"
+    if out.get("data_root"):
+        checkout = Path(__file__).resolve().parents[2]
+        out["data_root"] = Path(os.path.relpath(Path(out["data_root"]).resolve(), checkout)).as_posix()
     out["groups"] = {"all": result["groups"]["all"]}
     if result.get("per_disc"):
         out["per_disc"] = {k: v for k, v in result["per_disc"].items() if k != "series"}
