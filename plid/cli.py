@@ -25,7 +25,8 @@ def translated(config: str, argv: Sequence[str]) -> list[str]:
         if arg in flags:
             if not args:
                 raise SystemExit(f"error: {arg} needs a value ({flags[arg]}=...)")
-            out.append(f"{flags[arg]}={args.pop(0)}")
+            value = args.pop(0).replace("\\", "\\\\").replace("'", "\\'")
+            out.append(f"{flags[arg]}='{value}'")  # quoted: a comma or bracket in a path is no Hydra syntax
         else:
             out.append(arg)
     return out

@@ -14,9 +14,9 @@ EXTRAS = {"wandb": ("wandb", "logger=wandb"), "tensorboard": ("tensorboard", "lo
 def missing_extra(error: BaseException) -> UserInputError | None:
     """A :class:`UserInputError` naming the extra to install where ``error`` is an optional dependency missing
     (Lightning's loggers raise ModuleNotFoundError, or an ImportError naming the package)."""
-    text = str(error)
+    text, name = str(error), getattr(error, "name", None) or ""
     for module, (extra, option) in EXTRAS.items():
-        if getattr(error, "name", None) == module or f"`{module}`" in text or f"'{module}'" in text:
+        if name == module or name.startswith(f"{module}.") or f"`{module}`" in text:
             return UserInputError(f"{option} needs {module}, which is not installed: pip install 'plid[{extra}]'")
     return None
 
@@ -28,7 +28,7 @@ def find_user_error(error: BaseException) -> UserInputError | None:
     while error is not None and id(error) not in seen:
         if isinstance(error, UserInputError):
             return error
-        if isinstance(error, ImportError) and (extra := missing_extra(error)) is not None:
+        if isinstance(error, ModuleNotFoundError) and (extra := missing_extra(error)) is not None:
             return extra
         if type(error).__name__ == "MissingMandatoryValue":  # omegaconf's, for a ??? key left unset
             key = getattr(error, "full_key", None) or "a required option"

@@ -43,8 +43,10 @@ def test_a_missing_model_dir_is_one_line_and_out_is_the_run_folder(tmp_path):
 
 
 def test_short_flags_become_overrides():
-    assert translated("predict", ["-i", "scans", "-o", "reports", "slices=3"]) == ["input=scans", "out=reports",
+    assert translated("predict", ["-i", "scans", "-o", "reports", "slices=3"]) == ["input='scans'", "out='reports'",
                                                                                   "slices=3"]
+    # quoted, so that a comma or a quote in a path is no Hydra syntax (a comma would start a sweep)
+    assert translated("predict", ["-i", "a,b's"]) == ["input='a,b\\'s'"]
     assert translated("train", ["-m", "model=unet_resnet34"]) == ["-m", "model=unet_resnet34"]  # Hydra's multirun
     with pytest.raises(SystemExit, match="-o needs a value"):
         translated("predict", ["-o"])

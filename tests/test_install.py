@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,9 +20,14 @@ def _git_status() -> str:
 @pytest.mark.slow
 def test_a_built_wheel_runs_its_console_scripts_and_a_smoke_study_outside_the_checkout(tmp_path, data_dir):
     before = _git_status()
+    # built from a copy of the tracked files: setuptools writes build/ beside the sources
+    source = tmp_path / "source"
+    for name in subprocess.run(["git", "ls-files"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.split():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / name, source / name)
     dist = tmp_path / "dist"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                            str(dist), str(PROJECT_ROOT)], capture_output=True, text=True, timeout=600)
+                            str(dist), str(source)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = dist.glob("plid-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

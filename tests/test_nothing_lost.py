@@ -328,3 +328,67 @@ def test_bad_manifest_values_are_refused_by_key(key, value):
 @requires_spider2d
 def test_the_real_data_passes_the_data_check():
     assert find_problems(load_dataset(SPIDER2D)) == []
+
+
+def test_an_interrupt_while_the_outputs_move_in_puts_the_previous_ones_back(tmp_path, monkeypatch):
+    from plid.utils.io import publish_outputs
+
+    out, stage = tmp_path / "out", tmp_path / "out" / ".partial"
+    (out / "overlays").mkdir(parents=True)
+    (out / "overlays" / "old.png").write_text("old")
+    (out / "report.json").write_text("old report")
+    (stage / "overlays").mkdir(parents=True)
+    (stage / "overlays" / "new.png").write_text("new")
+    (stage / "report.json").write_text("new report")
+    real_replace, calls = os.replace, []
+
+    def interrupted(src, dst):
+        calls.append((src, dst))
+        if Path(src) == stage / "report.json":  # the last move in
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        publish_outputs(stage, out, ("overlays", "report.json"))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (out / "report.json").read_text() == "old report"
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["old.png"]
+
+
+def test_a_lock_appears_whole_and_a_nested_run_keeps_it(tmp_path):
+    with run_lock(tmp_path) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with run_lock(tmp_path):  # the same process: already held here
+            pass
+        assert lock.exists()  # the inner block did not remove the outer one's lock
+    assert not lock.exists() and not [p for p in tmp_path.iterdir()]  # no draft left either
+
+
+def test_a_lock_of_another_machine_is_refused_naming_it(tmp_path):
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "node-7", "started": "x"}))
+    with pytest.raises(UserInputError, match="in use by a run on node-7"):
+        with run_lock(tmp_path):
+            pass
+
+
+def test_a_mha_or_a_header_listing_files_elsewhere_is_refused(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "secret.raw").write_bytes(bytes(4096))
+    for name, data_line in (("listed.mhd", "ElementDataFile = LIST\n../elsewhere/secret.raw\n"),
+                            ("external.mha", "ElementDataFile = ../elsewhere/secret.raw\n")):
+        header = tmp_path / "scan" / name
+        header.parent.mkdir(exist_ok=True)
+        header.write_text("ObjectType = Image\nNDims = 3\nDimSize = 16 16 16\nElementType = MET_UCHAR\n" + data_line)
+        with pytest.raises(ScanReadError, match="not a file beside the header"):
+            read_case(collect([header]).cases[0])
+
+
+def test_a_link_to_the_inputs_own_parent_is_not_walked(tmp_path):
+    study = tmp_path / "patients" / "p1"
+    study.mkdir(parents=True)
+    cv2.imwrite(str(study / "mine.png"), np.zeros((32, 32), np.uint8))
+    (tmp_path / "patients" / "p2").mkdir()
+    cv2.imwrite(str(tmp_path / "patients" / "p2" / "theirs.png"), np.zeros((32, 32), np.uint8))
+    (study / "up").symlink_to(tmp_path / "patients", target_is_directory=True)
+    assert [c.path.name for c in discover(study).cases] == ["mine.png"]

@@ -111,9 +111,11 @@ def discover(source: str | Path) -> Found:
         paths, visited = [], set()
         # symlinked series folders are followed (a study linked together from an archive); a link back up the
         # tree is walked once
+        top = Path(os.path.realpath(source))
         for folder, subfolders, names in os.walk(source, followlinks=True):
             real = os.path.realpath(folder)
-            if real in visited:
+            # a link to the input itself or above it would walk another patient's folders
+            if real in visited or (Path(real) in top.parents) or (real == str(top) and Path(folder) != source):
                 subfolders.clear()
                 continue
             visited.add(real)

@@ -231,19 +231,25 @@ def _capped(image: np.ndarray, source: CaseSource, spacing_mm: float | None = No
 
 
 def _check_mhd_data_file(header: Path) -> None:
-    """A MetaImage header may name any file as its data (``ElementDataFile``): only one beside it is read, so a
-    header cannot turn another file of the machine into pixels of an overlay."""
-    for line in header.read_text(errors="replace").splitlines():
+    """A MetaImage header (.mhd, or .mha) may name any file as its data (``ElementDataFile``, or after ``LIST`` one
+    file per line): only files beside it are read, so a header cannot turn another file of the machine into pixels
+    of an overlay. A .mha's pixels after ``LOCAL`` are its own."""
+    with open(header, "rb") as handle:
+        text = handle.read(1 << 16).decode("latin-1")  # the header is text at the start; pixels may follow
+    lines = text.splitlines()
+    for k, line in enumerate(lines):
         key, _, value = line.partition("=")
         if key.strip() != "ElementDataFile":
             continue
         value = value.strip()
-        if value.upper() in ("LOCAL", "LIST") or value.startswith("LIST "):
+        if value.upper() == "LOCAL":
             return
-        data = (header.parent / value).resolve()
-        if Path(value).is_absolute() or "%" in value or data.parent != header.parent.resolve():
-            raise ScanReadError(f"{header}: ElementDataFile = {value} is not a file beside the header; refused "
-                                "(a .mhd header reads its data from its own folder only)")
+        names = [n.strip() for n in lines[k + 1:] if n.strip()] if value.upper().startswith("LIST") else [value]
+        for name in names:
+            data = (header.parent / name).resolve()
+            if Path(name).is_absolute() or "%" in name or data.parent != header.parent.resolve():
+                raise ScanReadError(f"{header}: ElementDataFile names {name}, not a file beside the header; refused "
+                                    "(a MetaImage header reads its data from its own folder only)")
         return
 
 
@@ -275,7 +281,7 @@ def _read_volume_file(source: CaseSource) -> Case:
     import SimpleITK as sitk
 
     path = source.path
-    if scan_suffix(path) == ".mhd":
+    if scan_suffix(path) in (".mhd", ".mha"):
         _check_mhd_data_file(path)
     try:
         stored = sitk.ReadImage(str(path))

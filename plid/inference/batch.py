@@ -117,7 +117,11 @@ def _predict_into(found: Found, pipeline: Pipeline, out: Path, stage: Path, opti
                 continue
             try:
                 report, image, mask, label_map = _analyse(case, pipeline, options, timings, on_result)
+            except (CallbackError, MemoryError):
+                raise  # the caller's own (the evaluation's scoring), or the machine's: not this case's problem
             except Exception as error:  # noqa: BLE001 - one case that fails is that case's error; the batch goes on
+                if type(error).__name__ == "OutOfMemoryError":  # torch's (CUDA): every next case would fail too
+                    raise
                 log.exception("%s: analysis failed", source.path)
                 errors.append({"file": str(source.path),
                                "error": f"{source.path}: analysis failed ({type(error).__name__}: {error})"})
@@ -171,8 +175,7 @@ def _analyse(case: Case, pipeline: Pipeline, options: SliceOptions, timings: dic
         start = clock()
         result = pipeline(scan)
         timings["pipeline"] = timings.get("pipeline", 0.0) + clock() - start
-        if on_result is not None:
-            on_result(scan, result)
+        _call(on_result, scan, result)
         return _describe(result.report, case), scan.image, result.mask, None
     start = clock()
     chosen, choice = choose_slice(volume, pipeline.cropper.lumbar, options.slice)
@@ -184,8 +187,7 @@ def _analyse(case: Case, pipeline: Pipeline, options: SliceOptions, timings: dic
         start = clock()
         result = pipeline(scan)
         timings["pipeline"] = timings.get("pipeline", 0.0) + clock() - start
-        if on_result is not None:
-            on_result(scan, result)
+        _call(on_result, scan, result)
         reports[k] = result.report
         if result.mask is not None:
             masks[k] = result.mask
@@ -198,6 +200,19 @@ def _analyse(case: Case, pipeline: Pipeline, options: SliceOptions, timings: dic
     if len(indices) > 1:
         report["slice_status"] = {str(k): reports[k]["status"] for k in indices}
     return _describe(report, case), image, mask, volume.label_map(masks)
+
+
+class CallbackError(RuntimeError):
+    """An ``on_result`` callback failed: the caller's error, raised as it is, not a case's."""
+
+
+def _call(on_result, scan: Scan, result: ImageResult) -> None:
+    if on_result is None:
+        return
+    try:
+        on_result(scan, result)
+    except Exception as error:
+        raise CallbackError(f"on_result failed on {scan.path}: {type(error).__name__}: {error}") from error
 
 
 def _describe(report: dict[str, Any], case: Case) -> dict[str, Any]:

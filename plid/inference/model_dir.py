@@ -376,24 +376,34 @@ def check_manifest_values(manifest: dict[str, Any], manifest_path: Path) -> None
     """Every number a decision rests on in range before anything is built: thresholds and cuts in [0, 1] (a
     threshold of 7 would call every disc negative), detection conf and iou in [0, 1], margins and image sizes
     non-negative, so a damaged model_dir is refused by the key at fault instead of reporting nothing."""
-    detection = manifest.get("detection") or {}
+    def mapping(value: Any, key: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise UserInputError(f"{manifest_path}: {key} is a {type(value).__name__}, not a mapping; refused")
+        return value
+
+    detection = mapping(manifest.get("detection"), "detection")
     for key in ("conf", "iou"):
         if key in detection:
             _number(detection[key], manifest_path, f"detection.{key}", 0.0, 1.0)
     if "margin" in detection:
         _number(detection["margin"], manifest_path, "detection.margin", 0.0)
-    modules = {"segmenter": manifest.get("segmenter") or {},
-               **{f"classifiers.{n}": e for n, e in (manifest.get("classifiers") or {}).items()}}
+    modules = {"segmenter": mapping(manifest.get("segmenter"), "segmenter"),
+               **{f"classifiers.{n}": mapping(e, f"classifiers.{n}")
+                  for n, e in mapping(manifest.get("classifiers"), "classifiers").items()}}
     for prefix, entry in modules.items():
         for key in ("image_size", "roi_margin"):
             if key in entry:
                 _number(entry[key], manifest_path, f"{prefix}.{key}", 1.0 if key == "image_size" else 0.0)
         if "threshold" in entry:
             _number(entry["threshold"], manifest_path, f"{prefix}.threshold", 0.0, 1.0)
-    for prefix, entry in [*modules.items(), ("bag", manifest.get("bag") or {})]:
-        for grading, value in (entry.get("thresholds") or {}).items():
+    for prefix, entry in [*modules.items(), ("bag", mapping(manifest.get("bag"), "bag"))]:
+        for grading, value in mapping(entry.get("thresholds"), f"{prefix}.thresholds").items():
             _number(value, manifest_path, f"{prefix}.thresholds.{grading}", 0.0, 1.0)
-        for grading, cuts in (entry.get("cuts") or {}).items():
+        for grading, cuts in mapping(entry.get("cuts"), f"{prefix}.cuts").items():
+            if not isinstance(cuts, list):
+                raise UserInputError(f"{manifest_path}: {prefix}.cuts.{grading} is not a list of cuts; refused")
             for k, value in enumerate(cuts):
                 _number(value, manifest_path, f"{prefix}.cuts.{grading}[{k}]", 0.0, 1.0)
 
@@ -408,6 +418,8 @@ def check_ensemble_values(ensemble: dict[str, Any], path: Path) -> None:
         _number(value, path, f"weights.{name}", 0.0)
     if weights and not any(weights.values()):
         raise UserInputError(f"{path}: every weight is 0")
+    if not math.isfinite(sum(float(v) for v in weights.values())):
+        raise UserInputError(f"{path}: the weights sum to infinity")
     if "threshold" in ensemble:
         _number(ensemble["threshold"], path, "threshold", 0.0, 1.0)
 

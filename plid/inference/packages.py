@@ -1,5 +1,5 @@
 """A model_dir to share: one ``.zip`` made by ``python -m plid.export zip=true``, or the ``https://`` (or ``file://``)
-URL of one, given as ``model_dir=`` like a folder.
+URL of one, given as ``model_dir=`` like a folder (``http://`` only with a ``#sha256=`` pin).
 
 A zip is unpacked once into a cache folder named by its sha256 (``$PLID_CACHE``, default ``~/.cache/plid``), each
 member checked to stay inside it; the model_dir inside is then loaded as any other, every file verified against the
@@ -41,7 +41,7 @@ def pack_model_dir(folder: str | Path, zip_path: str | Path | None = None) -> Pa
     folder = Path(folder)
     if not (folder / "manifest.json").is_file():
         raise UserInputError(f"{folder}: no manifest.json; not a model_dir to pack")
-    zip_path = Path(zip_path) if zip_path is not None else folder.with_suffix(".zip")
+    zip_path = Path(zip_path) if zip_path is not None else folder.parent / f"{folder.name}.zip"  # plid-v1.2.zip
     fd, tmp = tempfile.mkstemp(prefix=".plid-zip-", suffix=".zip", dir=zip_path.parent)
     os.close(fd)
     try:
@@ -57,9 +57,24 @@ def pack_model_dir(folder: str | Path, zip_path: str | Path | None = None) -> Pa
 
 
 def _download(url: str) -> Path:
+    """A URL's zip on this machine: a ``file://`` one read where it is (its content names its unpacked copy), an
+    ``https://`` one downloaded once (again when its pin no longer matches the copy); ``http://`` only when pinned,
+    as anyone on the way could swap the model (weights-only loading stops code, not changed figures)."""
     address, _, fragment = url.partition("#")
     pinned = dict(urllib.parse.parse_qsl(fragment)).get("sha256")
+    if address.startswith("file://"):
+        target = Path(urllib.request.url2pathname(urllib.parse.urlparse(address).path))
+        if not target.is_file():
+            raise UserInputError(f"model_dir={address}: no such file")
+        if pinned and _sha256(target) != pinned.lower():
+            raise UserInputError(f"model_dir={address}: its sha256 is not the {pinned} the URL pins; refused")
+        return target
+    if address.startswith("http://") and not pinned:
+        raise UserInputError(f"model_dir={address}: plain http without #sha256=<the zip's sha256>; refused (use "
+                             "https, or pin the file)")
     target = cache_dir() / "downloads" / f"{hashlib.sha256(address.encode()).hexdigest()[:16]}.zip"
+    if target.is_file() and pinned and _sha256(target) != pinned.lower():
+        target.unlink()  # an earlier download of this address: the pin asks for another file
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".download-", dir=target.parent)
@@ -78,13 +93,13 @@ def _download(url: str) -> Path:
 
 def _unpack(archive_path: Path) -> Path:
     """The model_dir folder of a zip, unpacked once into the cache (by the zip's sha256)."""
+    target = cache_dir() / "model_dirs" / _sha256(archive_path)[:16]
+    if (target / "manifest.json").is_file():
+        return target
     try:
         archive = zipfile.ZipFile(archive_path)
     except zipfile.BadZipFile as error:
         raise UserInputError(f"model_dir={archive_path}: not a zip file ({error})") from error
-    target = cache_dir() / "model_dirs" / _sha256(archive_path)[:16]
-    if (target / "manifest.json").is_file():
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
     try:
@@ -100,7 +115,12 @@ def _unpack(archive_path: Path) -> Path:
         if inner is None:
             raise UserInputError(f"model_dir={archive_path}: no manifest.json in the zip; not a model_dir")
         os.chmod(inner, 0o755)
-        os.replace(inner, target)
+        try:
+            os.replace(inner, target)
+        except OSError:  # another run unpacked it meanwhile, or a leftover of an interrupted one
+            if not (target / "manifest.json").is_file():
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(inner, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -78,11 +78,13 @@ def replace_dir(new: Path, path: Path, marker: str) -> None:
     os.chmod(new, 0o777 & ~current_umask())
     if path.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{path.name[:40]}.old.", dir=path.parent))
-        os.replace(path, old / path.name)
         try:
+            os.replace(path, old / path.name)
             os.replace(new, path)
         except BaseException:
-            os.replace(old / path.name, path)  # the old one back: never neither
+            if (old / path.name).exists() and not path.exists():
+                os.replace(old / path.name, path)  # the old one back: never neither
+            shutil.rmtree(old, ignore_errors=True)
             raise
         shutil.rmtree(old, ignore_errors=True)
     else:
@@ -103,6 +105,7 @@ def publish_outputs(stage: Path, out: Path, entries: tuple[str, ...]) -> None:
     replacing those of an earlier run: the old record goes aside first, so that a crash during the moves never
     leaves a record beside outputs of another run, then the old entries; the new ones come in, the record last."""
     trash = Path(tempfile.mkdtemp(prefix=".replaced-", dir=out))
+    moved_in: list[str] = []
     try:
         for name in (entries[-1], *entries[:-1]):
             if (out / name).exists():
@@ -110,6 +113,15 @@ def publish_outputs(stage: Path, out: Path, entries: tuple[str, ...]) -> None:
         for name in entries:
             if (stage / name).exists():
                 os.replace(stage / name, out / name)
+                moved_in.append(name)
+    except BaseException:
+        # the previous outputs back, whole: the new ones go back to the stage (deleted with it)
+        for name in moved_in:
+            os.replace(out / name, stage / name)
+        for name in entries:
+            if (trash / name).exists():
+                os.replace(trash / name, out / name)
+        raise
     finally:
         shutil.rmtree(trash, ignore_errors=True)
 
