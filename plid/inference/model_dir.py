@@ -43,7 +43,6 @@ model_dir with a fold bag (``bag``), which a plid reading versions 1-2 only woul
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -65,6 +64,7 @@ from plid.inference.packages import local_model_dir
 from plid.metrics import DEFAULT_THRESHOLD
 from plid.models.detection import NMS_IOU
 from plid.utils.io import atomic_dir, atomic_write, write_json
+from plid.utils.provenance import sha256_of
 
 MANIFEST_VERSION = 2
 BAG_VERSION = 3  # a model_dir holding a fold bag
@@ -303,17 +303,9 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
             raise UserInputError("several classifiers but no ensemble=...: give the ensemble_weights.json that "
                                  "combines them (python -m plid.ensemble task=cls runs=[...])")
         # every file's sha256, checked on load: a file changed since the export is refused, by name
-        manifest["sha256"] = {str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+        manifest["sha256"] = {str(f.relative_to(tmp)): sha256_of(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
         write_json(tmp / "manifest.json", manifest)
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _inside(root: Path, relative: str, manifest_path: Path, key: str) -> Path:
@@ -335,7 +327,7 @@ def verify_checksums(root: Path, manifest: dict[str, Any], manifest_path: Path) 
         path = _inside(root, relative, manifest_path, f"sha256.{relative}")
         if not path.is_file():
             raise UserInputError(f"{path}: listed in {manifest_path.name} but missing")
-        if _sha256(path) != expected:
+        if sha256_of(path) != expected:
             raise UserInputError(f"{path}: its sha256 differs from {manifest_path.name}'s (changed since the export); "
                                  f"refused")
     for path in sorted(root.rglob("*")):

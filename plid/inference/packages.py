@@ -19,20 +19,13 @@ import zipfile
 from pathlib import Path
 
 from plid.errors import UserInputError
+from plid.utils.provenance import sha256_of
 
 URL_SCHEMES = ("https://", "http://", "file://")
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("PLID_CACHE") or Path.home() / ".cache" / "plid").expanduser()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pack_model_dir(folder: str | Path, zip_path: str | Path | None = None) -> Path:
@@ -66,14 +59,14 @@ def _download(url: str) -> Path:
         target = Path(urllib.request.url2pathname(urllib.parse.urlparse(address).path))
         if not target.is_file():
             raise UserInputError(f"model_dir={address}: no such file")
-        if pinned and _sha256(target) != pinned.lower():
+        if pinned and sha256_of(target) != pinned.lower():
             raise UserInputError(f"model_dir={address}: its sha256 is not the {pinned} the URL pins; refused")
         return target
     if address.startswith("http://") and not pinned:
         raise UserInputError(f"model_dir={address}: plain http without #sha256=<the zip's sha256>; refused (use "
                              "https, or pin the file)")
     target = cache_dir() / "downloads" / f"{hashlib.sha256(address.encode()).hexdigest()[:16]}.zip"
-    if target.is_file() and pinned and _sha256(target) != pinned.lower():
+    if target.is_file() and pinned and sha256_of(target) != pinned.lower():
         target.unlink()  # an earlier download of this address: the pin asks for another file
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +78,7 @@ def _download(url: str) -> Path:
         except OSError as error:
             Path(tmp).unlink(missing_ok=True)
             raise UserInputError(f"model_dir={address}: cannot be downloaded ({error})") from error
-    if pinned and _sha256(target) != pinned.lower():
+    if pinned and sha256_of(target) != pinned.lower():
         target.unlink()
         raise UserInputError(f"model_dir={address}: its sha256 is not the {pinned} the URL pins; refused")
     return target
@@ -93,7 +86,7 @@ def _download(url: str) -> Path:
 
 def _unpack(archive_path: Path) -> Path:
     """The model_dir folder of a zip, unpacked once into the cache (by the zip's sha256)."""
-    target = cache_dir() / "model_dirs" / _sha256(archive_path)[:16]
+    target = cache_dir() / "model_dirs" / sha256_of(archive_path)[:16]
     if (target / "manifest.json").is_file():
         return target
     try:

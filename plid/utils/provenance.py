@@ -13,16 +13,21 @@ import plid
 CHECKOUT = Path(plid.__file__).resolve().parents[1]
 
 
-def file_sha256(path: str | Path) -> str | None:
-    """The file's sha256 (None where it cannot be read)."""
+def sha256_of(path: str | Path) -> str:
+    """The file's sha256, read in blocks (a model's weights, a volume)."""
     digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """The file's sha256, None where it cannot be read (an output's provenance never fails for it)."""
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        return sha256_of(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 @functools.cache
