@@ -277,26 +277,42 @@ def primary_grading(gradings) -> str | None:
     return (binary or names or [None])[0]
 
 
-def check_report(report: dict[str, Any]) -> None:
-    """Raise where a run's report does not fit :class:`RunReport`: a bug of plid's, caught before it is written."""
+def check_fits(model: type[BaseModel], data: dict[str, Any], schema_file: Path) -> None:
+    """Raise where ``data`` does not fit ``model`` (an output about to be written): a bug of plid's, caught before
+    the file is written."""
     try:
-        RunReport.model_validate(report)
+        model.model_validate(data)
     except ValidationError as error:
-        raise RuntimeError(f"report.json would not fit its schema ({SCHEMA_FILE.name}): {error}") from error
+        raise RuntimeError(f"{schema_file.name.replace('.schema', '')} would not fit its schema ({schema_file.name}): "
+                           f"{error}") from error
+
+
+def json_schema(model: type[BaseModel], title: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) generated from ``model``."""
+    schema = model.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = title
+    return schema
+
+
+def write_json_schema(schema: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(schema, indent=2) + "\n")
+    return path
+
+
+def check_report(report: dict[str, Any]) -> None:
+    """Raise where a run's report does not fit :class:`RunReport`."""
+    check_fits(RunReport, report, SCHEMA_FILE)
 
 
 def report_schema() -> dict[str, Any]:
     """The JSON Schema of ``report.json``, generated from :class:`RunReport`."""
-    schema = RunReport.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "plid report.json"
-    return schema
+    return json_schema(RunReport, "plid report.json")
 
 
 def write_schema(path: Path = SCHEMA_FILE) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report_schema(), indent=2) + "\n")
-    return path
+    return write_json_schema(report_schema(), path)
 
 
 if __name__ == "__main__":  # python -m plid.reports: write the schema file again after changing the models

@@ -454,9 +454,10 @@ def test_failures_page_shows_a_failing_series_as_one_row(tmp_path):
               {"patient": "p2", "series": "t2_SPACE", "images": 9, "all_levels_right": False,
                "discs": [{"ivd_label": 1, "found": True, "reported_level": 1},
                          {"ivd_label": 2, "found": False, "reported_level": None},
-                         {"ivd_label": 3, "found": True, "reported_level": 4}]}]
+                         {"ivd_label": 3, "found": True, "reported_level": 4}]},
+              {"patient": "p3", "series": "t1", "images": 1, "all_levels_right": False, "discs": []}]  # unlabelled
     summary = write_failures(tmp_path / "failures.html", [], {}, max_images=10, series=series)
     page = (tmp_path / "failures.html").read_text()
-    assert summary["series"] == 1 and "1 of 2 series" in page
+    assert summary["series"] == 1 and "1 of 2 series with labelled discs" in page
     assert page.count("<tr><td>") == 1  # p2 once, though nine slices show it
     assert "<td>p2</td><td>t2_SPACE</td><td>9</td><td>3</td><td>2</td><td>3 named 4</td>" in page

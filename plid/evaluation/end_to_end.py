@@ -240,9 +240,9 @@ def _series_rows(series: list[dict[str, Any]]) -> tuple[str, int]:
     """A failing series as one row: its discs missed and misnamed, decided once from all its slices (per_disc)."""
     rows = []
     for entry in series:
-        if entry.get("all_levels_right"):
-            continue
         discs = entry.get("discs") or []
+        if entry.get("all_levels_right") or not discs:  # right, or nothing labelled to be wrong about
+            continue
         missed = [str(d["ivd_label"]) for d in discs if not d.get("found")]
         misnamed = [f"{d['ivd_label']} named {d['reported_level']}" for d in discs
                     if d.get("found") and d.get("reported_level") != d["ivd_label"]]
@@ -296,7 +296,8 @@ def write_failures(path: Path, scores: list[ImageScore], reports: dict[str, dict
 body{{font-family:sans-serif;margin:2em}} section{{margin-bottom:2em}} img{{max-width:640px;display:block}}
 td,th{{padding:0.2em 0.6em;border-bottom:1px solid #ddd;text-align:left}}
 .key span{{padding:0 0.5em;font-weight:bold}}</style></head><body>
-<h1>Failures: {failing_series} of {len(series or [])} series, {len(failed)} of {len(scores)} images</h1>
+<h1>Failures: {failing_series} of {sum(bool(e.get("discs")) for e in series or [])} series with labelled discs,
+{len(failed)} of {len(scores)} images</h1>
 {series_table}
 <p class="key">Drawn over each report's overlay: <span style="color:#ffdc00;background:#333">missed labelled disc</span>
 <span style="color:#ff00ff">extra box</span> <span style="color:#ff0000">wrong level (the labelled level beside it)</span>.

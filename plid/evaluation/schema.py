@@ -9,13 +9,12 @@ type; ``per_disc`` the same per distinct disc (patient, series, level), decided 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from plid.reports import Provenance
+from plid.reports import Provenance, check_fits, json_schema, write_json_schema
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "evaluation.schema.json"
 
@@ -66,22 +65,15 @@ class Evaluation(_Model):
 
 def check_evaluation(result: dict[str, Any]) -> None:
     """Raise where an evaluation does not fit :class:`Evaluation`: a bug of plid's, caught before it is written."""
-    try:
-        Evaluation.model_validate(result)
-    except ValidationError as error:
-        raise RuntimeError(f"evaluation.json would not fit its schema ({SCHEMA_FILE.name}): {error}") from error
+    check_fits(Evaluation, result, SCHEMA_FILE)
 
 
 def evaluation_schema() -> dict[str, Any]:
-    schema = Evaluation.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "plid evaluation.json"
-    return schema
+    return json_schema(Evaluation, "plid evaluation.json")
 
 
 def write_schema(path: Path = SCHEMA_FILE) -> Path:
-    path.write_text(json.dumps(evaluation_schema(), indent=2) + "\n")
-    return path
+    return write_json_schema(evaluation_schema(), path)
 
 
 if __name__ == "__main__":  # python -m plid.evaluation.schema: write the schema file again after changing the models
