@@ -25,6 +25,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
+from plid.ensemble.folds import GradingPolicy
 from plid.evaluation.cross_validation import collect_runs, evaluate_runs, run_folds
 from plid.utils.hydra import run_task
 from plid.utils.io import claim_output_dir
@@ -77,7 +78,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         runs = collect_runs(list(runs_arg) if isinstance(runs_arg, ListConfig) else runs_arg)
     else:
         runs = run_folds(cfg, output_dir)
-    return evaluate_runs(runs, output_dir, bootstrap, plots=bool(cfg.get("plots", True)))
+    return evaluate_runs(runs, output_dir, bootstrap, plots=bool(cfg.get("plots", True)),
+                         policy=GradingPolicy.from_config(cfg.get("gradings")))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

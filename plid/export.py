@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from plid.ensemble.folds import GradingPolicy
 from plid.inference.model_dir import export_model_dir
 from plid.inference.packages import pack_model_dir
 from plid.utils.hydra import run_task
@@ -27,7 +28,8 @@ def export(cfg: DictConfig) -> Path:
     out = cfg.get("out") or Path(cfg.paths.output_dir) / "model_dir"
     path = export_model_dir(out, cfg.lumbar_run, cfg.ivd_run, cfg.seg_run, list(cfg.get("cls_runs") or []),
                             cfg.get("ensemble"), conf=float(cfg.conf), iou=float(cfg.iou),
-                            overwrite=bool(cfg.overwrite), trust_run=bool(cfg.get("trust_run", False)))
+                            overwrite=bool(cfg.overwrite), trust_run=bool(cfg.get("trust_run", False)),
+                            policy=GradingPolicy.from_config(cfg.get("gradings")))
     log.info("model_dir written: %s", path)
     print(f"model_dir: {path}")
     if cfg.get("zip"):

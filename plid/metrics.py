@@ -46,6 +46,8 @@ from torchmetrics.functional.classification import (
     multiclass_confusion_matrix,
 )
 
+from plid.errors import UserInputError
+
 # a binary classifier's figures of the paper's Table 2 (keys of binary_scores)
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc")
 # the figures segmentation_metric computes from a confusion matrix
@@ -170,6 +172,56 @@ def youden_threshold(positive_probs, targets, default: float = DEFAULT_THRESHOLD
     if j[best] <= 0:  # the lowest cut calls every case positive (J = 0): a best cut above chance is never it
         return float(default)
     return float(cuts[best + 1])
+
+
+def _ranked_cut(p: np.ndarray, allowed: int, default: float) -> float:
+    """The lowest threshold (a value of ``p``) that calls at most ``allowed`` of ``p`` positive (``p > threshold``);
+    ``default`` where ``p`` is empty."""
+    if len(p) == 0:
+        return float(default)
+    ranked = np.sort(p)[::-1]
+    return float(ranked[min(max(allowed, 0), len(ranked) - 1)])
+
+
+def prevalence_threshold(positive_probs, targets, default: float = DEFAULT_THRESHOLD) -> float:
+    """The threshold that calls as many cases positive as these (validation) cases hold positives (at most that
+    many, on ties): on validation the calls' precision equals their sensitivity, and the share of positive calls
+    is the reference prevalence, so a rare finding is called rarely. ``default`` where one class is absent."""
+    p = np.asarray(positive_probs, dtype=np.float64).ravel()
+    t = np.asarray(targets).astype(bool).ravel()
+    if t.all() or not t.any():
+        return float(default)
+    return _ranked_cut(p, int(t.sum()), default)
+
+
+def specificity_threshold(positive_probs, targets, specificity: float = 0.9,
+                          default: float = DEFAULT_THRESHOLD) -> float:
+    """The lowest threshold whose specificity on these (validation) cases is at least ``specificity``: at most
+    ``floor((1 - specificity) * negatives)`` negatives called positive. ``default`` where one class is absent."""
+    if not 0.0 < specificity <= 1.0:
+        raise UserInputError(f"specificity={specificity}: give a value in (0, 1]")
+    p = np.asarray(positive_probs, dtype=np.float64).ravel()
+    t = np.asarray(targets).astype(bool).ravel()
+    if t.all() or not t.any():
+        return float(default)
+    return _ranked_cut(p[~t], int(np.floor((1.0 - specificity) * (~t).sum() + 1e-9)), default)
+
+
+# how a binary grading's threshold is chosen on validation (gradings.operating_point)
+OPERATING_POINTS = ("prevalence", "specificity", "youden")
+
+
+def operating_threshold(positive_probs, targets, operating_point: str, specificity: float = 0.9) -> float:
+    """The threshold of one binary grading chosen on validation for the purpose ``operating_point`` names:
+    ``prevalence`` (:func:`prevalence_threshold`), ``specificity`` (:func:`specificity_threshold` at
+    ``specificity``) or ``youden`` (:func:`youden_threshold`)."""
+    if operating_point == "prevalence":
+        return prevalence_threshold(positive_probs, targets)
+    if operating_point == "specificity":
+        return specificity_threshold(positive_probs, targets, specificity)
+    if operating_point == "youden":
+        return youden_threshold(positive_probs, targets)
+    raise UserInputError(f"gradings.operating_point={operating_point}: choose one of {', '.join(OPERATING_POINTS)}")
 
 
 def _above(distribution) -> np.ndarray:

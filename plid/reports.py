@@ -54,26 +54,34 @@ class Decision(_Model):
     distribution: list[float] | None = Field(None, description="ordinal: the probability of each grade, lowest first")
     cuts: list[float] | None = Field(None, description="ordinal: the cut of each question 'grade > k'")
     grade: int | None = Field(None, description="ordinal: the grade as discs.csv writes it (Pfirrmann 1-5, Modic 0-3)")
+    most_likely_grade: int | None = Field(None, description="ordinal: the grade of highest probability in the "
+                                          "distribution (the cuts' grade can differ: they are chosen for balanced "
+                                          "accuracy on validation)")
     rule: str = Field(description="how the call was made")
+    validated: bool | None = Field(None, description="whether the grading's validation figure reaches the model_dir's "
+                                   "floor (the report's classifier.validation); false: not validated, no finding "
+                                   "is called from it; null: the model_dir records no validation")
     slices: int = Field(1, description="how many slices the values come from")
     aggregation: str | None = Field(None, description="how several slices' values were combined (mean, max)")
 
     @classmethod
     def binary(cls, grading: str, probability: float, threshold: float, slices: int = 1,
-               aggregation: str | None = None) -> Decision:
+               aggregation: str | None = None, validated: bool | None = None) -> Decision:
         p = round(float(probability), DECIMALS)
         return cls(grading=grading, kind="binary", probability=p, threshold=float(threshold),
-                   positive=bool(p > float(threshold)), rule=BINARY_RULE, slices=slices, aggregation=aggregation)
+                   positive=bool(p > float(threshold)), rule=BINARY_RULE, validated=validated, slices=slices,
+                   aggregation=aggregation)
 
     @classmethod
     def ordinal(cls, grading: str, distribution, cuts=None, slices: int = 1,
-                aggregation: str | None = None) -> Decision:
+                aggregation: str | None = None, validated: bool | None = None) -> Decision:
         values = [round(float(v), DECIMALS) for v in np.asarray(distribution, dtype=np.float64).ravel()]
         cuts = None if cuts is None else [float(c) for c in cuts]
         index = int(grade_of_distribution(np.asarray(values), cuts))
-        return cls(grading=grading, kind="ordinal", distribution=values, cuts=cuts,
-                   grade=grading_spec(grading).grade(index), rule=ORDINAL_RULE, slices=slices,
-                   aggregation=aggregation)
+        spec = grading_spec(grading)
+        return cls(grading=grading, kind="ordinal", distribution=values, cuts=cuts, grade=spec.grade(index),
+                   most_likely_grade=spec.grade(int(np.argmax(values))), rule=ORDINAL_RULE, validated=validated,
+                   slices=slices, aggregation=aggregation)
 
     @classmethod
     def aggregate(cls, decisions: list[Decision | None], how: str) -> Decision | None:
@@ -87,15 +95,15 @@ class Decision(_Model):
         if not found:
             return None
         first = found[0]
-        if any((d.grading, d.kind, d.threshold, d.cuts) != (first.grading, first.kind, first.threshold, first.cuts)
-               for d in found):
+        if any((d.grading, d.kind, d.threshold, d.cuts, d.validated)
+               != (first.grading, first.kind, first.threshold, first.cuts, first.validated) for d in found):
             raise ValueError(f"{first.grading}: slices decided by different rules cannot be aggregated")
         if first.kind == "binary":
             values = [d.probability for d in found]
             return cls.binary(first.grading, np.mean(values) if how == "mean" else np.max(values), first.threshold,
-                              len(found), how)
+                              len(found), how, first.validated)
         return cls.ordinal(first.grading, np.mean([d.distribution for d in found], axis=0), first.cuts, len(found),
-                           "mean")
+                           "mean", first.validated)
 
     @property
     def value(self) -> bool | int | None:
@@ -104,14 +112,16 @@ class Decision(_Model):
 
     @property
     def called(self) -> bool:
-        """Whether the page lists it among a disc's findings: an ordinal grade always, a binary grading where
-        positive."""
-        return self.kind == "ordinal" or bool(self.positive)
+        """Whether the page and the overlay list it among a disc's findings: a validated (or unrecorded) grading's
+        ordinal grade always, its binary call where positive; a grading that is not validated never."""
+        return self.validated is not False and (self.kind == "ordinal" or bool(self.positive))
 
     def short(self) -> str:
-        """``Pf 3`` or ``hern 0.73``: the grade, or the probability, as the overlay and the page show it."""
+        """``Pf 3`` or ``hern 0.73``: the grade, or the probability, as the overlay and the page show it; marked
+        ``(not validated)`` where it is not."""
         name = SHORT_NAMES.get(self.grading, self.grading)
-        return f"{name} {self.grade}" if self.kind == "ordinal" else f"{name} {self.probability:.2f}"
+        text = f"{name} {self.grade}" if self.kind == "ordinal" else f"{name} {self.probability:.2f}"
+        return text + (" (not validated)" if self.validated is False else "")
 
 
 class Measurements(_Model):

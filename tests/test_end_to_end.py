@@ -259,6 +259,28 @@ def test_evaluating_reports_of_the_labelled_boxes_finds_every_disc_and_writes_ev
         jsonschema.validate(broken, json.loads(SCHEMA_FILE.read_text()))
 
 
+def test_a_grading_the_model_dir_did_not_validate_is_said_so_beside_its_figures(tmp_path, data_dir, compose,
+                                                                              monkeypatch):
+    from plid.evaluation.end_to_end import evaluate_model_dir
+    from plid.inference.model_dir import LoadedModule
+    from tests.test_pipeline import _MeanIntensity
+
+    dataset, pipeline = _dataset_with_truth_cropper(data_dir, compose)
+    pipeline.models.classifiers = [LoadedModule("a", _MeanIntensity(1.0), 32, 0.1, target="disc_herniation")]
+    pipeline.models.weights = [1.0]
+    monkeypatch.setattr(pipeline, "validated", lambda name: False)
+    bootstrap = {"samples": 20, "seed": 0, "confidence": 0.95}
+    result = evaluate_model_dir(pipeline, dataset, dataset.images["image"].tolist()[:3], tmp_path, "all", bootstrap,
+                                progress=False)
+    assert result["validated"] == {"disc_herniation": False}
+    report = json.loads((tmp_path / "predict" / "report.json").read_text())
+    made = [d["gradings"]["disc_herniation"] for c in report["cases"] for d in c["discs"]]
+    assert made and all(m["validated"] is False for m in made)
+    text = (tmp_path / "evaluation.md").read_text()
+    assert text.count("Not validated") == 2  # per slice and per disc, under the grading's headings
+    assert "not validated" in (tmp_path / "predict" / "report.html").read_text()
+
+
 def test_a_folder_without_labels_is_refused(tmp_path):
     images = pd.DataFrame({"image": ["a"], "patient": ["p"], "has_mask": [0]})
     dataset = SpineDataset(tmp_path, images, pd.DataFrame(columns=["image", "patient", "x1", "y1", "x2", "y2"]))

@@ -358,8 +358,8 @@ def test_segmentation_ensemble_over_two_smoke_training_runs(tmp_path):
 def test_a_fold_bag_of_single_target_runs_chooses_its_threshold_on_the_pooled_out_of_fold_predictions(tmp_path, caplog):
     from omegaconf import OmegaConf
 
-    from plid.ensemble.folds import fold_bag, is_fold_bag
-    from plid.metrics import youden_threshold
+    from plid.ensemble.folds import GradingPolicy, fold_bag, is_fold_bag
+    from plid.metrics import prevalence_threshold, youden_threshold
 
     rng = np.random.default_rng(0)
     runs, pooled = [], []
@@ -378,9 +378,15 @@ def test_a_fold_bag_of_single_target_runs_chooses_its_threshold_on_the_pooled_ou
     with caplog.at_level("WARNING", logger="plid.ensemble.folds"):
         bag = fold_bag(runs)
     assert "fixed_schedule" in caplog.text  # these runs name no callbacks choice: selected on their own val, maybe
-    cut = youden_threshold(np.concatenate([p for p, _ in pooled]), np.concatenate([t for _, t in pooled]))
+    probs, truths = np.concatenate([p for p, _ in pooled]), np.concatenate([t for _, t in pooled])
+    # the default operating point: as many positive calls on the pool as it holds positives (9 of 60)
+    cut = prevalence_threshold(probs, truths)
     assert bag.targets == ["disc_herniation"] and not bag.multi_task and bag.folds == [0, 1, 2]
     assert bag.thresholds == {"disc_herniation": pytest.approx(cut, abs=1e-6)}
+    assert (probs > bag.thresholds["disc_herniation"]).sum() == 9
+    assert bag.pooled["disc_herniation"]["called_positive"] == pytest.approx(9 / 60)
+    assert fold_bag(runs, GradingPolicy(operating_point="youden")).thresholds["disc_herniation"] == pytest.approx(
+        youden_threshold(probs, truths), abs=1e-6)
     assert bag.pooled["disc_herniation"]["positives"] == 9 and bag.pooled["disc_herniation"]["cases"] == 60
     summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
     assert is_fold_bag(summaries)

@@ -78,11 +78,12 @@ def test_collects_fold_runs_into_tables_and_figures(tmp_path):
         truths.append(saved.targets)
     calls, truths = np.concatenate(calls), np.concatenate(truths)
     assert pooled["metrics"]["specificity"]["value"] == pytest.approx((~calls[truths == 0]).mean())
-    # the fold bag on test: the folds' mean probability, called at Youden's cut of the pooled val predictions
-    from plid.metrics import auc, youden_threshold
+    # the fold bag on test: the folds' mean probability, called at the default operating point of the pooled val
+    # predictions (as many positive calls as positives)
+    from plid.metrics import auc, prevalence_threshold
 
     pooled_val = [load_predictions(run / "predictions" / "val.npz") for run in runs]
-    cut = youden_threshold(np.concatenate([p.probs[:, 1] for p in pooled_val]), truths)
+    cut = prevalence_threshold(np.concatenate([p.probs[:, 1] for p in pooled_val]), truths)
     tests = [load_predictions(run / "predictions" / "test.npz") for run in runs]
     mean = np.mean([p.probs[:, 1] for p in tests], axis=0)
     bag = result["overall"]["test_bag"]
@@ -93,8 +94,8 @@ def test_collects_fold_runs_into_tables_and_figures(tmp_path):
     crossed_calls = []
     for fold in range(3):
         rest = [p for j, p in enumerate(pooled_val) if j != fold]
-        rest_cut = round(youden_threshold(np.concatenate([p.probs[:, 1] for p in rest]),
-                                          np.concatenate([p.targets for p in rest])), 6)
+        rest_cut = round(prevalence_threshold(np.concatenate([p.probs[:, 1] for p in rest]),
+                                              np.concatenate([p.targets for p in rest])), 6)
         crossed_calls.append(pooled_val[fold].probs[:, 1] > rest_cut)
     crossed_calls = np.concatenate(crossed_calls)
     crossed = result["overall"]["val_cross_fitted"]["metrics"]

@@ -447,7 +447,8 @@ def test_evaluating_a_multi_task_model_dir_scores_binary_at_their_thresholds_and
 
 def _bag_run(compose, folder: Path, fold: int, targets: list[str], seed: int) -> Path:
     """A multi-task run of ``fold`` as plid.train leaves it (untrained weights of ``seed``), with saved validation
-    predictions of its own patients and test predictions of the shared test patients."""
+    predictions of its own patients and test predictions of the shared test patients: informative for binary
+    gradings (the reference's class weighs more), random (Dirichlet) for ordinal ones."""
     from plid.ensemble.predictions import Predictions, save_predictions
     from tests.test_pipeline import _fake_train_run
 
@@ -461,6 +462,8 @@ def _bag_run(compose, folder: Path, fold: int, targets: list[str], seed: int) ->
             ids = np.array([f"{p}_t2:{level}" for p in patients for level in (1, 2, 3)])
             labels = np.arange(len(ids)) % classes  # the same references for every run
             probs = rng.dirichlet(np.ones(classes), len(ids))
+            if classes == 2:
+                probs = 0.5 * probs + 0.5 * np.eye(2)[labels]
             save_predictions(run / "predictions" / name / f"{split}.npz", Predictions(ids, probs, labels))
     return run
 
@@ -473,7 +476,7 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
     from plid.errors import UserInputError
     from plid.inference.model_dir import export_model_dir, load_model_dir
     from plid.inference.pipeline import Pipeline
-    from plid.metrics import grade_of_distribution, ordinal_cuts, youden_threshold
+    from plid.metrics import grade_of_distribution, ordinal_cuts, prevalence_threshold
     from plid.models.grading import grade_distribution
     from tests.test_pipeline import _fake_train_run, _truth_cropper
 
@@ -484,10 +487,11 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
     out = export_model_dir(tmp_path / "model_dir", weights["lumbar"], weights["ivd"], seg, runs, trust_run=True)
     bag = json.loads((out / "manifest.json").read_text())["bag"]
     assert bag["folds"] == [0, 1] and bag["selection"] == "pooled out-of-fold"
-    # the bulging threshold is Youden's cut of both folds' validation predictions together, not either fold's
+    # the bulging threshold is chosen on both folds' validation predictions together, not either fold's (by the
+    # default operating point: as many positive calls as positives)
     pooled = [load_predictions(r / "predictions" / "disc_bulging" / "val.npz") for r in runs]
-    cut = youden_threshold(np.concatenate([p.probs[:, 1] for p in pooled]),
-                           np.concatenate([p.targets for p in pooled]))
+    cut = prevalence_threshold(np.concatenate([p.probs[:, 1] for p in pooled]),
+                               np.concatenate([p.targets for p in pooled]))
     assert bag["thresholds"] == {"disc_bulging": pytest.approx(cut, abs=1e-6)}
     # and the Pfirrmann cuts on both folds' Pfirrmann predictions together
     pooled = [load_predictions(r / "predictions" / "pfirrman_grade" / "val.npz") for r in runs]
@@ -495,6 +499,13 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
     assert bag["cuts"] == {"pfirrman_grade": cuts} and bag["pooled_val"]["pfirrman_grade"]["cuts"] == cuts
     assert bag["pooled_val"]["disc_bulging"]["cases"] == 36 and bag["pooled_val"]["pfirrman_grade"]["cases"] == 36
     assert bag["pooled_val"]["disc_bulging"]["positives"] == 18
+    # validated where the pooled figure reaches the floor: bulging's informative predictions (ROC AUC 1), not
+    # Pfirrmann's random ones (kappa near 0), which reports state as not validated
+    bulging, pfirrmann = bag["pooled_val"]["disc_bulging"], bag["pooled_val"]["pfirrman_grade"]
+    assert bulging["auc"] == 1.0 and bulging["validated"] and bulging["floor"] == 0.7
+    assert bulging["sensitivity"] == 1.0 and bulging["specificity"] == 1.0 and bulging["called_positive"] == 0.5
+    assert pfirrmann["kappa"] < 0.4 and not pfirrmann["validated"] and pfirrmann["metric"] == "kappa"
+    assert bag["policy"]["operating_point"] == "prevalence"
 
     case = generate_case(np.random.default_rng(3), size=128)
     loaded = load_model_dir(out)
@@ -504,6 +515,7 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
     assert described["thresholds"] == {"disc_bulging": pytest.approx(cut, abs=1e-6)}
     assert described["cuts"] == {"pfirrman_grade": cuts}
     assert "fold bag" in described["combination"]
+    assert described["validation"]["pfirrman_grade"]["validated"] is False
     report = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report
     boxes = [d["box"] for d in report["discs"]]
     with torch.inference_mode():
@@ -517,11 +529,29 @@ def test_a_fold_bag_of_multi_task_runs_exports_and_predicts_their_mean_at_pooled
         assert disc["gradings"]["disc_bulging"]["positive"] == bool(bulging[i] > cut)
         assert disc["gradings"]["pfirrman_grade"]["distribution"] == pytest.approx(distribution[i].tolist(), abs=1e-4)
         assert disc["gradings"]["pfirrman_grade"]["grade"] == 1 + int(grade_of_distribution(distribution[i], cuts))
+        assert disc["gradings"]["disc_bulging"]["validated"] is True
+        assert disc["gradings"]["pfirrman_grade"]["validated"] is False
+    # the page gives the grade unvalidated, and no finding of it
+    from plid.inference.render import grading_summary
+
+    assert "Pf " not in grading_summary(report["discs"][0], only_positive=True)
+    assert "(not validated)" in grading_summary(report["discs"][0])
     # the grades follow the bag's cuts: none answered yes gives Pfirrmann 1, all answered yes Pfirrmann 5
     for extreme, grade in ((1.0, 1), (-1.0, 5)):
         loaded.bag["cuts"] = {"pfirrman_grade": [extreme] * 4}
         report = pipeline(Scan("case", Path("case.png"), case.image, 0.5, "image")).report
         assert {d["gradings"]["pfirrman_grade"]["grade"] for d in report["discs"]} == {grade}
+
+    # one multi-task run alone: called and validated by the same policy, on its own validation split
+    alone = export_model_dir(tmp_path / "alone", weights["lumbar"], weights["ivd"], seg, [runs[1]], trust_run=True)
+    entry = json.loads((alone / "manifest.json").read_text())["classifiers"]["grade_resnet50"]
+    own = load_predictions(runs[1] / "predictions" / "disc_bulging" / "val.npz")
+    assert entry["thresholds"] == {"disc_bulging": pytest.approx(prevalence_threshold(own.probs[:, 1], own.targets),
+                                                                abs=1e-6)}
+    assert entry["validation"]["disc_bulging"]["cases"] == 18 and entry["validation"]["disc_bulging"]["validated"]
+    assert entry["validation"]["pfirrman_grade"]["validated"] is False
+    assert Pipeline(load_model_dir(alone), cropper=_truth_cropper(case), levels="count").validated("pfirrman_grade") \
+        is False
 
     # runs that validated on the same discs are no fold bag; a bag takes no ensemble weights
     with pytest.raises(UserInputError, match="both validated on"):

@@ -122,6 +122,41 @@ def test_youden_threshold_by_hand():
     assert scores["balanced_accuracy"] == pytest.approx(7 / 8) and scores["auc"] == pytest.approx(11 / 12)
 
 
+def test_prevalence_threshold_calls_as_many_positives_as_there_are():
+    from plid.metrics import operating_threshold, prevalence_threshold
+
+    probs = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])
+    target = np.array([0, 0, 0, 1, 0, 0, 1, 0])  # 2 positives of 8
+    threshold = prevalence_threshold(probs, target)
+    assert threshold == 0.7 and (probs > threshold).sum() == 2
+    # ties at the cut call fewer, never more
+    assert (np.array([0.5, 0.5, 0.5, 0.1]) > prevalence_threshold([0.5, 0.5, 0.5, 0.1], [1, 0, 0, 0])).sum() == 0
+    assert prevalence_threshold(probs, np.zeros(8)) == 0.5 and prevalence_threshold(probs, np.ones(8)) == 0.5
+    assert operating_threshold(probs, target, "prevalence") == threshold
+
+
+def test_specificity_threshold_keeps_the_specificity_asked_for():
+    from plid.errors import UserInputError
+    from plid.metrics import operating_threshold, specificity_threshold
+
+    rng = np.random.default_rng(0)
+    target = (np.arange(200) < 40).astype(int)
+    probs = np.clip(0.3 + 0.3 * target + rng.normal(0, 0.2, 200), 0, 1)
+    for wanted in (0.8, 0.9, 0.95):
+        threshold = specificity_threshold(probs, target, wanted)
+        scores = binary_scores(probs, target, threshold)
+        assert scores["specificity"] >= wanted
+        # the lowest such cut: one negative more called positive would break it
+        lower = np.sort(probs[target == 0])[::-1][round((1 - wanted) * 160) + 1]
+        assert binary_scores(probs, target, lower)["specificity"] < wanted
+    assert operating_threshold(probs, target, "specificity", 0.9) == specificity_threshold(probs, target, 0.9)
+    assert operating_threshold(probs, target, "youden") == youden_threshold(probs, target)
+    with pytest.raises(UserInputError, match="operating_point=best"):
+        operating_threshold(probs, target, "best")
+    with pytest.raises(UserInputError, match="specificity=1.5"):
+        specificity_threshold(probs, target, 1.5)
+
+
 @pytest.mark.parametrize("decimals", [None, 1])
 def test_weighted_binary_scores_equal_binary_scores_of_the_repeated_cases(decimals):
     _, probability, target = _cases(60, 5, seed=3, decimals=decimals)

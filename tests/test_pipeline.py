@@ -428,7 +428,7 @@ def test_a_single_target_fold_bag_predicts_the_runs_mean_at_its_pooled_threshold
     from plid.data.scans import Scan
     from plid.ensemble.predictions import Predictions, save_predictions
     from plid.errors import UserInputError
-    from plid.metrics import youden_threshold
+    from plid.metrics import prevalence_threshold
 
     seg = _fake_train_run(compose, tmp_path / "seg")
     rng = np.random.default_rng(0)
@@ -444,7 +444,9 @@ def test_a_single_target_fold_bag_predicts_the_runs_mean_at_its_pooled_threshold
         save_predictions(run / "predictions" / "val.npz", Predictions(ids, np.stack([1 - p1, p1], 1), targets))
         runs.append(run)
         pooled.append((p1, targets))
-    cut = round(youden_threshold(np.concatenate([p for p, _ in pooled]), np.concatenate([t for _, t in pooled])), 6)
+    # chosen on both folds' predictions together, by the default operating point
+    cut = round(prevalence_threshold(np.concatenate([p for p, _ in pooled]), np.concatenate([t for _, t in pooled])),
+                6)
     out = export_model_dir(tmp_path / "bag", detector_runs["lumbar"], detector_runs["ivd"], seg, runs)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["version"] == 3 and manifest["bag"]["thresholds"] == {"disc_herniation": cut}

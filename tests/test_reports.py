@@ -102,3 +102,31 @@ def test_readers_get_decisions_back_and_the_primary_grading():
     assert primary_grading(["pfirrman_grade", "disc_bulging", "disc_herniation"]) == "disc_herniation"
     assert primary_grading(["pfirrman_grade", "disc_bulging"]) == "disc_bulging"
     assert primary_grading(["modic"]) == "modic" and primary_grading([]) is None
+
+
+def test_a_grading_that_is_not_validated_is_shown_with_its_value_but_called_no_finding():
+    from plid.inference.render import grading_summary
+
+    weak = Decision.binary("up_endplate", 0.9, 0.3, validated=False)
+    assert weak.positive and not weak.called and weak.short() == "upper EP 0.90 (not validated)"
+    strong = Decision.binary("disc_bulging", 0.9, 0.3, validated=True)
+    assert strong.called and strong.short() == "bulg 0.90"
+    unrecorded = Decision.binary("disc_bulging", 0.9, 0.3)  # a model_dir of an older plid: stated as before
+    assert unrecorded.validated is None and unrecorded.called
+    pf = Decision.ordinal("pfirrman_grade", [0.1, 0.2, 0.4, 0.2, 0.1], [0.5] * 4, validated=False)
+    assert not pf.called and pf.short() == "Pf 3 (not validated)"
+    disc = {"gradings": {d.grading: d.model_dump() for d in (weak, strong, pf)}}
+    assert grading_summary(disc, only_positive=True) == "bulg 0.90"
+    assert grading_summary(disc) == "Pf 3 (not validated), upper EP 0.90 (not validated), bulg 0.90"
+    # slices keep it, and are refused where they disagree on it
+    kept = Decision.aggregate([weak, Decision.binary("up_endplate", 0.5, 0.3, validated=False)], "mean")
+    assert kept.validated is False and kept.probability == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="different rules"):
+        Decision.aggregate([weak, Decision.binary("up_endplate", 0.5, 0.3, validated=True)], "mean")
+
+
+def test_an_ordinal_decision_names_its_most_likely_grade_beside_the_cuts_grade():
+    # P(grade > 1) = 0.7 is above a cut of 0.3: the cuts say grade 2 where grade 1 is the most likely
+    made = Decision.ordinal("modic", [0.3, 0.25, 0.25, 0.2], [0.3, 0.5, 0.5])
+    assert made.grade == 1 and made.most_likely_grade == 0
+    assert Decision.ordinal("pfirrman_grade", [0.1, 0.2, 0.4, 0.2, 0.1]).most_likely_grade == 3

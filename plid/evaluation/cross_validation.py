@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from plid.datamodules import splits as splits_lib
 from plid.datamodules.contract import load_dataset
-from plid.ensemble.folds import bag_mean, is_fold_bag, out_of_fold, pooled_decision
+from plid.ensemble.folds import DEFAULT_POLICY, GradingPolicy, bag_mean, is_fold_bag, out_of_fold, pooled_decision
 from plid.ensemble.predictions import Predictions, load_predictions
 from plid.errors import UserInputError
 from plid.labels import CLASS_NAMES, grading
@@ -186,7 +186,8 @@ def chosen_on_validation(summary: dict, name: str) -> float | list[float]:
     return float((summary.get("thresholds") or {}).get(name, DEFAULT_THRESHOLD))
 
 
-def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bool = True) -> dict[str, Any]:
+def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bool = True,
+                  policy: GradingPolicy = DEFAULT_POLICY) -> dict[str, Any]:
     summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
     tasks = {_task(s) for s in summaries}
     if len(tasks) != 1:
@@ -198,7 +199,8 @@ def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bo
     dataset = load_dataset(roots.pop())
     patient_of = dict(zip(dataset.images["image"].astype(str), dataset.images["patient"].astype(str)))
     result: dict[str, Any] = {"task": task, "model": summaries[0].get("choices", {}).get("model"),
-                              "data_root": str(dataset.root), "bootstrap": bootstrap}
+                              "data_root": str(dataset.root), "bootstrap": bootstrap,
+                              "gradings_policy": policy.describe()}
     if task == "grade":
         targets = {tuple(s["targets"]) for s in summaries}
         if len(targets) != 1:
@@ -208,11 +210,11 @@ def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bo
             kind = "ordinal" if grading(name).ordinal else "cls"
             scores, val_sets[name] = score_runs(
                 kind, runs, summaries, patient_of, bootstrap, Path("predictions") / name,
-                lambda summary, name=name: chosen_on_validation(summary, name))
+                lambda summary, name=name: chosen_on_validation(summary, name), policy)
             result["gradings"][name] = {"kind": kind, **scores}
     else:
         scores, val_sets = score_runs(task, runs, summaries, patient_of, bootstrap, Path("predictions"),
-                                      lambda summary: float(summary.get("threshold") or DEFAULT_THRESHOLD))
+                                      lambda summary: float(summary.get("threshold") or DEFAULT_THRESHOLD), policy)
         result.update(scores)
     write_json(output_dir / "evaluation.json", result)
     with atomic_write(output_dir / "evaluation.md") as handle:
@@ -226,7 +228,8 @@ def evaluate_runs(runs: list[Path], output_dir: Path, bootstrap: dict, plots: bo
 
 
 def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: dict[str, str], bootstrap: dict,
-               predictions_dir: Path, threshold_of) -> tuple[dict[str, Any], dict[int, Predictions]]:
+               predictions_dir: Path, threshold_of, policy: GradingPolicy = DEFAULT_POLICY
+               ) -> tuple[dict[str, Any], dict[int, Predictions]]:
     """Per fold (val and test) and overall (mean ± std over folds, pooled out-of-fold val) scores of the runs'
     saved predictions under ``<run>/<predictions_dir>``, a classifier's at each run's ``threshold_of(summary)`` (an
     ordinal grading's cuts); and each fold's validation predictions."""
@@ -266,7 +269,7 @@ def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: d
             # rule scored on discs that did not choose it, where val_pooled's own-fold choices flatter it
             others = {k: out_of_fold([val_runs[j] for j in val_sets if j != k],
                                      [q for j, q in val_sets.items() if j != k]) for k in val_sets}
-            crossed = np.concatenate([np.array([pooled_decision(others[k], task == "ordinal")] * len(p.ids),
+            crossed = np.concatenate([np.array([pooled_decision(others[k], task == "ordinal", policy)] * len(p.ids),
                                                dtype=np.float64) for k, p in val_sets.items()])
             overall["val_cross_fitted"] = split_scores(task, pooled, patient_of, bootstrap, crossed)
         tests = [run / predictions_dir / "test.npz" for run in runs]
@@ -274,7 +277,7 @@ def score_runs(task: str, runs: list[Path], summaries: list[dict], patient_of: d
             # the runs as the fold bag plid.export makes of them: test probabilities averaged, a classifier called
             # at the threshold (an ordinal grading at the cuts) chosen on the pooled out-of-fold predictions
             bag = bag_mean([load_predictions(path) for path in tests])
-            threshold = pooled_decision(pooled, task == "ordinal") if decided else DEFAULT_THRESHOLD
+            threshold = pooled_decision(pooled, task == "ordinal", policy) if decided else DEFAULT_THRESHOLD
             overall["test_bag"] = {**split_scores(task, bag, patient_of, bootstrap, threshold),
                                    **({decided: threshold} if decided else {})}
     return {"folds": folds, "overall": overall}, val_sets

@@ -137,6 +137,8 @@ def evaluate_model_dir(pipeline: Pipeline, dataset: SpineDataset, images: list[s
         "model_dir": str(pipeline.models.root), "levels": pipeline.levels, "data_root": str(dataset.root),
         "split": split,
         "bootstrap": bootstrap, "thresholds": thresholds, "ordinal_gradings": ordinal, "skipped_gradings": skipped,
+        # whether each grading is stated by the reports (validated) or given as not validated (no finding called)
+        "validated": {made.grading: made.validated for made in decided},
         "classifier_in_sample": in_sample,  # why the gradings are not scored on this split, or None
         "classifier": next((c["classifier"] for c in summary["cases"] if c.get("classifier")), None),
         "groups": {},
@@ -346,20 +348,20 @@ def markdown_tables(result: dict[str, Any]) -> str:
                     [[n, *(_cell(f[n].get(k)) for k in LEVEL_FIGURES), str(c[n]["matched_discs_with_level"]),
                       str(c[n]["images_with_levels"])] for n in groups])
     for grading, threshold in result["thresholds"].items():
-        lines += [f"\n## {grading} (matched discs; threshold {threshold:g})\n"]
+        lines += [f"\n## {grading} (matched discs; threshold {threshold:g})\n", *_stated(result, grading)]
         lines += _table(["series", "positives (distinct discs) / discs", "ROC AUC", "PR AUC", "balanced accuracy",
                          "sensitivity", "specificity", "Brier"],
                         [[n, f"{c[n][f'{grading}/positives']} ({c[n][f'{grading}/positive_discs']}) / "
                              f"{c[n][f'{grading}/discs']}",
                           *(_cell(f[n].get(f"{grading}/{k}")) for k in GRADING_FIGURES)] for n in groups])
     for grading in result.get("ordinal_gradings") or []:
-        lines += [f"\n## {grading} (matched discs; predicted grade against the reference)\n"]
+        lines += [f"\n## {grading} (matched discs; predicted grade against the reference)\n", *_stated(result, grading)]
         lines += _table(["series", "discs", "balanced accuracy", "quadratic kappa", "within one grade", "accuracy"],
                         [[n, str(c[n][f"{grading}/discs"]),
                           *(_cell(f[n].get(f"{grading}/{k}")) for k in ("balanced_accuracy", "kappa", "within_one",
                                                                           "accuracy"))] for n in groups])
     if result.get("per_disc"):
-        lines += _per_disc_tables(result["per_disc"], result["thresholds"], result.get("ordinal_gradings") or [])
+        lines += _per_disc_tables(result, result["per_disc"], result["thresholds"], result.get("ordinal_gradings") or [])
     if result.get("classifier_in_sample"):
         lines.append(f"\nGradings not scored on this split: {result['classifier_in_sample']}.")
     for grading, reason in result["skipped_gradings"].items():
@@ -379,7 +381,16 @@ def markdown_tables(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _per_disc_tables(section: dict[str, Any], thresholds: dict[str, float], ordinal: list[str]) -> list[str]:
+def _stated(result: dict[str, Any], grading: str) -> list[str]:
+    """A line saying so where the model_dir's validation put the grading under its floor."""
+    if (result.get("validated") or {}).get(grading) is False:
+        return ["Not validated (its validation figure is under the model_dir's floor): the reports give it with its "
+                "figure and call no finding from it; the calls scored here are those it would make.\n"]
+    return []
+
+
+def _per_disc_tables(result: dict[str, Any], section: dict[str, Any], thresholds: dict[str, float],
+                     ordinal: list[str]) -> list[str]:
     groups = section["groups"]
     f = {name: g["figures"] for name, g in groups.items()}
     c = {name: g["counts"] for name, g in groups.items()}
@@ -391,7 +402,7 @@ def _per_disc_tables(section: dict[str, Any], thresholds: dict[str, float], ordi
                       *(_cell(f[n].get(k)) for k in ("disc_recall", "level_accuracy", "series_all_levels_right"))]
                      for n in groups])
     for grading, threshold in thresholds.items():
-        lines += [f"\n### {grading} per disc (threshold {threshold:g})\n"]
+        lines += [f"\n### {grading} per disc (threshold {threshold:g})\n", *_stated(result, grading)]
         lines += _table(["series type", "positive discs / discs", "ROC AUC", "balanced accuracy", "sensitivity",
                          "specificity", "called positive", "prevalence"],
                         [[n, f"{c[n][f'{grading}/positive_discs']} / {c[n][f'{grading}/discs']}",
@@ -399,7 +410,7 @@ def _per_disc_tables(section: dict[str, Any], thresholds: dict[str, float], ordi
                                                                           "specificity", "called_positive",
                                                                           "prevalence"))] for n in groups])
     for grading in ordinal:
-        lines += [f"\n### {grading} per disc\n"]
+        lines += [f"\n### {grading} per disc\n", *_stated(result, grading)]
         lines += _table(["series type", "discs", "balanced accuracy", "quadratic kappa", "within one grade",
                          "accuracy"],
                         [[n, str(c[n][f"{grading}/discs"]),

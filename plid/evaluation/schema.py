@@ -53,6 +53,9 @@ class Evaluation(_Model):
     bootstrap: dict[str, Any] = Field(description="samples, seed, confidence of the patient bootstrap")
     thresholds: dict[str, float] = Field(description="each binary grading's threshold, as the reports called it")
     ordinal_gradings: list[str]
+    validated: dict[str, bool | None] = Field(default_factory=dict, description="per grading: whether the model_dir "
+                                              "validated it (false: the reports call no finding from it; null: "
+                                              "no validation recorded)")
     skipped_gradings: dict[str, str] = Field(description="gradings decided but not labelled here, and why")
     classifier_in_sample: Any = None
     classifier: dict[str, Any] | None

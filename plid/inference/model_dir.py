@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from plid.ensemble.folds import fold_bag, is_fold_bag
+from plid.ensemble.folds import DEFAULT_POLICY, GradingPolicy, fold_bag, is_fold_bag, validate_gradings
 from plid.ensemble.predictions import run_names
 from plid.errors import UserInputError
 from plid.inference.model_specs import build_module, detector_architecture, read_spec, spec_from_config
@@ -232,7 +232,7 @@ def portable_config(cfg: DictConfig) -> dict[str, Any]:
 def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Path, seg_run: str | Path,
                      cls_runs: list[str | Path] | None = None, ensemble: str | Path | None = None,
                      conf: float = 0.25, iou: float = NMS_IOU, overwrite: bool = False,
-                     trust_run: bool = False) -> Path:
+                     trust_run: bool = False, policy: GradingPolicy = DEFAULT_POLICY) -> Path:
     """Write a model_dir (see the module docstring) from trained runs; written whole into a temporary folder
     beside ``out``, then renamed, so a model_dir is never half-written."""
     out = Path(out).expanduser().resolve()
@@ -255,7 +255,7 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
             raise UserInputError(f"cls_runs names a run twice: {[str(r) for r in cls_runs]}")
         summaries = [json.loads((r / "summary.json").read_text()) if (r / "summary.json").is_file() else {}
                      for r in runs]
-        bag = fold_bag(runs) if is_fold_bag(summaries) else None
+        bag = fold_bag(runs, policy) if is_fold_bag(summaries) else None
         # the names plid.ensemble gives the same runs; a bag's runs by their fold
         names = ([f"{(s.get('choices') or {}).get('model')} (fold {s['fold']})" for s in summaries] if bag is not None
                  else run_names(runs, summaries))
@@ -270,6 +270,19 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
                                  f"gradings (model=grade_*): a model_dir takes one such classifier alone, or a fold "
                                  f"bag (one model config on different data.fold); a weighted ensemble of multi-task "
                                  f"classifiers is not supported yet")
+        if bag is None and len(classifiers) == 1 and "targets" in next(iter(classifiers.values())):
+            (entry,) = classifiers.values()
+            saved = [runs[0] / "predictions" / t / "val.npz" for t in entry["targets"]]
+            if all(path.is_file() for path in saved):
+                # one multi-task run: its gradings called and validated on its own validation split, by the policy
+                # a bag's pooled predictions follow
+                entry["validation"] = validate_gradings(runs, entry["targets"], True, policy)
+                entry["thresholds"] = {t: v["threshold"] for t, v in entry["validation"].items() if "threshold" in v}
+                entry["cuts"] = {t: v["cuts"] for t, v in entry["validation"].items() if "cuts" in v}
+                entry["policy"] = policy.describe()
+            else:
+                log.warning("%s: no saved validation predictions (%s): its gradings are called at the thresholds of "
+                            "its checkpoint and stated unvalidated", runs[0], next(p for p in saved if not p.is_file()))
         targets = {entry.get("target") for entry in classifiers.values()}
         if len(targets) > 1:
             raise UserInputError(f"the classifiers predict different targets {sorted(map(str, targets))}; "

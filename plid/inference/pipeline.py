@@ -156,6 +156,8 @@ class Pipeline:
             described["targets"] = self.gradings()
             described["thresholds"] = self.grading_thresholds()
             described["cuts"] = self.grading_cuts()
+        if self.grading_validation():
+            described["validation"] = self.grading_validation()
         if self.models.bag:
             described["combination"] = f"mean of a fold bag (folds {self.models.bag['folds']})"
             described["selection"] = self.models.bag["selection"]
@@ -167,6 +169,22 @@ class Pipeline:
         if self.models.bag:
             return {t: float(v) for t, v in self.models.bag["thresholds"].items()}
         return {t: float(v) for t, v in (self.models.classifiers[0].thresholds or {}).items()}
+
+    def grading_validation(self) -> dict[str, dict[str, Any]]:
+        """Each grading's validation figures and whether it is validated (:class:`plid.ensemble.folds.GradingPolicy`):
+        a fold bag's pooled out-of-fold, a single multi-task classifier's own validation split; empty for a model_dir
+        of an older plid (its decisions then say ``validated: null``)."""
+        if self.models.bag:
+            return dict(self.models.bag.get("pooled_val") or {})
+        if len(self.models.classifiers) == 1:
+            entry = (self.models.manifest.get("classifiers") or {}).get(self.models.classifiers[0].name) or {}
+            return dict(entry.get("validation") or {})
+        return {}
+
+    def validated(self, name: str) -> bool | None:
+        """Whether grading ``name`` is validated; None where the model_dir records no validation of it."""
+        value = (self.grading_validation().get(name) or {}).get("validated")
+        return None if value is None else bool(value)
 
     def grading_cuts(self) -> dict[str, list[float]]:
         """A multi-task classifier's cuts per ordinal grading (one per question "grade > k"), chosen as its
@@ -183,7 +201,8 @@ class Pipeline:
             return [{} for _ in boxes]
         if not self.gradings():
             (name,), threshold = self.graded(), self.decision_threshold()
-            return [{name: Decision.binary(name, p, threshold)} for p in self.herniation(image, boxes)]
+            return [{name: Decision.binary(name, p, threshold, validated=self.validated(name))}
+                    for p in self.herniation(image, boxes)]
         probabilities: dict[str, list[torch.Tensor]] = {name: [] for name in self.gradings()}
         for classifier in self.models.classifiers:
             crops = self._crops(classifier, image, boxes).to(self.device)
@@ -199,12 +218,15 @@ class Pipeline:
                 probabilities[name].append(grade_distribution(logits[name]) if spec.ordinal
                                            else logits[name].softmax(1)[:, 1])
         weights, thresholds, cuts = self.models.weights, self.grading_thresholds(), self.grading_cuts()
+        validated = {name: self.validated(name) for name in self.gradings()}
         decisions: list[dict[str, Decision]] = [{} for _ in boxes]
         for name in self.gradings():
             combined = weighted_average(probabilities[name], weights).cpu().numpy()  # a fold bag: its runs' mean
             for i, row in enumerate(decisions):
-                row[name] = (Decision.ordinal(name, combined[i], cuts.get(name)) if grading(name).ordinal
-                             else Decision.binary(name, combined[i], thresholds.get(name, DEFAULT_THRESHOLD)))
+                row[name] = (Decision.ordinal(name, combined[i], cuts.get(name), validated=validated[name])
+                             if grading(name).ordinal else
+                             Decision.binary(name, combined[i], thresholds.get(name, DEFAULT_THRESHOLD),
+                                             validated=validated[name]))
         return decisions
 
     @staticmethod

@@ -88,9 +88,12 @@ def _primary(disc: dict[str, Any]) -> Decision | None:
     return found if found is not None and found.kind == "binary" else None
 
 
-def _probability(disc: dict[str, Any]) -> float | None:
+def _probability_cell(disc: dict[str, Any]) -> str:
+    """The probability column: ``0.734``, marked where the grading is not validated (no finding is called)."""
     primary = _primary(disc)
-    return None if primary is None else primary.probability
+    if primary is None:
+        return ""
+    return f"{primary.probability:.3f}" + (" (not validated)" if primary.validated is False else "")
 
 
 def grading_summary(disc: dict[str, Any], only_positive: bool = False) -> str:
@@ -129,7 +132,7 @@ def _flags(report: dict[str, Any], disc: dict[str, Any] | None) -> list[str]:
     flags = list(report.get("warnings") or [])
     if disc is None:
         return [report.get("message") or report["status"], *flags]
-    for made in reversed([d for d in disc_decisions(disc).values() if d.kind == "binary" and d.positive]):
+    for made in reversed([d for d in disc_decisions(disc).values() if d.kind == "binary" and d.called]):
         flags.insert(0, f"probability > {made.threshold:.2f} ({SHORT_NAMES.get(made.grading, made.grading)})")
     if disc.get("flag"):
         flags.append(disc["flag"].replace("_", " "))
@@ -165,12 +168,11 @@ def _summary(reports: list[dict[str, Any]]) -> str:
                         f"<td>{html.escape('; '.join(_flags(report, None)))}</td></tr>")
             continue
         for disc in report["discs"]:
-            p = _probability(disc)
             flags = _flags(report, disc)
             cls = " class='flag'" if flags and flags[0].startswith("probability") else ""
             level = _level_label(disc, report)
             rows.append(f"<tr{cls}><td>{name}</td><td>{html.escape(level)}</td>"
-                        f"<td>{'' if p is None else f'{p:.3f}'}</td>"
+                        f"<td>{_probability_cell(disc)}</td>"
                         f"{f'<td>{_per_slice(disc)}</td>' if multi else ''}"
                         f"{f'<td>{html.escape(grading_summary(disc))}</td>' if graded else ''}"
                         f"<td>{html.escape('; '.join(flags))}</td></tr>")
@@ -190,13 +192,13 @@ def _disc_rows(report: dict[str, Any]) -> str:
     rows = []
     graded = any(len(d.get("gradings") or {}) > 1 for d in report.get("discs", []))
     for disc in sorted(discs, key=lambda d: -(d["box"][1] + d["box"][3])):
-        p, score = _probability(disc), disc.get("score")
+        score = disc.get("score")
         confidence = disc.get("level_confidence")
         flag = (disc.get("flag") or "").replace("_", " ")
         rows.append(f"<tr><td>{'' if disc['level'] is None else disc['level']}</td>"
                     f"<td>{html.escape(_level_label(disc, report))}</td>"
                     f"<td>{'' if confidence is None else f'{confidence:.2f}'}</td>"
-                    f"<td>{'' if p is None else f'{p:.3f}'}</td><td>{_per_slice(disc)}</td>"
+                    f"<td>{_probability_cell(disc)}</td><td>{_per_slice(disc)}</td>"
                     f"<td>{'' if score is None else f'{score:.2f}'}</td>"
                     f"{f'<td>{html.escape(grading_summary(disc))}</td>' if graded else ''}"
                     f"<td class='warn'>{html.escape(flag)}</td></tr>")

@@ -56,6 +56,8 @@ def prepare_ultralytics(config_dir: str | Path):
 
     # the dataset check asks for Arial.ttf and downloads it when missing, even with plots=False
     font = Path(USER_CONFIG_DIR) / "Arial.ttf"
+    # the folder ultralytics took at import may be gone since (a test's temporary folder, a cleaned cache)
+    font.parent.mkdir(parents=True, exist_ok=True)
     if not font.is_file():
         shutil.copyfile(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", font)
     # integrations (wandb, mlflow, comet, ...) and the settings sync off; this project logs through Lightning
