@@ -29,7 +29,7 @@ def export(cfg: DictConfig) -> Path:
     path = export_model_dir(out, cfg.lumbar_run, cfg.ivd_run, cfg.seg_run, list(cfg.get("cls_runs") or []),
                             cfg.get("ensemble"), conf=float(cfg.conf), iou=float(cfg.iou),
                             overwrite=bool(cfg.overwrite), trust_run=bool(cfg.get("trust_run", False)),
-                            policy=GradingPolicy.from_config(cfg.get("gradings")))
+                            policy=GradingPolicy.from_config(cfg.get("gradings")), anatomy_run=cfg.get("anatomy_run"))
     log.info("model_dir written: %s", path)
     print(f"model_dir: {path}")
     if cfg.get("zip"):

@@ -20,6 +20,12 @@ frame, so that a tilted (lordotic) disc is measured as an upright one:
 - ``signal_ratio``: the mean image intensity of the disc over that of the canal at its level (canal pixels
   behind the disc's centre within the disc's extent along the normal): a proxy of the nucleus' T2 signal, which
   Pfirrmann's grades follow. Needs the image; null without canal pixels at that level.
+- ``nucleus_ratio``: the 90th percentile of the disc's intensities over the canal's mean (the bright nucleus of a
+  healthy disc, where the mean mixes it with the dark annulus); ``signal_spread``: the standard deviation of the
+  disc's intensities over the canal's mean (a grey, homogeneous degenerate disc has little); null as
+  ``signal_ratio``.
+- ``disc_to_vertebra``: the disc's mean intensity over that of the vertebra pixels above and below it within
+  the disc's length and two disc heights (the marrow's signal, which Modic changes alter); null without them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import cv2
 import numpy as np
 
 VERTEBRA, DISC, CANAL = 1, 2, 3
+SIGNALS = ("signal_ratio", "nucleus_ratio", "signal_spread", "disc_to_vertebra")  # intensity ratios; need the image
 FRACTIONS = {"anterior_height": 0.1, "middle_height": 0.5, "posterior_height": 0.9}
 MAX_GAP_PX = 6.0
 STEP = 0.5  # ray-marching step, pixels
@@ -126,8 +133,10 @@ def measure_disc(mask: np.ndarray, disc: np.ndarray, image: np.ndarray | None = 
     out["height_index"] = float(disc_height / np.mean(heights)) if heights else None
     # pixel centres on both sides: the disc's posterior-most pixel against the walls' last vertebra pixels
     out["posterior_protrusion"] = float(u.max() - np.mean(walls)) if walls else None
-    out["signal_ratio"] = None
+    for key in SIGNALS:
+        out[key] = None
     if image is not None:
+        disc_values = image[ys, xs].astype(np.float64)
         cy, cx = np.nonzero(mask == CANAL)
         canal = np.stack([cx, cy], 1).astype(np.float64)
         if len(canal):
@@ -135,8 +144,19 @@ def measure_disc(mask: np.ndarray, disc: np.ndarray, image: np.ndarray | None = 
             level = (cu > 0) & (cv >= v.min()) & (cv <= v.max())
             if level.any():
                 canal_mean = float(image[cy[level], cx[level]].astype(np.float64).mean())
-                disc_mean = float(image[ys, xs].astype(np.float64).mean())
-                out["signal_ratio"] = disc_mean / canal_mean if canal_mean > 0 else None
+                if canal_mean > 0:
+                    out["signal_ratio"] = float(disc_values.mean()) / canal_mean
+                    out["nucleus_ratio"] = float(np.percentile(disc_values, 90)) / canal_mean
+                    out["signal_spread"] = float(disc_values.std()) / canal_mean
+        vy, vx = np.nonzero(mask == VERTEBRA)
+        bone = np.stack([vx, vy], 1).astype(np.float64)
+        if len(bone):
+            bu, bv = (bone - centre) @ axis, (bone - centre) @ normal
+            reach = 2.0 * out["middle_height"]
+            near = (bu >= u.min()) & (bu <= u.max()) & (np.abs(bv) <= np.abs(v).max() + reach)
+            bone_mean = float(image[vy[near], vx[near]].astype(np.float64).mean()) if near.any() else 0.0
+            if bone_mean > 0:
+                out["disc_to_vertebra"] = float(disc_values.mean()) / bone_mean
     return out
 
 

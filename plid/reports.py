@@ -61,27 +61,30 @@ class Decision(_Model):
     validated: bool | None = Field(None, description="whether the grading's validation figure reaches the model_dir's "
                                    "floor (the report's classifier.validation); false: not validated, no finding "
                                    "is called from it; null: the model_dir records no validation")
+    source: str | None = Field(None, description="what gave the values: crop network, anatomy (the anatomy grader "
+                               "on the disc's measurements) or mean (of both); null: the crop network of a model_dir "
+                               "of an older plid")
     slices: int = Field(1, description="how many slices the values come from")
     aggregation: str | None = Field(None, description="how several slices' values were combined (mean, max)")
 
     @classmethod
     def binary(cls, grading: str, probability: float, threshold: float, slices: int = 1,
-               aggregation: str | None = None, validated: bool | None = None) -> Decision:
+               aggregation: str | None = None, validated: bool | None = None, source: str | None = None) -> Decision:
         p = round(float(probability), DECIMALS)
         return cls(grading=grading, kind="binary", probability=p, threshold=float(threshold),
-                   positive=bool(p > float(threshold)), rule=BINARY_RULE, validated=validated, slices=slices,
-                   aggregation=aggregation)
+                   positive=bool(p > float(threshold)), rule=BINARY_RULE, validated=validated, source=source,
+                   slices=slices, aggregation=aggregation)
 
     @classmethod
     def ordinal(cls, grading: str, distribution, cuts=None, slices: int = 1,
-                aggregation: str | None = None, validated: bool | None = None) -> Decision:
+                aggregation: str | None = None, validated: bool | None = None, source: str | None = None) -> Decision:
         values = [round(float(v), DECIMALS) for v in np.asarray(distribution, dtype=np.float64).ravel()]
         cuts = None if cuts is None else [float(c) for c in cuts]
         index = int(grade_of_distribution(np.asarray(values), cuts))
         spec = grading_spec(grading)
         return cls(grading=grading, kind="ordinal", distribution=values, cuts=cuts, grade=spec.grade(index),
                    most_likely_grade=spec.grade(int(np.argmax(values))), rule=ORDINAL_RULE, validated=validated,
-                   slices=slices, aggregation=aggregation)
+                   source=source, slices=slices, aggregation=aggregation)
 
     @classmethod
     def aggregate(cls, decisions: list[Decision | None], how: str) -> Decision | None:
@@ -95,15 +98,16 @@ class Decision(_Model):
         if not found:
             return None
         first = found[0]
-        if any((d.grading, d.kind, d.threshold, d.cuts, d.validated)
-               != (first.grading, first.kind, first.threshold, first.cuts, first.validated) for d in found):
+        if any((d.grading, d.kind, d.threshold, d.cuts, d.validated, d.source)
+               != (first.grading, first.kind, first.threshold, first.cuts, first.validated, first.source)
+               for d in found):
             raise ValueError(f"{first.grading}: slices decided by different rules cannot be aggregated")
         if first.kind == "binary":
             values = [d.probability for d in found]
             return cls.binary(first.grading, np.mean(values) if how == "mean" else np.max(values), first.threshold,
-                              len(found), how, first.validated)
+                              len(found), how, first.validated, first.source)
         return cls.ordinal(first.grading, np.mean([d.distribution for d in found], axis=0), first.cuts, len(found),
-                           "mean", first.validated)
+                           "mean", first.validated, first.source)
 
     @property
     def value(self) -> bool | int | None:

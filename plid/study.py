@@ -7,7 +7,8 @@
    of those folds on a fixed schedule, scored by ``python -m plid.evaluate runs=[...]`` (pooled out-of-fold val,
    the fold bag on test) and exported as a fold bag (:mod:`plid.ensemble.folds`)
 3. ``python -m plid.train model=<segmenter>``
-4. ``python -m plid.export``: the model_dir
+4. ``python -m plid.export``: the model_dir; with ``anatomy: true``, then ``python -m plid.grade_anatomy`` on it and
+   ``python -m plid.export ... anatomy_run=...`` again: the anatomy grader where it was chosen
 5. ``python -m plid.predict`` on held-out test images, written as PNG, DICOM and NIfTI
 6. ``python -m plid.evaluate model_dir=... split=<split>`` for each split of ``evaluate`` (none by default;
    ``experiment=spider2d_cpu``: val and test, side by side)
@@ -167,6 +168,12 @@ def study(cfg: DictConfig) -> Path:
     if ensemble is not None:
         export.append(f"ensemble={ensemble}")
     s.run("export", "plid.export", *export)
+    if cfg.get("anatomy"):
+        # the anatomy grader on the model_dir's own segmentation, chosen per grading against the crop network on
+        # pooled out-of-fold validation, then exported into the model_dir beside it
+        anatomy = s.run("grade_anatomy", "plid.grade_anatomy", f"model_dir={model_dir}",
+                        *([f"data.root={cfg.data.root}"] if cfg.data.get("root") else []))
+        s.run("export_with_anatomy", "plid.export", *export, f"anatomy_run={anatomy}", "overwrite=true")
     samples = write_samples(seg, out / "samples", int(cfg.samples))
     report = out / "predict"
     # every sample (debug=smoke would keep two): one of each format

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "plid"
 
 # what `python -m` runs: nothing imports these
 ENTRY_POINTS = {"plid.train", "plid.detect", "plid.predict", "plid.evaluate", "plid.study", "plid.export",
-                "plid.crop", "plid.ensemble.__main__", "plid.data.spider"}
+                "plid.crop", "plid.ensemble.__main__", "plid.data.spider", "plid.grade_anatomy"}
 # the middle floor's rooms, and the rooms of that floor each may not enter
 MIDDLE = ("plid.ensemble", "plid.models", "plid.datamodules", "plid.callbacks", "plid.data")
 FORBIDDEN = {

@@ -1,8 +1,7 @@
 """plid.metrics: figures by hand and against independent computations, NaN where undefined, the weighted (bootstrap
 count) scorers equal to the one-sample ones on repeated cases, and the patient-level bootstrap.
 
-scikit-learn is not a dependency of plid; the independent references are scipy's ranks (Mann-Whitney AUC),
-torchmetrics' functional API and numpy counts."""
+The independent references are scipy's ranks (Mann-Whitney AUC), torchmetrics' functional API and numpy counts."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ ENTRIES = {entry.module: entry for entry in opts.ENTRY_POINTS}
 EXPECTED = {
     "plid.train": "train", "plid.detect": "detect", "plid.study": "study", "plid.ensemble": "ensemble",
     "plid.export": "export", "plid.predict": "predict", "plid.evaluate": "evaluate", "plid.crop": "crop",
-    "plid.data.spider": "spider_import",
+    "plid.data.spider": "spider_import", "plid.grade_anatomy": "grade_anatomy",
 }
 _ROW = re.compile(r"^\| `(?P<key>[^`]+)` \|", re.MULTILINE)
 

@@ -427,6 +427,19 @@ def labelled_folder(model_dir: Path, manifest: dict[str, Any], root: str | None 
     is the patients no model of a study trained on). With ``root``, that folder: its own ``splits.json``, or
     splits made (and kept) the way the run made them (same folds, test fraction and seed).
     """
+    module = _labelled_module(model_dir, manifest, root, fold)
+    return module.dataset, module.patient_splits()
+
+
+def labelled_splits(model_dir: Path, manifest: dict[str, Any], root: str | None = None
+                    ) -> tuple[SpineDataset, dict[str, Any]]:
+    """:func:`labelled_folder`'s folder and its whole splits: ``{"test": [...], "folds": [{"train", "val"}, ...]}``."""
+    module = _labelled_module(model_dir, manifest, root, None)
+    module.patient_splits()
+    return module.dataset, module.splits
+
+
+def _labelled_module(model_dir: Path, manifest: dict[str, Any], root: str | None, fold: int | None):
     from omegaconf import OmegaConf
 
     from plid.datamodules.base import SpineDataModule
@@ -440,4 +453,4 @@ def labelled_folder(model_dir: Path, manifest: dict[str, Any], root: str | None 
         settings["fold"] = int(fold)
     module = SpineDataModule(**{k: v for k, v in settings.items() if v is not None}, cache_dir=None)
     module.prepare_data()
-    return module.dataset, module.patient_splits()
+    return module

@@ -9,6 +9,8 @@
       segmenter/model.ckpt           {"state_dict": ...} of its best checkpoint
       classifiers/<name>/...         one folder per disc classifier (optional), the same three files
       ensemble_weights.json          weights per classifier name, from python -m plid.ensemble task=cls (optional)
+      anatomy.json                   the anatomy grader (plain numbers) and its source per grading (optional;
+                                     anatomy_run=, from python -m plid.grade_anatomy)
 
 A multi-task classifier (``model=grade_*``) is exported as one classifier whose manifest entry carries
 ``targets`` (its gradings, in head order), ``thresholds`` (per binary grading, chosen on validation by
@@ -229,10 +231,58 @@ def portable_config(cfg: DictConfig) -> dict[str, Any]:
     return cleared
 
 
+ANATOMY_FILE = "anatomy.json"
+
+
+def export_anatomy(run: str | Path, out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """A ``plid.grade_anatomy`` run's grader and per-grading choice into ``out``, checked first; returns the
+    manifest's ``anatomy`` entry (which source grades each grading)."""
+    path = Path(run).expanduser()
+    path = path / ANATOMY_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise UserInputError(f"anatomy_run={run}: no {ANATOMY_FILE} there (python -m plid.grade_anatomy writes it)")
+    data = read_anatomy(path)
+    first = next(iter((manifest.get("classifiers") or {}).values()), {})
+    gradings = set(first.get("targets") or ([first["target"]] if first.get("target") else []))
+    crop_only = [g for g, c in data["choice"].items() if c["source"] != "anatomy" and g not in gradings]
+    if crop_only:
+        raise UserInputError(f"{path}: {crop_only} were chosen with the crop network, which these cls_runs do not "
+                             f"grade; export the classifier runs plid.grade_anatomy was compared with")
+    shutil.copyfile(path, out)
+    return {"file": out.name, "source": str(path.resolve()),
+            "sources": {g: c["source"] for g, c in data["choice"].items()}}
+
+
+def read_anatomy(path: Path) -> dict[str, Any]:
+    """``anatomy.json`` as data, its grader and choices checked (:meth:`plid.models.anatomy.AnatomyGrader.from_json`;
+    thresholds and cuts in [0, 1]); a damaged file is refused, naming it."""
+    from plid.models.anatomy import AnatomyGrader
+
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(data, dict) or not isinstance(data.get("choice"), dict):
+        raise UserInputError(f"{path}: no choice per grading; is it plid.grade_anatomy's anatomy.json?")
+    data["grader"] = AnatomyGrader.from_json(data.get("grader"), str(path))
+    for name, choice in data["choice"].items():
+        if not isinstance(choice, dict) or choice.get("source") not in ("crop network", "anatomy", "mean"):
+            raise UserInputError(f"{path}: choice.{name}.source is not crop network, anatomy or mean")
+        if choice["source"] != "crop network" and name not in data["grader"].heads:
+            raise UserInputError(f"{path}: choice.{name} uses the anatomy grader, which has no head for it")
+        validation = choice.get("validation") or {}
+        if "threshold" in validation:
+            _number(validation["threshold"], path, f"choice.{name}.validation.threshold", 0.0, 1.0)
+        for k, value in enumerate(validation.get("cuts") or []):
+            _number(value, path, f"choice.{name}.validation.cuts[{k}]", 0.0, 1.0)
+    return data
+
+
 def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Path, seg_run: str | Path,
                      cls_runs: list[str | Path] | None = None, ensemble: str | Path | None = None,
                      conf: float = 0.25, iou: float = NMS_IOU, overwrite: bool = False,
-                     trust_run: bool = False, policy: GradingPolicy = DEFAULT_POLICY) -> Path:
+                     trust_run: bool = False, policy: GradingPolicy = DEFAULT_POLICY,
+                     anatomy_run: str | Path | None = None) -> Path:
     """Write a model_dir (see the module docstring) from trained runs; written whole into a temporary folder
     beside ``out``, then renamed, so a model_dir is never half-written."""
     out = Path(out).expanduser().resolve()
@@ -315,6 +365,8 @@ def export_model_dir(out: str | Path, lumbar_run: str | Path, ivd_run: str | Pat
         elif len(classifiers) > 1:
             raise UserInputError("several classifiers but no ensemble=...: give the ensemble_weights.json that "
                                  "combines them (python -m plid.ensemble task=cls runs=[...])")
+        if anatomy_run is not None:
+            manifest["anatomy"] = export_anatomy(anatomy_run, tmp / ANATOMY_FILE, manifest)
         # every file's sha256, checked on load: a file changed since the export is refused, by name
         manifest["sha256"] = {str(f.relative_to(tmp)): sha256_of(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
         write_json(tmp / "manifest.json", manifest)
@@ -454,6 +506,7 @@ class LoadedModels:
     weights: list[float] = field(default_factory=list)  # per classifier; one classifier: [1.0]
     ensemble_threshold: float = DEFAULT_THRESHOLD  # on the combined probability of several classifiers
     bag: dict[str, Any] | None = None  # a fold bag's folds and pooled out-of-fold thresholds (manifest "bag")
+    anatomy: dict[str, Any] | None = None  # anatomy.json: its grader and the source chosen per grading
 
 
 def _weights_only(path: Path) -> dict[str, Any]:
@@ -570,4 +623,7 @@ def load_model_dir(path: str | Path) -> LoadedModels:
         threshold = float(bag["thresholds"][classifiers[0].target])
     lumbar = load_detector(_inside(root, detectors["lumbar"]["file"], manifest_path, "detectors.lumbar.file"))
     ivd = load_detector(_inside(root, detectors["ivd"]["file"], manifest_path, "detectors.ivd.file"))
-    return LoadedModels(root, manifest, lumbar, ivd, segmenter, classifiers, weights, threshold, bag)
+    anatomy = None
+    if manifest.get("anatomy"):
+        anatomy = read_anatomy(_inside(root, manifest["anatomy"]["file"], manifest_path, "anatomy.file"))
+    return LoadedModels(root, manifest, lumbar, ivd, segmenter, classifiers, weights, threshold, bag, anatomy)

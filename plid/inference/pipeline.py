@@ -106,7 +106,7 @@ class Pipeline:
                                detected_levels=[d.detected_level for d in roi.discs] if self.by_level else None)
         detected = levels.detected()
         measurements = measure_discs(mask, [d.box for d in detected], image, scan.spacing_mm)
-        decisions = self.disc_gradings(image, [d.box for d in detected], measurements)
+        decisions = self.disc_gradings(image, [d.box for d in detected], measurements, [d.level for d in detected])
         report["discs"] = [
             DiscReport(level=disc.level, name=disc.name, level_confidence=disc.level_confidence, box=_box(disc.box),
                        score=round(disc.score, 4), flag=disc.flag, flag_reason=disc.reason if disc.flag else None,
@@ -158,6 +158,8 @@ class Pipeline:
             described["cuts"] = self.grading_cuts()
         if self.grading_validation():
             described["validation"] = self.grading_validation()
+        if self.models.anatomy:
+            described["sources"] = {g: self.source(g) for g in (*self.graded(), *self._anatomy_only())}
         if self.models.bag:
             described["combination"] = f"mean of a fold bag (folds {self.models.bag['folds']})"
             described["selection"] = self.models.bag["selection"]
@@ -168,18 +170,24 @@ class Pipeline:
         bag on the bag's pooled out-of-fold predictions."""
         if self.models.bag:
             return {t: float(v) for t, v in self.models.bag["thresholds"].items()}
+        if not self.models.classifiers:
+            return {}
         return {t: float(v) for t, v in (self.models.classifiers[0].thresholds or {}).items()}
 
     def grading_validation(self) -> dict[str, dict[str, Any]]:
         """Each grading's validation figures and whether it is validated (:class:`plid.ensemble.folds.GradingPolicy`):
         a fold bag's pooled out-of-fold, a single multi-task classifier's own validation split; empty for a model_dir
         of an older plid (its decisions then say ``validated: null``)."""
+        found: dict[str, dict[str, Any]] = {}
         if self.models.bag:
-            return dict(self.models.bag.get("pooled_val") or {})
-        if len(self.models.classifiers) == 1:
+            found = dict(self.models.bag.get("pooled_val") or {})
+        elif len(self.models.classifiers) == 1:
             entry = (self.models.manifest.get("classifiers") or {}).get(self.models.classifiers[0].name) or {}
-            return dict(entry.get("validation") or {})
-        return {}
+            found = dict(entry.get("validation") or {})
+        for name, choice in ((self.models.anatomy or {}).get("choice") or {}).items():
+            if choice["source"] != "crop network":  # the anatomy grader's, or the mean's, figures
+                found[name] = {**choice["validation"], "source": choice["source"]}
+        return found
 
     def validated(self, name: str) -> bool | None:
         """Whether grading ``name`` is validated; None where the model_dir records no validation of it."""
@@ -189,20 +197,69 @@ class Pipeline:
     def grading_cuts(self) -> dict[str, list[float]]:
         """A multi-task classifier's cuts per ordinal grading (one per question "grade > k"), chosen as its
         thresholds are; a grading without them (a model_dir of an older plid) is graded at 0.5 (CORAL's rule)."""
+        if not self.models.bag and not self.models.classifiers:
+            return {}
         cuts = self.models.bag.get("cuts") if self.models.bag else self.models.classifiers[0].cuts
         return {t: [float(c) for c in v] for t, v in (cuts or {}).items()}
 
-    def disc_gradings(self, image: np.ndarray, boxes: list, measurements: list | None = None
-                      ) -> list[dict[str, Decision]]:
-        """Each disc box's :class:`Decision` per grading: the single-target classifier's (or the ensemble's)
-        probability at its threshold, or every grading of a multi-task classifier, which takes the discs'
-        ``measurements`` too where it was trained with them (``model.use_measurements``)."""
-        if not boxes or not self.models.classifiers:
+    def source(self, name: str) -> str:
+        """What grades ``name``: the crop network, the anatomy grader or their mean, as plid.grade_anatomy chose
+        on pooled out-of-fold validation (the crop network where the model_dir holds no anatomy grader)."""
+        choice = ((self.models.anatomy or {}).get("choice") or {}).get(name)
+        return choice["source"] if choice else "crop network"
+
+    def disc_gradings(self, image: np.ndarray, boxes: list, measurements: list | None = None,
+                      levels: list | None = None) -> list[dict[str, Decision]]:
+        """Each disc box's :class:`Decision` per grading, from its source (:meth:`source`): the crop network's
+        probabilities (the single-target classifier's or the ensemble's at its threshold, or every grading of a
+        multi-task classifier, which takes the discs' ``measurements`` too where it was trained with them:
+        ``model.use_measurements``), the anatomy grader's on the discs' ``measurements`` and ``levels``, or their
+        mean, each called at the threshold or cuts chosen for that source."""
+        names = [*self.graded(), *(g for g in self._anatomy_only())]
+        if not boxes or not names:
             return [{} for _ in boxes]
+        crop = self._crop_probabilities(image, boxes, measurements)
+        anatomy = {}
+        if self.models.anatomy:
+            from plid.models.anatomy import anatomy_features
+
+            measured, levels = measurements or [None] * len(boxes), levels or [None] * len(boxes)
+            anatomy = self.models.anatomy["grader"].predict(
+                np.stack([anatomy_features(m, level) for m, level in zip(measured, levels)]))
+        thresholds, cuts = self.grading_thresholds(), self.grading_cuts()
+        decisions: list[dict[str, Decision]] = [{} for _ in boxes]
+        for name in names:
+            source, validated = self.source(name), self.validated(name)
+            probs = {"crop network": crop.get(name), "anatomy": anatomy.get(name)}.get(source)
+            if source == "mean":
+                probs = (crop[name] + anatomy[name]) / 2
+            if source == "crop network":
+                threshold = thresholds.get(name, DEFAULT_THRESHOLD) if self.gradings() else self.decision_threshold()
+                cut = cuts.get(name)
+            else:
+                chosen = self.models.anatomy["choice"][name]["validation"]
+                threshold, cut = chosen.get("threshold", DEFAULT_THRESHOLD), chosen.get("cuts")
+            for i, row in enumerate(decisions):
+                row[name] = (Decision.ordinal(name, probs[i], cut, validated=validated, source=source)
+                             if grading(name).ordinal else
+                             Decision.binary(name, probs[i, 1], threshold, validated=validated, source=source))
+        return decisions
+
+    def _anatomy_only(self) -> list[str]:
+        """Gradings the anatomy grader decides that the crop network does not grade."""
+        choice = (self.models.anatomy or {}).get("choice") or {}
+        return [g for g, c in choice.items() if c["source"] == "anatomy" and g not in self.graded()]
+
+    def _crop_probabilities(self, image: np.ndarray, boxes: list, measurements: list | None
+                            ) -> dict[str, np.ndarray]:
+        """The crop network's (n, classes) probabilities per grading: a fold bag's runs or an ensemble's
+        classifiers averaged with their weights."""
+        if not self.models.classifiers:
+            return {}
         if not self.gradings():
-            (name,), threshold = self.graded(), self.decision_threshold()
-            return [{name: Decision.binary(name, p, threshold, validated=self.validated(name))}
-                    for p in self.herniation(image, boxes)]
+            (name,) = self.graded()
+            p = np.asarray(self.herniation(image, boxes), dtype=np.float64)
+            return {name: np.stack([1 - p, p], 1)}
         probabilities: dict[str, list[torch.Tensor]] = {name: [] for name in self.gradings()}
         for classifier in self.models.classifiers:
             crops = self._crops(classifier, image, boxes).to(self.device)
@@ -214,20 +271,11 @@ class Pipeline:
             else:
                 logits = classifier.net(crops)
             for name in self.gradings():
-                spec = grading(name)
-                probabilities[name].append(grade_distribution(logits[name]) if spec.ordinal
-                                           else logits[name].softmax(1)[:, 1])
-        weights, thresholds, cuts = self.models.weights, self.grading_thresholds(), self.grading_cuts()
-        validated = {name: self.validated(name) for name in self.gradings()}
-        decisions: list[dict[str, Decision]] = [{} for _ in boxes]
-        for name in self.gradings():
-            combined = weighted_average(probabilities[name], weights).cpu().numpy()  # a fold bag: its runs' mean
-            for i, row in enumerate(decisions):
-                row[name] = (Decision.ordinal(name, combined[i], cuts.get(name), validated=validated[name])
-                             if grading(name).ordinal else
-                             Decision.binary(name, combined[i], thresholds.get(name, DEFAULT_THRESHOLD),
-                                             validated=validated[name]))
-        return decisions
+                probabilities[name].append(grade_distribution(logits[name]) if grading(name).ordinal
+                                           else logits[name].softmax(1))
+        # a fold bag: its runs' mean
+        return {name: weighted_average(values, self.models.weights).cpu().double().numpy()
+                for name, values in probabilities.items()}
 
     @staticmethod
     def _crops(classifier, image: np.ndarray, boxes: list) -> torch.Tensor:

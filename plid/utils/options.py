@@ -57,6 +57,7 @@ ENTRY_POINTS: tuple[EntryPoint, ...] = (
     EntryPoint("plid.detect", "detect", "plid-detect", "plid.cli:detect"),
     EntryPoint("plid.crop", "crop", "plid-crop", "plid.cli:crop"),
     EntryPoint("plid.ensemble", "ensemble", "plid-ensemble", "plid.cli:ensemble"),
+    EntryPoint("plid.grade_anatomy", "grade_anatomy", "plid-grade-anatomy", "plid.cli:grade_anatomy"),
     EntryPoint("plid.export", "export", "plid-export", "plid.cli:export"),
     EntryPoint("plid.predict", "predict", "plid-predict", "plid.cli:predict"),
     EntryPoint("plid.evaluate", "evaluate", "plid-evaluate", "plid.cli:evaluate"),
