@@ -111,7 +111,7 @@ def _figure(entry: dict[str, Any]) -> float:
 def choose_sources(anatomy: dict[str, Predictions], crop: dict[str, Predictions], policy: GradingPolicy
                    ) -> dict[str, dict[str, Any]]:
     """Per grading the source of highest pooled out-of-fold figure on the discs both predicted (module docstring),
-    with each source's figures and the chosen one's validation entry; without the crop network's predictions,
+    with each source's validation entry (``candidates``) and the chosen one's (``validation``); without the crop network's predictions,
     the anatomy grader alone is scored (and chosen)."""
     chosen = {}
     for g, ours in anatomy.items():
@@ -129,8 +129,8 @@ def choose_sources(anatomy: dict[str, Predictions], crop: dict[str, Predictions]
             candidates["anatomy"] = ours
         entries = {source: grading_validation(p, g, ordinal, policy) for source, p in candidates.items()}
         best = max(entries, key=lambda s: (_figure(entries[s]), s == "crop network"))
-        chosen[g] = {"source": best, "cases": len(candidates[best]),
-                     "figures": {s: {"metric": e["metric"], "value": e[e["metric"]]} for s, e in entries.items()},
+        # every source's choice and figures, so that a reader (or a comparison) can take another
+        chosen[g] = {"source": best, "cases": len(candidates[best]), "candidates": entries,
                      "validation": entries[best]}
         log.info("%s: %s (%s)", g, best, ", ".join(f"{s} {e[e['metric']]:.3f}" for s, e in entries.items()))
     return chosen
@@ -174,8 +174,8 @@ def grade_anatomy(cfg: DictConfig) -> Path:
     path = write_json(out / ANATOMY_FILE, result)
     lines = ["| grading | chosen | " + " | ".join(SOURCES) + " |", "|---|---|" + "---|" * len(SOURCES)]
     for g, entry in chosen.items():
-        figures = entry["figures"]
-        cells = [f"{figures[s]['value']:.3f}" if s in figures and figures[s]["value"] is not None else "–"
+        figures = {s: e.get(e["metric"]) for s, e in entry["candidates"].items()}
+        cells = [f"{figures[s]:.3f}" if figures.get(s) is not None and np.isfinite(figures[s]) else "–"
                  for s in SOURCES]
         lines.append(f"| {g} ({entry['validation']['metric']}) | {entry['source']} | " + " | ".join(cells) + " |")
     with atomic_write(out / "anatomy.md") as handle:

@@ -117,12 +117,12 @@ def test_each_grading_goes_to_the_source_of_highest_pooled_figure_a_tie_to_the_c
     assert chosen["disc_bulging"]["source"] == "anatomy" and chosen["disc_bulging"]["cases"] == 100
     assert chosen["up_endplate"]["source"] == "crop network"
     assert chosen["disc_narrowing"]["source"] == "crop network"  # equal AUCs (1.0 each and for the mean)
-    figures = chosen["disc_bulging"]["figures"]
-    assert figures["anatomy"]["value"] == 1.0 and figures["crop network"]["value"] < 0.7
+    figures = {source: entry["auc"] for source, entry in chosen["disc_bulging"]["candidates"].items()}
+    assert figures["anatomy"] == 1.0 and figures["crop network"] < 0.7
     # the mean is scored on the averaged probabilities of the same discs
     from plid.metrics import auc
 
-    assert figures["mean"]["value"] == pytest.approx(auc((good[:, 1] + noise[:, 1]) / 2, y))
+    assert figures["mean"] == pytest.approx(auc((good[:, 1] + noise[:, 1]) / 2, y))
     # the chosen source's own threshold and validation, by the policy
     assert chosen["disc_bulging"]["validation"]["validated"] and chosen["disc_bulging"]["validation"]["auc"] == 1.0
     assert chosen["disc_bulging"]["validation"]["called_positive"] == pytest.approx(y.mean())

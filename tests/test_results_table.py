@@ -43,6 +43,14 @@ def test_the_table_holds_each_figure_with_its_interval_and_positives():
     assert "pfirrman_grade balanced accuracy / quadratic kappa, per disc | 0.450 / 0.500, 80 discs |" in text
 
 
+def test_a_grading_not_validated_or_graded_by_the_anatomy_grader_is_marked_so():
+    evaluation = {**_evaluation(0.9), "validated": {"disc_bulging": True, "pfirrman_grade": False},
+                  "classifier": {"sources": {"disc_bulging": "anatomy", "pfirrman_grade": "crop network"}}}
+    text = table(_evaluation(0.9), {**kept(evaluation)})
+    assert "| disc_bulging ROC AUC, per disc (positive discs / discs) | 0.800, 23 / 80 | 0.800, 23 / 80 [anatomy] |" in text
+    assert "quadratic kappa, per disc | 0.450 / 0.500, 80 discs | 0.450 / 0.500, 80 discs [not validated] |" in text
+
+
 def test_update_replaces_only_the_marked_block_and_kept_drops_the_lists(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\nbefore\n{START}\nold\n{END}\nafter\n")

@@ -22,7 +22,8 @@ from typing import Any
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 BINARY = ("disc_herniation", "disc_bulging", "disc_narrowing", "spondylolisthesis", "up_endplate", "low_endplate")
 ORDINAL = ("pfirrman_grade", "modic")
-KEPT = ("model_dir", "levels", "data_root", "split", "bootstrap", "thresholds", "ordinal_gradings", "provenance")
+KEPT = ("model_dir", "levels", "data_root", "split", "bootstrap", "thresholds", "ordinal_gradings", "validated",
+        "provenance")
 
 
 def _cell(score: dict[str, Any] | None, digits: int = 3) -> str:
@@ -44,8 +45,21 @@ def _disc(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return group["figures"], group["counts"]
 
 
+def _stated(result: dict[str, Any], grading: str) -> str:
+    """`` [not validated]`` where the model_dir's validation put the grading under its floor (reports call no finding
+    from it; the calls counted are those it would make), `` [source]`` where the anatomy grader or the mean grades it."""
+    notes = []
+    source = (result.get("sources") or (result.get("classifier") or {}).get("sources") or {}).get(grading)
+    if source and source != "crop network":
+        notes.append(source)
+    if (result.get("validated") or {}).get(grading) is False:
+        notes.append("not validated")
+    return f" [{', '.join(notes)}]" if notes else ""
+
+
 def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
-    """(figure, cell) of one evaluation: per slice, then per distinct disc, then each grading both ways."""
+    """(figure, cell) of one evaluation: per slice, then per distinct disc, then each grading both ways; a cell is
+    marked where its grading is not validated or not graded by the crop network (:func:`_stated`)."""
     sf, sc = _slice(result)
     df, dc = _disc(result)
     out = [
@@ -62,21 +76,24 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     for grading in BINARY:
         if f"{grading}/auc" not in sf:
             continue
+        note = _stated(result, grading)
         out.append((f"{grading} ROC AUC, per slice (positives, distinct)",
                     f"{_cell(sf.get(f'{grading}/auc'))}, {sc.get(f'{grading}/positives')} "
-                    f"({sc.get(f'{grading}/positive_discs')})"))
+                    f"({sc.get(f'{grading}/positive_discs')}){note}"))
         out.append((f"{grading} ROC AUC, per disc (positive discs / discs)",
                     f"{_cell(df.get(f'{grading}/auc'))}, {dc.get(f'{grading}/positive_discs')} / "
-                    f"{dc.get(f'{grading}/discs')}"))
+                    f"{dc.get(f'{grading}/discs')}{note}"))
         out.append((f"{grading}: discs called positive / reference prevalence, per disc",
-                    f"{_cell(df.get(f'{grading}/called_positive'), 2)} / {_cell(df.get(f'{grading}/prevalence'), 2)}"))
+                    f"{_cell(df.get(f'{grading}/called_positive'), 2)} / {_cell(df.get(f'{grading}/prevalence'), 2)}"
+                    f"{note}"))
     for grading in ORDINAL:
         if f"{grading}/kappa" not in sf:
             continue
         for where, figures, counts in (("per slice", sf, sc), ("per disc", df, dc)):
             out.append((f"{grading} balanced accuracy / quadratic kappa, {where}",
                         f"{_cell(figures.get(f'{grading}/balanced_accuracy'))} / "
-                        f"{_cell(figures.get(f'{grading}/kappa'))}, {counts.get(f'{grading}/discs')} discs"))
+                        f"{_cell(figures.get(f'{grading}/kappa'))}, {counts.get(f'{grading}/discs')} discs"
+                        f"{_stated(result, grading)}"))
     return out
 
 
@@ -107,6 +124,8 @@ def kept(result: dict[str, Any]) -> dict[str, Any]:
     its paths made portable: the data folder relative to the checkout, the model_dir a placeholder (it is named by
     its manifest's sha256 in ``provenance``)."""
     out = {key: result[key] for key in KEPT if key in result}
+    if (result.get("classifier") or {}).get("sources"):
+        out["sources"] = result["classifier"]["sources"]
     if "model_dir" in out:
         out["model_dir"] = "<model_dir>"
     if out.get("data_root"):
