@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,14 @@ from omegaconf import OmegaConf
 from plid.ensemble.predictions import Predictions, load_predictions
 from plid.errors import UserInputError
 from plid.labels import grading
-from plid.metrics import binary_scores, grade_of_distribution, operating_threshold, ordinal_cuts, ordinal_scores
+from plid.metrics import (
+    OPERATING_POINTS,
+    binary_scores,
+    grade_of_distribution,
+    operating_threshold,
+    ordinal_cuts,
+    ordinal_scores,
+)
 
 SELECTION = "pooled out-of-fold"
 log = logging.getLogger(__name__)
@@ -56,8 +63,6 @@ class GradingPolicy:
     kappa_floor: float = 0.40
 
     def __post_init__(self) -> None:
-        from plid.metrics import OPERATING_POINTS
-
         if self.operating_point not in OPERATING_POINTS:
             raise UserInputError(f"gradings.operating_point={self.operating_point}: choose one of "
                                  f"{', '.join(OPERATING_POINTS)}")
@@ -70,14 +75,13 @@ class GradingPolicy:
     def from_config(cls, cfg: Any) -> GradingPolicy:
         """From a config's ``gradings`` mapping (absent keys: the defaults)."""
         values = dict(cfg or {})
-        unknown = set(values) - {"operating_point", "specificity", "auc_floor", "kappa_floor"}
+        unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise UserInputError(f"gradings: unknown keys {sorted(unknown)}")
         return cls(**values)
 
     def describe(self) -> dict[str, Any]:
-        return {"operating_point": self.operating_point, "specificity": self.specificity,
-                "auc_floor": self.auc_floor, "kappa_floor": self.kappa_floor}
+        return asdict(self)
 
 
 DEFAULT_POLICY = GradingPolicy()

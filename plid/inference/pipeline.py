@@ -64,6 +64,7 @@ class Pipeline:
                  cropper: RoiCropper | None = None, iou: float | None = None, levels: str | None = None,
                  device: str | None = "auto"):
         self.models = models
+        self._validation: dict[str, dict[str, Any]] | None = None  # grading_validation(), read once
         # device=auto: CUDA where there is one; the networks move there, images and crops follow them
         self.device = resolve_device(device)
         for module in (models.segmenter, *models.classifiers):
@@ -177,7 +178,12 @@ class Pipeline:
     def grading_validation(self) -> dict[str, dict[str, Any]]:
         """Each grading's validation figures and whether it is validated (:class:`plid.ensemble.folds.GradingPolicy`):
         a fold bag's pooled out-of-fold, a single multi-task classifier's own validation split; empty for a model_dir
-        of an older plid (its decisions then say ``validated: null``)."""
+        of an older plid (its decisions then say ``validated: null``). Read from the manifest once."""
+        if self._validation is None:
+            self._validation = self._read_validation()
+        return self._validation
+
+    def _read_validation(self) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
         if self.models.bag:
             found = dict(self.models.bag.get("pooled_val") or {})
